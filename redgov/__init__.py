@@ -1,0 +1,55 @@
+"""redgov: Redis-native experiment governance.
+
+Every write is one atomic Lua script; every change is an entry in the
+scope's Redis stream; records are typed msgspec Structs.
+"""
+
+from . import aio
+from .backplane import Backplane
+from .connect import connect
+from .errors import (
+    ApprovalRequiredError,
+    ConfigError,
+    ConflictError,
+    CorruptDataError,
+    InvalidTransitionError,
+    NotFoundError,
+    PolicyViolationError,
+    RedgovError,
+    ValidationError,
+)
+from .records import (
+    ApprovalRecord,
+    ConfigurationVersion,
+    ExperimentState,
+    LifecycleState,
+    PolicyEvaluation,
+    SaveResult,
+    Severity,
+    StateTransition,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApprovalRecord",
+    "ApprovalRequiredError",
+    "Backplane",
+    "ConfigError",
+    "ConfigurationVersion",
+    "ConflictError",
+    "CorruptDataError",
+    "ExperimentState",
+    "InvalidTransitionError",
+    "LifecycleState",
+    "NotFoundError",
+    "PolicyEvaluation",
+    "PolicyViolationError",
+    "RedgovError",
+    "SaveResult",
+    "Severity",
+    "StateTransition",
+    "ValidationError",
+    "aio",
+    "connect",
+]

@@ -1,0 +1,133 @@
+"""Backplane: runs the core's Calls on a redis.Redis or RedisCluster client.
+
+Each method is three steps: build the Call, run it, parse the reply. All
+decisions live in ``core``; this shell only does the I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from redis.commands.core import Script
+from redis.exceptions import ResponseError
+
+from .core import Call, Core
+from .records import (
+    ApprovalRecord,
+    ConfigurationVersion,
+    ExperimentState,
+    PolicyEvaluation,
+    SaveResult,
+    StateTransition,
+)
+
+__all__ = ["Backplane"]
+
+T = TypeVar("T")
+
+
+class Backplane:
+    """The persistence interface over one Redis (or Cluster) client.
+
+    ``client`` must not decode responses (the default for redis-py). Every
+    write is one Lua script call; every read is one round trip.
+    """
+
+    def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency)
+        self.client = client
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(spec.text) for name, spec in self.core.specs.items()
+        }
+        self._on_close = on_close
+
+    @property
+    def prefix(self) -> str:
+        return self.core.prefix
+
+    def run(self, call: Call[T]) -> T:
+        """Run one Call: a script through EVALSHA (reloaded after NOSCRIPT) or a command."""
+        try:
+            if call.script is None:
+                reply = self.client.execute_command(*call.args)
+            else:
+                reply = self._scripts[call.script](keys=call.keys, args=call.args)
+        except ResponseError as exc:
+            return call.failed(exc)
+        return call.parse(reply)
+
+    def close(self) -> None:
+        self.client.close()
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+    def __enter__(self) -> Backplane:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Backplane prefix={self.prefix!r} client={self.client!r}>"
+
+    # -- state --------------------------------------------------------------
+
+    def get_state(self, experiment: str, *, tenant: str | None = None,
+                  environment: str | None = None) -> ExperimentState | None:
+        return self.run(self.core.get_state(experiment, tenant, environment))
+
+    def save_state(self, state: ExperimentState, *, expected_etag: str | None = None) -> SaveResult:
+        return self.run(self.core.save_state(state, expected_etag))
+
+    def state_writes(self, experiment: str, *, tenant: str | None = None,
+                     environment: str | None = None) -> list[ExperimentState]:
+        return self.run(self.core.state_writes(experiment, tenant, environment))
+
+    # -- history ------------------------------------------------------------
+
+    def append_transition(self, t: StateTransition) -> StateTransition:
+        return self.run(self.core.append_transition(t))
+
+    def transitions(self, experiment: str, *, tenant: str | None = None,
+                    environment: str | None = None) -> list[StateTransition]:
+        return self.run(self.core.transitions(experiment, tenant, environment))
+
+    def append_approval(self, a: ApprovalRecord) -> ApprovalRecord:
+        return self.run(self.core.append_approval(a))
+
+    def approvals(self, experiment: str, *, tenant: str | None = None,
+                  environment: str | None = None) -> list[ApprovalRecord]:
+        return self.run(self.core.approvals(experiment, tenant, environment))
+
+    def approvals_for_transition(self, transition_id: str, *, tenant: str | None = None,
+                                 environment: str | None = None) -> list[ApprovalRecord]:
+        return self.run(self.core.approvals_for_transition(transition_id, tenant, environment))
+
+    def append_version(self, v: ConfigurationVersion) -> ConfigurationVersion:
+        return self.run(self.core.append_version(v))
+
+    def version(self, experiment: str, number: int, *, tenant: str | None = None,
+                environment: str | None = None) -> ConfigurationVersion | None:
+        return self.run(self.core.version(experiment, number, tenant, environment))
+
+    def latest_version(self, experiment: str, *, tenant: str | None = None,
+                       environment: str | None = None) -> ConfigurationVersion | None:
+        return self.run(self.core.latest_version(experiment, tenant, environment))
+
+    def versions(self, experiment: str, *, tenant: str | None = None,
+                 environment: str | None = None) -> list[ConfigurationVersion]:
+        return self.run(self.core.versions(experiment, tenant, environment))
+
+    def append_policy_evaluation(self, e: PolicyEvaluation) -> PolicyEvaluation:
+        return self.run(self.core.append_policy_evaluation(e))
+
+    def policy_evaluations(self, experiment: str, *, tenant: str | None = None,
+                           environment: str | None = None) -> list[PolicyEvaluation]:
+        return self.run(self.core.policy_evaluations(experiment, tenant, environment))
+
+    def latest_policy_evaluation(self, experiment: str, policy: str, *, tenant: str | None = None,
+                                 environment: str | None = None) -> PolicyEvaluation | None:
+        return self.run(self.core.latest_policy_evaluation(experiment, policy, tenant, environment))

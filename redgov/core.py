@@ -1,0 +1,456 @@
+"""Sans-IO core shared by the sync and asyncio backplanes.
+
+For each operation a function here validates the input, builds a ``Call``
+(script name or plain command, keys, arguments) and knows how to turn the
+reply, or the refusal, into a typed result. The shells only run Calls::
+
+    call = core.get_state(...)
+    try:
+        reply = <run call on the client>          # sync or awaited
+    except ResponseError as exc:
+        return call.failed(exc)
+    return call.parse(reply)
+
+Nothing in this module performs I/O.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from redis.exceptions import ResponseError
+
+from .errors import ConflictError, CorruptDataError, RedgovError, ValidationError, map_reply_error
+from .keys import Scope
+from .records import (
+    DECODERS,
+    ENCODER,
+    KIND_OF,
+    METADATA_DECODER,
+    ApprovalRecord,
+    ConfigurationVersion,
+    ExperimentState,
+    LifecycleState,
+    PolicyEvaluation,
+    SaveResult,
+    StateTransition,
+)
+from .scripts import load_scripts
+
+T = TypeVar("T")
+R = TypeVar("R", bound=msgspec.Struct)
+
+#: Largest encoded record accepted (bytes). Redis would take more; a
+#: governance record this large is a bug in the caller, not data.
+MAX_RECORD_BYTES = 1024 * 1024
+#: Longest experiment name, tenant, environment, policy or id (characters).
+MAX_NAME_LENGTH = 1024
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One round trip: a Lua script (``script``) or a plain command (``command``)."""
+
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+    parse: Callable[[Any], T]
+    script: str | None = None
+    #: turns a mapped refusal into a result instead of raising it
+    recover: Callable[[RedgovError], T] | None = field(default=None)
+
+    def failed(self, exc: ResponseError) -> T:
+        """Map a server error reply; recover from it or raise it."""
+        mapped = map_reply_error(exc, self.keys)
+        if mapped is exc:
+            raise exc
+        if self.recover is not None and isinstance(mapped, RedgovError):
+            return self.recover(mapped)
+        raise mapped from exc
+
+
+# -- validation ---------------------------------------------------------------
+
+
+def check_name(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, got {type(value).__name__} {value!r}")
+    if not value:
+        raise ValidationError(f"{what} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValidationError(f"{what} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} {value!r} is not valid Unicode text") from None
+    return value
+
+
+def check_scope_part(value: object, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string or None, got {type(value).__name__} {value!r}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValidationError(f"{what} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} {value!r} is not valid Unicode text") from None
+    return value
+
+
+def check_state(value: object, what: str = "state") -> LifecycleState:
+    try:
+        return LifecycleState(value)
+    except ValueError:
+        names = ", ".join(s.value for s in LifecycleState)
+        raise ValidationError(f"{what} {value!r} is not one of {names}") from None
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.utcoffset() == timedelta(0) and value.tzinfo is UTC else value.astimezone(UTC)
+
+
+def encode_record(record: R) -> tuple[R, bytes]:
+    """Validate a record completely and encode it; returns (normalized record, bytes).
+
+    The record is encoded and decoded again with its typed decoder, which checks
+    every field's type, enum value and timezone; datetimes are normalized to UTC.
+    """
+    kind = KIND_OF.get(type(record))
+    if kind is None:
+        raise ValidationError(f"expected a redgov record, got {type(record).__name__}")
+    label = f"{type(record).__name__} for experiment {getattr(record, 'experiment', '?')!r}"
+    try:
+        data = ENCODER.encode(record)
+    except (msgspec.EncodeError, TypeError, OverflowError) as exc:
+        raise ValidationError(f"{label} cannot be encoded: {exc}") from None
+    try:
+        checked: R = DECODERS[kind].decode(data)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"{label} is invalid: {exc}") from None
+    changes = {
+        name: _utc(value)
+        for name in record.__struct_fields__
+        if isinstance(value := getattr(checked, name), datetime) and value.tzinfo is not UTC
+    }
+    if changes:
+        checked = msgspec.structs.replace(checked, **changes)
+        data = ENCODER.encode(checked)
+    if len(data) > MAX_RECORD_BYTES:
+        raise ValidationError(f"{label} is {len(data)} bytes encoded; the limit is {MAX_RECORD_BYTES}")
+    check_name(getattr(checked, "experiment"), "experiment")
+    check_scope_part(getattr(checked, "tenant"), "tenant")
+    check_scope_part(getattr(checked, "environment"), "environment")
+    return checked, data
+
+
+def new_etag() -> str:
+    return secrets.token_hex(12)
+
+
+def to_micros(value: datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+# -- reply decoding -----------------------------------------------------------
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _fields(raw: Sequence[Any]) -> dict[str, bytes]:
+    return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry: its id, kind, experiment and decoded record."""
+
+    id: str
+    kind: str
+    experiment: str
+    record: Any
+
+
+def decode_entry(raw: Sequence[Any], log_key: str) -> Entry | None:
+    """A read script's ``{id, {field, value, ...}}``; None for a trimmed entry."""
+    entry_id = _text(raw[0])
+    if not raw[1]:
+        return None
+    try:
+        fields = _fields(raw[1])
+        kind = _text(fields["k"])
+        record = DECODERS[kind].decode(fields["r"])
+        if kind == "state":
+            record = msgspec.structs.replace(
+                record, revision=int(fields["rev"]), etag=_text(fields["etag"])
+            )
+        elif kind == "version":
+            record = msgspec.structs.replace(record, version=int(fields["v"]))
+        return Entry(entry_id, kind, _text(fields["x"]), record)
+    except (KeyError, ValueError, msgspec.DecodeError) as exc:
+        raise CorruptDataError(f"log entry {entry_id} of {log_key} cannot be decoded: {exc!r}") from None
+
+
+def _records(kind: type[T], log_key: str) -> Callable[[Any], list[T]]:
+    def parse(reply: Any) -> list[T]:
+        out: list[T] = []
+        for raw in reply:
+            entry = decode_entry(raw, log_key)
+            if entry is None:
+                continue
+            if not isinstance(entry.record, kind):
+                raise CorruptDataError(
+                    f"log entry {entry.id} of {log_key} is a {entry.kind}, expected {kind.__name__}"
+                )
+            out.append(entry.record)
+        return out
+
+    return parse
+
+
+def _first(parse: Callable[[Any], list[T]]) -> Callable[[Any], T | None]:
+    def first(reply: Any) -> T | None:
+        found = parse(reply)
+        return found[0] if found else None
+
+    return first
+
+
+def decode_state_hash(
+    raw: Mapping[Any, Any] | Sequence[Any],
+    key: str,
+    experiment: str,
+    tenant: str | None,
+    environment: str | None,
+) -> ExperimentState | None:
+    fields: Mapping[Any, Any] = raw if isinstance(raw, Mapping) else _fields(raw)
+    if not fields:
+        return None
+    get = fields.get
+    try:
+        by = get(b"b") or get("b")
+        return ExperimentState(
+            experiment=experiment,
+            state=LifecycleState(_text(get(b"s") or fields["s"])),
+            config_version=int(get(b"v") or fields["v"]),
+            last_modified=from_micros(int(get(b"t") or fields["t"])),
+            last_modified_by=_text(by) if by else None,
+            etag=_text(get(b"e") or fields["e"]),
+            revision=int(get(b"r") or fields["r"]),
+            metadata=METADATA_DECODER.decode(get(b"m") or fields["m"]),
+            tenant=tenant,
+            environment=environment,
+        )
+    except (KeyError, ValueError, TypeError, msgspec.DecodeError) as exc:
+        raise CorruptDataError(f"state hash {key} cannot be decoded: {exc!r}") from None
+
+
+# -- operations ---------------------------------------------------------------
+
+
+@lru_cache(maxsize=4096)
+def _scope(prefix: str, tenant: str | None, environment: str | None) -> tuple[Scope, str]:
+    scope = Scope(prefix, tenant, environment)
+    return scope, scope.tag
+
+
+class Core:
+    """Builds the Calls of every Backplane operation for one key prefix."""
+
+    def __init__(self, prefix: str = "gov", *, optimistic_concurrency: bool = True) -> None:
+        self.prefix = check_name(prefix, "prefix")
+        self.optimistic_concurrency = optimistic_concurrency
+        self.specs = load_scripts()
+
+    def scope(self, tenant: str | None, environment: str | None) -> Scope:
+        check_scope_part(tenant, "tenant")
+        check_scope_part(environment, "environment")
+        return _scope(self.prefix, tenant, environment)[0]
+
+    def _script(self, name: str, keys: tuple[str, ...], args: tuple[Any, ...], parse: Callable[[Any], T],
+                recover: Callable[[RedgovError], T] | None = None) -> Call[T]:
+        self.specs[name].check_keys(len(keys))
+        return Call(keys=keys, args=args, parse=parse, script=name, recover=recover)
+
+    # state
+
+    def get_state(self, experiment: str, tenant: str | None, environment: str | None) -> Call[ExperimentState | None]:
+        check_name(experiment, "experiment")
+        key = self.scope(tenant, environment).experiment(experiment).state
+
+        def parse(reply: Any) -> ExperimentState | None:
+            return decode_state_hash(reply, key, experiment, tenant, environment)
+
+        return Call(keys=(key,), args=("HGETALL", key), parse=parse)
+
+    def save_state(self, state: ExperimentState, expected_etag: str | None) -> Call[SaveResult]:
+        if not isinstance(state, ExperimentState):
+            raise ValidationError(f"save_state takes an ExperimentState, got {type(state).__name__}")
+        if expected_etag is not None and (not isinstance(expected_etag, str) or not expected_etag):
+            raise ValidationError(f"expected_etag must be a non-empty string or None, got {expected_etag!r}")
+        etag = new_etag()
+        state, record = encode_record(msgspec.structs.replace(state, etag=etag, revision=0))
+        if state.last_modified_by == "":
+            raise ValidationError("last_modified_by must be a non-empty string or None")
+        if state.config_version < 0:
+            raise ValidationError(f"config_version must be >= 0, got {state.config_version}")
+        scope = self.scope(state.tenant, state.environment)
+        exp = scope.experiment(state.experiment)
+        if not self.optimistic_concurrency:
+            mode = "overwrite"
+        else:
+            mode = "create" if expected_etag is None else "match"
+        keys = (exp.state, scope.log, exp.states, scope.index)
+        args = (
+            mode,
+            expected_etag or "",
+            etag,
+            state.experiment,
+            state.state.value,
+            state.config_version,
+            to_micros(state.last_modified),
+            state.last_modified_by or "",
+            ENCODER.encode(state.metadata),
+            record,
+        )
+
+        def parse(reply: Any) -> SaveResult:
+            stored = msgspec.structs.replace(state, revision=int(reply[0]))
+            return SaveResult(ok=True, state=stored, etag=etag, conflict=False, error=None)
+
+        def recover(error: RedgovError) -> SaveResult:
+            if isinstance(error, ConflictError):
+                return SaveResult(ok=False, state=None, etag=None, conflict=True, error=str(error))
+            raise error
+
+        return self._script("save_state", keys, args, parse, recover)
+
+    # history appends
+
+    def append_transition(self, transition: StateTransition) -> Call[StateTransition]:
+        _expect(transition, StateTransition, "append_transition")
+        transition, record = encode_record(transition)
+        check_name(transition.transition_id, "transition_id")
+        scope = self.scope(transition.tenant, transition.environment)
+        keys = (scope.log, scope.experiment(transition.experiment).transitions, scope.tids)
+        args = (transition.experiment, transition.transition_id, record)
+        return self._script("append_transition", keys, args, lambda _reply: transition)
+
+    def append_approval(self, approval: ApprovalRecord) -> Call[ApprovalRecord]:
+        _expect(approval, ApprovalRecord, "append_approval")
+        approval, record = encode_record(approval)
+        scope = self.scope(approval.tenant, approval.environment)
+        keys: tuple[str, ...] = (scope.log, scope.experiment(approval.experiment).approvals)
+        if approval.transition_id is not None:
+            check_name(approval.transition_id, "transition_id")
+            keys += (scope.transition_approvals(approval.transition_id),)
+        return self._script("append_approval", keys, (approval.experiment, record), lambda _reply: approval)
+
+    def append_version(self, version: ConfigurationVersion) -> Call[ConfigurationVersion]:
+        _expect(version, ConfigurationVersion, "append_version")
+        if isinstance(version.version, bool) or not isinstance(version.version, int) or version.version < 1:
+            raise ValidationError(f"version number must be an integer >= 1, got {version.version!r}")
+        version, record = encode_record(version)
+        return self._version_call(version, record, version.version)
+
+    def add_next_version(self, version: ConfigurationVersion) -> Call[ConfigurationVersion]:
+        """Append a version whose number the script assigns (latest + 1)."""
+        _expect(version, ConfigurationVersion, "add_next_version")
+        version, record = encode_record(msgspec.structs.replace(version, version=0))
+        return self._version_call(version, record, 0)
+
+    def _version_call(self, version: ConfigurationVersion, record: bytes, number: int) -> Call[ConfigurationVersion]:
+        scope = self.scope(version.tenant, version.environment)
+        keys = (scope.log, scope.experiment(version.experiment).versions)
+
+        def parse(reply: Any) -> ConfigurationVersion:
+            return msgspec.structs.replace(version, version=int(reply[0]))
+
+        return self._script("append_version", keys, (version.experiment, number, record), parse)
+
+    def append_policy_evaluation(self, evaluation: PolicyEvaluation) -> Call[PolicyEvaluation]:
+        _expect(evaluation, PolicyEvaluation, "append_policy_evaluation")
+        evaluation, record = encode_record(evaluation)
+        check_name(evaluation.policy, "policy")
+        scope = self.scope(evaluation.tenant, evaluation.environment)
+        exp = scope.experiment(evaluation.experiment)
+        keys = (scope.log, exp.policies, exp.policy_latest)
+        args = (evaluation.experiment, evaluation.policy, record)
+        return self._script("append_policy_evaluation", keys, args, lambda _reply: evaluation)
+
+    # history reads
+
+    def _read_list(self, list_key: str, scope: Scope, kind: type[T]) -> Call[list[T]]:
+        return self._script("read_list", (list_key, scope.log), (), _records(kind, scope.log))
+
+    def transitions(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[StateTransition]]:
+        scope = self.scope(tenant, environment)
+        key = scope.experiment(check_name(experiment, "experiment")).transitions
+        return self._read_list(key, scope, StateTransition)
+
+    def state_writes(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[ExperimentState]]:
+        scope = self.scope(tenant, environment)
+        key = scope.experiment(check_name(experiment, "experiment")).states
+        return self._read_list(key, scope, ExperimentState)
+
+    def approvals(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[ApprovalRecord]]:
+        scope = self.scope(tenant, environment)
+        key = scope.experiment(check_name(experiment, "experiment")).approvals
+        return self._read_list(key, scope, ApprovalRecord)
+
+    def approvals_for_transition(self, transition_id: str, tenant: str | None, environment: str | None) -> Call[list[ApprovalRecord]]:
+        scope = self.scope(tenant, environment)
+        key = scope.transition_approvals(check_name(transition_id, "transition_id"))
+        return self._read_list(key, scope, ApprovalRecord)
+
+    def policy_evaluations(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[PolicyEvaluation]]:
+        scope = self.scope(tenant, environment)
+        key = scope.experiment(check_name(experiment, "experiment")).policies
+        return self._read_list(key, scope, PolicyEvaluation)
+
+    def latest_policy_evaluation(self, experiment: str, policy: str, tenant: str | None, environment: str | None) -> Call[PolicyEvaluation | None]:
+        scope = self.scope(tenant, environment)
+        key = scope.experiment(check_name(experiment, "experiment")).policy_latest
+        check_name(policy, "policy")
+        parse = _first(_records(PolicyEvaluation, scope.log))
+        return self._script("read_hash_entry", (key, scope.log), (policy,), parse)
+
+    def _read_versions(self, experiment: str, tenant: str | None, environment: str | None) -> tuple[tuple[str, str], Callable[[Any], list[ConfigurationVersion]]]:
+        scope = self.scope(tenant, environment)
+        key = scope.experiment(check_name(experiment, "experiment")).versions
+        return (key, scope.log), _records(ConfigurationVersion, scope.log)
+
+    def versions(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[ConfigurationVersion]]:
+        keys, parse = self._read_versions(experiment, tenant, environment)
+        return self._script("read_versions", keys, ("all",), parse)
+
+    def latest_version(self, experiment: str, tenant: str | None, environment: str | None) -> Call[ConfigurationVersion | None]:
+        keys, parse = self._read_versions(experiment, tenant, environment)
+        return self._script("read_versions", keys, ("latest",), _first(parse))
+
+    def version(self, experiment: str, number: int, tenant: str | None, environment: str | None) -> Call[ConfigurationVersion | None]:
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise ValidationError(f"version number must be an integer, got {number!r}")
+        keys, parse = self._read_versions(experiment, tenant, environment)
+        return self._script("read_versions", keys, (number,), _first(parse))
+
+
+def _expect(value: object, kind: type[Any], operation: str) -> None:
+    if not isinstance(value, kind):
+        raise ValidationError(f"{operation} takes a {kind.__name__}, got {type(value).__name__}")
