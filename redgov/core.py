@@ -128,10 +128,13 @@ def encode_record(record: R) -> tuple[R, bytes]:
     kind = KIND_OF.get(type(record))
     if kind is None:
         raise ValidationError(f"expected a redgov record, got {type(record).__name__}")
-    label = f"{type(record).__name__} for experiment {getattr(record, 'experiment', '?')!r}"
+    check_name(getattr(record, "experiment"), "experiment")
+    check_scope_part(getattr(record, "tenant"), "tenant")
+    check_scope_part(getattr(record, "environment"), "environment")
+    label = f"{type(record).__name__} for experiment {getattr(record, 'experiment')!r}"
     try:
         data = ENCODER.encode(record)
-    except (msgspec.EncodeError, TypeError, OverflowError) as exc:
+    except (msgspec.EncodeError, TypeError, OverflowError, UnicodeEncodeError) as exc:
         raise ValidationError(f"{label} cannot be encoded: {exc}") from None
     try:
         checked: R = DECODERS[kind].decode(data)
@@ -147,9 +150,6 @@ def encode_record(record: R) -> tuple[R, bytes]:
         data = ENCODER.encode(checked)
     if len(data) > MAX_RECORD_BYTES:
         raise ValidationError(f"{label} is {len(data)} bytes encoded; the limit is {MAX_RECORD_BYTES}")
-    check_name(getattr(checked, "experiment"), "experiment")
-    check_scope_part(getattr(checked, "tenant"), "tenant")
-    check_scope_part(getattr(checked, "environment"), "environment")
     return checked, data
 
 

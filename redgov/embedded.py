@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import RedgovError
 
@@ -65,14 +67,24 @@ def _runtime_dir() -> Path:
     return path
 
 
+def _control_client(socket: str, timeout: float) -> redis.Redis:
+    """A one-off connection that does not retry (SHUTDOWN drops it on purpose)."""
+    return redis.Redis(unix_socket_path=socket, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+
+
 def _alive(pid: int) -> bool:
+    """Whether pid runs; an exited process waiting to be reaped (a zombie) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, IndexError):
+        return True
 
 
 class EmbeddedServer:
@@ -113,7 +125,7 @@ class EmbeddedServer:
     def _ping(self) -> bool:
         if not os.path.exists(self.socket):
             return False
-        client = redis.Redis(unix_socket_path=self.socket, socket_timeout=2)
+        client = _control_client(self.socket, 2)
         try:
             return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -183,7 +195,7 @@ class EmbeddedServer:
             pid = int(self._pid_path.read_text().strip())
         except (FileNotFoundError, ValueError):
             pid = 0
-        client = redis.Redis(unix_socket_path=self.socket, socket_timeout=STOP_TIMEOUT)
+        client = _control_client(self.socket, STOP_TIMEOUT)
         try:
             client.shutdown(save=True)
         except (redis.ConnectionError, redis.TimeoutError, OSError):

@@ -1,0 +1,143 @@
+"""Lua contract: headers parse and match call sites; every REDGOV_ code maps and is triggered;
+scripts work after SCRIPT FLUSH and inside a pipeline; the wheel ships every script."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import redis
+
+import redgov
+from redgov import Backplane, ConfigurationVersion, ExperimentState, LifecycleState, StateTransition
+from redgov.core import Core
+from redgov.errors import ConflictError, CorruptDataError, RedgovError, error_codes, map_reply_error
+from redgov.scripts import load_scripts
+
+LUA = Path(__file__).resolve().parent.parent / "lua"
+
+
+def test_every_script_has_a_parsed_header() -> None:
+    specs = load_scripts()
+    files = sorted(p.stem for p in LUA.glob("*.lua"))
+    assert sorted(specs) == files
+    for name, spec in specs.items():
+        assert spec.nkeys >= 1, name
+        assert spec.summary, name
+        assert "@include" not in spec.text, f"{name}: include not inlined"
+
+
+def test_headers_match_key_usage() -> None:
+    for name, spec in load_scripts().items():
+        used = {int(n) for n in re.findall(r"KEYS\[(\d+)\]", spec.text.split("]]", 1)[1])}
+        declared = set(range(1, spec.nkeys + 1 + (1 if spec.variadic else 0)))
+        assert used <= declared, f"{name}.lua uses KEYS {sorted(used)} but declares {sorted(declared)}"
+        args = {int(n) for n in re.findall(r"ARGV\[(\d+)\]", spec.text.split("]]", 1)[1])}
+        assert args == set(range(1, spec.nargs + 1)), f"{name}.lua uses ARGV {sorted(args)}, header has {spec.nargs}"
+
+
+def test_call_sites_pass_the_declared_key_count() -> None:
+    core = Core("gov")
+    with pytest.raises(AssertionError, match="takes 4 keys"):
+        core._script("save_state", ("a",), (), lambda r: r)
+
+
+def test_scripts_use_only_portable_lua() -> None:
+    for path in LUA.rglob("*.lua"):
+        text = path.read_text()
+        for banned in ("cmsgpack", "struct.", "bit.", "redis.sha1hex", "'TIME'", "math.random", " error("):
+            assert banned not in text, f"{path.name} uses {banned}"
+
+
+def test_every_code_in_lua_has_an_exception() -> None:
+    codes = set()
+    for path in LUA.rglob("*.lua"):
+        codes |= set(re.findall(r"REDGOV_[A-Z_]+", path.read_text()))
+    assert codes <= error_codes()
+    for code in codes:
+        mapped = map_reply_error(redis.ResponseError(f"Command # 1 (EVALSHA) of pipeline caused error: {code} why"))
+        assert isinstance(mapped, RedgovError) and str(mapped) == "why"
+
+
+def test_unknown_code_maps_to_base_error_and_others_pass_through() -> None:
+    assert type(map_reply_error(redis.ResponseError("REDGOV_NEW_THING x"))) is RedgovError
+    plain = redis.ResponseError("ERR something else")
+    assert map_reply_error(plain) is plain
+
+
+def test_conflict_code_is_triggered(backplane: Backplane) -> None:
+    backplane.append_version(ConfigurationVersion(experiment="e", version=1, configuration={}))
+    with pytest.raises(ConflictError):
+        backplane.append_version(ConfigurationVersion(experiment="e", version=1, configuration={}))
+
+
+def test_corrupt_code_names_the_key_and_writes_nothing(backplane: Backplane) -> None:
+    keys = backplane.core.scope(None, None)
+    state_key = keys.experiment("e").state
+    backplane.client.set(state_key, "not a hash")
+    with pytest.raises(CorruptDataError, match=re.escape(state_key)):
+        backplane.save_state(ExperimentState(experiment="e", state=LifecycleState.DRAFT))
+    assert backplane.client.exists(keys.log) == 0
+    with pytest.raises(CorruptDataError, match=re.escape(state_key)):
+        backplane.get_state("e")
+    backplane.client.set(keys.experiment("e").versions, "x")
+    with pytest.raises(CorruptDataError, match="versions"):
+        backplane.latest_version("e")
+
+
+def test_undecodable_state_names_the_key(backplane: Backplane) -> None:
+    key = backplane.core.scope(None, None).experiment("e").state
+    backplane.client.hset(key, mapping={"s": "Bogus", "e": "x"})
+    with pytest.raises(CorruptDataError, match=re.escape(key)):
+        backplane.get_state("e")
+
+
+def test_undecodable_log_entry_names_the_entry(backplane: Backplane) -> None:
+    backplane.append_transition(StateTransition(experiment="e", to_state=LifecycleState.DRAFT))
+    scope = backplane.core.scope(None, None)
+    backplane.client.xadd(scope.log, {"k": "transition", "x": "e", "r": b"{not json"}, id="99999999999999-0")
+    backplane.client.rpush(scope.experiment("e").transitions, "99999999999999-0")
+    with pytest.raises(CorruptDataError, match="99999999999999-0"):
+        backplane.transitions("e")
+
+
+def test_scripts_survive_script_flush(backplane: Backplane) -> None:
+    backplane.save_state(ExperimentState(experiment="e", state=LifecycleState.DRAFT))
+    backplane.client.script_flush()
+    t = backplane.append_transition(StateTransition(experiment="e", to_state=LifecycleState.DRAFT))
+    assert backplane.transitions("e") == [t]
+
+
+def test_scripts_run_inside_a_pipeline(backplane: Backplane) -> None:
+    backplane.client.script_flush()
+    scripts = backplane._scripts
+    core = backplane.core
+    calls = [core.append_transition(StateTransition(experiment="e", to_state=LifecycleState.DRAFT)) for _ in range(3)]
+    with backplane.client.pipeline() as pipe:
+        for call in calls:
+            scripts["append_transition"](keys=call.keys, args=call.args, client=pipe)
+        replies = pipe.execute()
+    assert len(replies) == 3 and len(backplane.transitions("e")) == 3
+
+
+def test_refusal_inside_a_pipeline_maps_to_the_hierarchy(backplane: Backplane) -> None:
+    core = backplane.core
+    version = ConfigurationVersion(experiment="e", version=1, configuration={})
+    backplane.append_version(version)
+    call = core.append_version(version)
+    with backplane.client.pipeline() as pipe:
+        backplane._scripts["append_version"](keys=call.keys, args=call.args, client=pipe)
+        with pytest.raises(redis.ResponseError) as info:
+            pipe.execute()
+    with pytest.raises(ConflictError):
+        call.failed(info.value)
+
+
+def test_transport_errors_propagate_unwrapped() -> None:
+    bp = redgov.connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, retry=None)
+    try:
+        with pytest.raises(redis.ConnectionError):
+            bp.get_state("e")
+    finally:
+        bp.close()
