@@ -109,7 +109,7 @@ def check_scope_part(value: object, what: str) -> str | None:
 
 def check_state(value: object, what: str = "state") -> LifecycleState:
     try:
-        return LifecycleState(value)
+        return LifecycleState(value if isinstance(value, str) else repr(value))
     except ValueError:
         names = ", ".join(s.value for s in LifecycleState)
         raise ValidationError(f"{what} {value!r} is not one of {names}") from None
@@ -224,12 +224,14 @@ def _records(kind: type[T], log_key: str) -> Callable[[Any], list[T]]:
     return parse
 
 
-def _first(parse: Callable[[Any], list[T]]) -> Callable[[Any], T | None]:
-    def first(reply: Any) -> T | None:
-        found = parse(reply)
+def _one(kind: type[T], log_key: str) -> Callable[[Any], T | None]:
+    many = _records(kind, log_key)
+
+    def one(reply: Any) -> T | None:
+        found = many(reply)
         return found[0] if found else None
 
-    return first
+    return one
 
 
 def decode_state_hash(
@@ -428,27 +430,26 @@ class Core:
         scope = self.scope(tenant, environment)
         key = scope.experiment(check_name(experiment, "experiment")).policy_latest
         check_name(policy, "policy")
-        parse = _first(_records(PolicyEvaluation, scope.log))
+        parse = _one(PolicyEvaluation, scope.log)
         return self._script("read_hash_entry", (key, scope.log), (policy,), parse)
 
-    def _read_versions(self, experiment: str, tenant: str | None, environment: str | None) -> tuple[tuple[str, str], Callable[[Any], list[ConfigurationVersion]]]:
+    def _versions_keys(self, experiment: str, tenant: str | None, environment: str | None) -> tuple[str, str]:
         scope = self.scope(tenant, environment)
-        key = scope.experiment(check_name(experiment, "experiment")).versions
-        return (key, scope.log), _records(ConfigurationVersion, scope.log)
+        return scope.experiment(check_name(experiment, "experiment")).versions, scope.log
 
     def versions(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[ConfigurationVersion]]:
-        keys, parse = self._read_versions(experiment, tenant, environment)
-        return self._script("read_versions", keys, ("all",), parse)
+        keys = self._versions_keys(experiment, tenant, environment)
+        return self._script("read_versions", keys, ("all",), _records(ConfigurationVersion, keys[1]))
 
     def latest_version(self, experiment: str, tenant: str | None, environment: str | None) -> Call[ConfigurationVersion | None]:
-        keys, parse = self._read_versions(experiment, tenant, environment)
-        return self._script("read_versions", keys, ("latest",), _first(parse))
+        keys = self._versions_keys(experiment, tenant, environment)
+        return self._script("read_versions", keys, ("latest",), _one(ConfigurationVersion, keys[1]))
 
     def version(self, experiment: str, number: int, tenant: str | None, environment: str | None) -> Call[ConfigurationVersion | None]:
         if isinstance(number, bool) or not isinstance(number, int):
             raise ValidationError(f"version number must be an integer, got {number!r}")
-        keys, parse = self._read_versions(experiment, tenant, environment)
-        return self._script("read_versions", keys, (number,), _first(parse))
+        keys = self._versions_keys(experiment, tenant, environment)
+        return self._script("read_versions", keys, (number,), _one(ConfigurationVersion, keys[1]))
 
 
 def _expect(value: object, kind: type[Any], operation: str) -> None:
