@@ -29,8 +29,10 @@ __all__ = [
     "Stats",
     "environment",
     "format_report",
+    "format_table",
     "measure",
     "percentile",
+    "report_dict",
     "row",
     "stats",
 ]
@@ -128,6 +130,7 @@ class Row:
     baseline_median_us: float
     baseline_p99_us: float
     ratio: float  # candidate median / baseline median
+    delta_us: float  # candidate median - baseline median: the added cost, less tied to the round trip
     target: float | None  # ratio must be <= target; None = informational
     ok: str  # "ok", "MISSED" or "info"
 
@@ -138,7 +141,8 @@ def row(operation: str, candidate: Sequence[int], baseline: str, base: Sequence[
     c, b = stats(candidate), stats(base)
     ratio = c.median_us / b.median_us if b.median_us else float("inf")
     ok = "info" if target is None else ("ok" if ratio <= target else "MISSED")
-    return Row(operation, c.median_us, c.p99_us, baseline, b.median_us, b.p99_us, ratio, target, ok)
+    return Row(operation, c.median_us, c.p99_us, baseline, b.median_us, b.p99_us, ratio,
+               c.median_us - b.median_us, target, ok)
 
 
 def environment(server_version: str | None = None, **extra: object) -> dict[str, object]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Generic, TypeVar
@@ -55,16 +55,19 @@ MAX_NAME_LENGTH = 1024
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One round trip: a Lua script (``script``) or a plain command (``command``)."""
+    """One round trip: a Lua script (``script``) or a plain command (``args``)."""
 
-    keys: tuple[str, ...]
-    args: tuple[Any, ...]
-    parse: Callable[[Any], T]
-    script: str | None = None
-    #: turns a mapped refusal into a result instead of raising it
-    recover: Callable[[RedgovError], T] | None = field(default=None)
+    __slots__ = ("args", "keys", "parse", "recover", "script")
+
+    def __init__(self, keys: tuple[str, ...], args: tuple[Any, ...], parse: Callable[[Any], T],
+                 script: str | None = None, recover: Callable[[RedgovError], T] | None = None) -> None:
+        self.keys = keys
+        self.args = args
+        self.parse = parse
+        self.script = script
+        #: turns a mapped refusal into a result instead of raising it
+        self.recover = recover
 
     def failed(self, exc: ResponseError) -> T:
         """Map a server error reply; recover from it or raise it."""
@@ -74,6 +77,9 @@ class Call(Generic[T]):
         if self.recover is not None and isinstance(mapped, RedgovError):
             return self.recover(mapped)
         raise mapped from exc
+
+    def __repr__(self) -> str:
+        return f"Call(script={self.script!r}, keys={self.keys!r})"
 
 
 # -- validation ---------------------------------------------------------------
@@ -119,6 +125,12 @@ def _utc(value: datetime) -> datetime:
     return value if value.utcoffset() == timedelta(0) and value.tzinfo is UTC else value.astimezone(UTC)
 
 
+_DATETIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
+    kind: tuple(f.name for f in msgspec.structs.fields(kind) if "datetime" in str(f.type))
+    for kind in KIND_OF
+}
+
+
 def encode_record(record: R) -> tuple[R, bytes]:
     """Validate a record completely and encode it; returns (normalized record, bytes).
 
@@ -131,26 +143,29 @@ def encode_record(record: R) -> tuple[R, bytes]:
     check_name(getattr(record, "experiment"), "experiment")
     check_scope_part(getattr(record, "tenant"), "tenant")
     check_scope_part(getattr(record, "environment"), "environment")
-    label = f"{type(record).__name__} for experiment {getattr(record, 'experiment')!r}"
     try:
         data = ENCODER.encode(record)
     except (msgspec.EncodeError, TypeError, OverflowError, UnicodeEncodeError) as exc:
-        raise ValidationError(f"{label} cannot be encoded: {exc}") from None
+        raise ValidationError(f"{_label(record)} cannot be encoded: {exc}") from None
     try:
         checked: R = DECODERS[kind].decode(data)
     except msgspec.ValidationError as exc:
-        raise ValidationError(f"{label} is invalid: {exc}") from None
+        raise ValidationError(f"{_label(record)} is invalid: {exc}") from None
     changes = {
         name: _utc(value)
-        for name in record.__struct_fields__
-        if isinstance(value := getattr(checked, name), datetime) and value.tzinfo is not UTC
+        for name in _DATETIME_FIELDS[type(record)]
+        if (value := getattr(checked, name)).tzinfo is not UTC
     }
     if changes:
         checked = msgspec.structs.replace(checked, **changes)
         data = ENCODER.encode(checked)
     if len(data) > MAX_RECORD_BYTES:
-        raise ValidationError(f"{label} is {len(data)} bytes encoded; the limit is {MAX_RECORD_BYTES}")
+        raise ValidationError(f"{_label(record)} is {len(data)} bytes encoded; the limit is {MAX_RECORD_BYTES}")
     return checked, data
+
+
+def _label(record: Any) -> str:
+    return f"{type(record).__name__} for experiment {record.experiment!r}"
 
 
 def new_etag() -> str:
@@ -267,9 +282,8 @@ def decode_state_hash(
 
 
 @lru_cache(maxsize=4096)
-def _scope(prefix: str, tenant: str | None, environment: str | None) -> tuple[Scope, str]:
-    scope = Scope(prefix, tenant, environment)
-    return scope, scope.tag
+def _scope(prefix: str, tenant: str | None, environment: str | None) -> Scope:
+    return Scope(prefix, tenant, environment)
 
 
 class Core:
@@ -283,7 +297,7 @@ class Core:
     def scope(self, tenant: str | None, environment: str | None) -> Scope:
         check_scope_part(tenant, "tenant")
         check_scope_part(environment, "environment")
-        return _scope(self.prefix, tenant, environment)[0]
+        return _scope(self.prefix, tenant, environment)
 
     def _script(self, name: str, keys: tuple[str, ...], args: tuple[Any, ...], parse: Callable[[Any], T],
                 recover: Callable[[RedgovError], T] | None = None) -> Call[T]:

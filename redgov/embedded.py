@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,6 +101,7 @@ class EmbeddedServer:
         self._users_path = run / f"{digest}.users"
         self._log_path = run / f"{digest}.log"
         self._open = False
+        self._handle = f"{os.getpid()}:{uuid.uuid4().hex}"
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -110,16 +112,22 @@ class EmbeddedServer:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _users(self) -> set[int]:
+    def _users(self) -> set[str]:
+        """Open handles as 'pid:token' lines, less those of processes that have exited."""
         try:
             text = self._users_path.read_text()
         except FileNotFoundError:
             return set()
-        return {int(p) for p in text.split() if p.isdigit() and _alive(int(p))}
+        users = set()
+        for line in text.split():
+            pid, _, _token = line.partition(":")
+            if pid.isdigit() and _alive(int(pid)):
+                users.add(line)
+        return users
 
-    def _write_users(self, users: set[int]) -> None:
+    def _write_users(self, users: set[str]) -> None:
         tmp = self._users_path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{p}\n" for p in sorted(users)))
+        tmp.write_text("".join(f"{u}\n" for u in sorted(users)))
         os.replace(tmp, self._users_path)
 
     def _ping(self) -> bool:
@@ -140,7 +148,7 @@ class EmbeddedServer:
             if not self._ping():
                 self._start()
             users = self._users()
-            users.add(os.getpid())
+            users.add(self._handle)
             self._write_users(users)
         self._open = True
         return self.socket
@@ -185,7 +193,7 @@ class EmbeddedServer:
         self._open = False
         with self._locked():
             users = self._users()
-            users.discard(os.getpid())
+            users.discard(self._handle)
             self._write_users(users)
             if not users:
                 self._shutdown()

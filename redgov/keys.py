@@ -24,18 +24,20 @@ experiment name and transition ids are encoded the same way.
 | ``{T}:x:<exp>:versions``             | zset   | log ids of its versions, scored by number        |
 | ``{T}:x:<exp>:policies``             | list   | log ids of its policy evaluations                |
 | ``{T}:x:<exp>:policy``               | hash   | policy name -> log id of its latest evaluation   |
+| ``{T}:x:<exp>:pending``              | hash   | '<from>><to>' -> log id of an unused approval    |
+| ``{T}:x:<exp>:links``                | hash   | approval log id -> transition id that used it    |
 | ``{T}:tr:<transition id>:approvals`` | list   | log ids of the approvals linked to a transition  |
+| ``{T}:idem:<key>``                   | string | log id of the transition an idempotency key made |
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+import re
 
 __all__ = ["Scope", "encode_part", "decode_part", "scope_pattern"]
 
 _ESCAPES = {"%": "%25", "{": "%7B", "}": "%7D", ":": "%3A", "~": "%7E"}
-_TABLE = str.maketrans(_ESCAPES)
+_SPECIAL = re.compile("[%{}:~]")
 _NONE = "~"
 
 
@@ -43,7 +45,9 @@ def encode_part(value: str | None) -> str:
     """Encode one key component; ``None`` and ``""`` stay distinct."""
     if value is None:
         return _NONE
-    return value.translate(_TABLE)
+    if _SPECIAL.search(value) is None:
+        return value
+    return _SPECIAL.sub(lambda m: _ESCAPES[m.group()], value)
 
 
 def decode_part(text: str) -> str | None:
@@ -72,33 +76,28 @@ def parse_log_key(key: str) -> tuple[str, str | None, str | None]:
     return decoded_prefix, decode_part(tenant), decode_part(environment)
 
 
-@dataclass(frozen=True, slots=True)
 class Scope:
-    """The key space of one (prefix, tenant, environment)."""
+    """The key space of one (prefix, tenant, environment); key names computed once."""
 
-    prefix: str
-    tenant: str | None = None
-    environment: str | None = None
+    __slots__ = ("environment", "index", "log", "prefix", "tag", "tenant", "tids")
 
-    @property
-    def tag(self) -> str:
-        return "{%s:%s:%s}" % (
-            encode_part(self.prefix),
-            encode_part(self.tenant),
-            encode_part(self.environment),
-        )
+    def __init__(self, prefix: str, tenant: str | None = None, environment: str | None = None) -> None:
+        self.prefix = prefix
+        self.tenant = tenant
+        self.environment = environment
+        self.tag = "{%s:%s:%s}" % (encode_part(prefix), encode_part(tenant), encode_part(environment))
+        self.log = self.tag + ":log"
+        self.index = self.tag + ":index"
+        self.tids = self.tag + ":tid"
 
-    @property
-    def log(self) -> str:
-        return self.tag + ":log"
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Scope) and self.tag == other.tag
 
-    @property
-    def index(self) -> str:
-        return self.tag + ":index"
+    def __hash__(self) -> int:
+        return hash(self.tag)
 
-    @property
-    def tids(self) -> str:
-        return self.tag + ":tid"
+    def __repr__(self) -> str:
+        return f"Scope(prefix={self.prefix!r}, tenant={self.tenant!r}, environment={self.environment!r})"
 
     def experiment(self, name: str) -> ExperimentKeys:
         return ExperimentKeys(self.tag + ":x:" + encode_part(name))
@@ -106,10 +105,17 @@ class Scope:
     def transition_approvals(self, transition_id: str) -> str:
         return self.tag + ":tr:" + encode_part(transition_id) + ":approvals"
 
+    def idempotency(self, key: str) -> str:
+        return self.tag + ":idem:" + encode_part(key)
 
-@dataclass(frozen=True, slots=True)
+
 class ExperimentKeys:
-    base: str
+    """The keys of one experiment in a scope."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: str) -> None:
+        self.base = base
 
     @property
     def state(self) -> str:
@@ -138,3 +144,11 @@ class ExperimentKeys:
     @property
     def policy_latest(self) -> str:
         return self.base + ":policy"
+
+    @property
+    def pending(self) -> str:
+        return self.base + ":pending"
+
+    @property
+    def links(self) -> str:
+        return self.base + ":links"

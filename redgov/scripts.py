@@ -19,7 +19,7 @@ __all__ = ["ScriptSpec", "load_scripts", "lua_root"]
 _INCLUDE = re.compile(r"^-- @include (lib/[a-z_]+\.lua)\s*$", re.MULTILINE)
 _HEADER = re.compile(r"\A--\[\[ ([a-z_]+): (.*?)\n(.*?)\]\]", re.DOTALL)
 _KEY_LINE = re.compile(r"^KEYS\[(\d+)(\.\.)?\]", re.MULTILINE)
-_ARG_LINE = re.compile(r"^ARGV\[(\d+)\]", re.MULTILINE)
+_ARG_LINE = re.compile(r"^ARGV\[(\d+)(\.\.)?\]", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,8 @@ class ScriptSpec:
     text: str
     nkeys: int  # fixed keys
     variadic: bool  # accepts more keys after the fixed ones
-    nargs: int
+    nargs: int  # fixed arguments
+    variadic_args: bool = False
 
     def check_keys(self, count: int) -> None:
         if count < self.nkeys or (count > self.nkeys and not self.variadic):
@@ -80,6 +81,7 @@ def _parse(name: str, source: str, root: Traversable) -> ScriptSpec:
         nkeys=len(fixed),
         variadic=variadic,
         nargs=len(arg_numbers),
+        variadic_args=any(m.group(2) for m in _ARG_LINE.finditer(body)),
     )
 
 

@@ -1,0 +1,96 @@
+"""Approval gates: which moves need whose approval. Pure logic, no I/O.
+
+A gate applies to moves into ``to_state`` from ``from_state`` (None: from
+any state). What a gate decides that depends only on the call (an actor's
+role) is decided in Python; a ManualGate is settled inside the transition
+script, which consumes the recorded approval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .core import check_state
+from .errors import ValidationError
+from .records import LifecycleState
+
+__all__ = ["AutomaticGate", "Gate", "ManualGate", "RoleGate"]
+
+
+class Gate:
+    kind = "gate"
+    __slots__ = ("from_state", "to_state")
+
+    def __init__(self, *, to_state: LifecycleState | str, from_state: LifecycleState | str | None = None) -> None:
+        self.to_state = check_state(to_state, f"{type(self).__name__}.to_state")
+        self.from_state = None if from_state is None else check_state(from_state, f"{type(self).__name__}.from_state")
+
+    def applies(self, source: LifecycleState, target: LifecycleState) -> bool:
+        return target is self.to_state and (self.from_state is None or self.from_state is source)
+
+    @property
+    def name(self) -> str:
+        source = self.from_state.value if self.from_state else "*"
+        return f"{self.kind}:{source}->{self.to_state.value}"
+
+    def _key(self) -> tuple[Any, ...]:
+        return (type(self), self.from_state, self.to_state)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Gate) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        source = f", from_state={self.from_state.value!r}" if self.from_state else ""
+        return f"{type(self).__name__}(to_state={self.to_state.value!r}{source})"
+
+
+class AutomaticGate(Gate):
+    """Always approves; recorded as nothing."""
+
+    kind = "automatic"
+    __slots__ = ()
+
+
+class ManualGate(Gate):
+    """Needs a recorded ``Governance.approve``; the transition consumes it."""
+
+    kind = "manual"
+    __slots__ = ()
+
+
+class RoleGate(Gate):
+    """Approves when ``metadata["actorRole"]`` is one of ``roles``."""
+
+    kind = "roleBased"
+    __slots__ = ("roles",)
+
+    def __init__(self, *roles: str, to_state: LifecycleState | str,
+                 from_state: LifecycleState | str | None = None) -> None:
+        super().__init__(to_state=to_state, from_state=from_state)
+        if not roles:
+            raise ValidationError("RoleGate needs at least one role")
+        for role in roles:
+            if not isinstance(role, str) or not role:
+                raise ValidationError(f"RoleGate roles must be non-empty strings, got {role!r}")
+        self.roles: tuple[str, ...] = tuple(roles)
+
+    def decide(self, metadata: Mapping[str, Any] | None) -> tuple[bool, str]:
+        role = (metadata or {}).get("actorRole")
+        if role in self.roles:
+            return True, f"actor role {role!r} is allowed"
+        allowed = ", ".join(self.roles)
+        if role is None:
+            return False, f"no actorRole given; one of {allowed} is required"
+        return False, f"actor role {role!r} is not one of {allowed}"
+
+    def _key(self) -> tuple[Any, ...]:
+        return (*super()._key(), self.roles)
+
+    def __repr__(self) -> str:
+        roles = ", ".join(repr(r) for r in self.roles)
+        source = f", from_state={self.from_state.value!r}" if self.from_state else ""
+        return f"RoleGate({roles}, to_state={self.to_state.value!r}{source})"
