@@ -22,10 +22,12 @@ local mode, expected, etag = ARGV[1], ARGV[2], ARGV[3]
 local experiment, state, config_version = ARGV[4], ARGV[5], ARGV[6]
 local modified_at, modified_by, metadata, record = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
-local bad = expect_types({state_key, 'hash', log_key, 'stream', writes_key, 'list', index_key, 'hash'})
+-- the state hash's type is checked by the HMGET below, before any write
+local bad = expect_types({log_key, 'stream', writes_key, 'list', index_key, 'hash'})
 if bad then return redis.error_reply(bad) end
 
-local current = redis.call('HGET', state_key, 'e')
+local stored = redis.call('HMGET', state_key, 'e', 'b')
+local current = stored[1]
 if mode == 'create' and current then
   return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ' already exists (etag ' .. current .. ')')
 end
@@ -35,11 +37,12 @@ if mode == 'match' and current ~= expected then
 end
 
 local revision = redis.call('HINCRBY', state_key, 'r', 1)
-redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag)
-if modified_by == '' then
-  redis.call('HDEL', state_key, 'b')
+if modified_by ~= '' then
+  redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag,
+    'b', modified_by)
 else
-  redis.call('HSET', state_key, 'b', modified_by)
+  redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag)
+  if stored[2] then redis.call('HDEL', state_key, 'b') end
 end
 local id = redis.call('XADD', log_key, '*', 'k', 'state', 'x', experiment, 'r', record,
   'rev', revision, 'etag', etag)

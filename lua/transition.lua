@@ -21,13 +21,15 @@ ARGV[6] now, epoch microseconds
 ARGV[7] actor ('' = none)
 ARGV[8] transition id
 ARGV[9] idempotency window, ms
-ARGV[10] plan, JSON: {from = {<state> = {deny?, manual?, approvals = [i]}}, policies = [[i, name]],
+ARGV[10] plan, JSON: {from = {<state> = {deny?, manual?, approvals = list of i}}, policies = list of {i, name},
          groups = [{name, others = [exp], ok = i, fail = i}]}; i indexes ARGV[11..]
 ARGV[11..] records, JSON: [11] the StateTransition (from_state is the entry's 'from' field), then
          the approval and policy records the plan refers to
-Returns: {revision, transition entry id, from state}, or {0, entry id, from state} for an idempotent replay
+Returns: {revision, transition entry id, from state}, or {0, entry id, {entry fields}} replaying the
+         transition an idempotency key already made
 Errors: REDGOV_CONFLICT, REDGOV_INVALID_TRANSITION, REDGOV_APPROVAL_REQUIRED,
-        REDGOV_POLICY_VIOLATION <group index> <detail> (the failing evaluation is recorded), REDGOV_CORRUPT
+        REDGOV_POLICY_VIOLATION <failed group indexes> <current state> <detail> (every evaluation of the
+        attempt is recorded), REDGOV_CORRUPT
 ]]
 -- @include lib/guard.lua
 -- @include lib/records.lua
@@ -50,11 +52,7 @@ if idem_key then
   if seen then
     local first = redis.call('XRANGE', log_key, seen, seen)[1]
     if first then
-      local from = ''
-      for i = 1, #first[2], 2 do
-        if first[2][i] == 'from' then from = first[2][i + 1] end
-      end
-      return {0, seen, from}
+      return {0, seen, first[2]}
     end
   end
 end
@@ -89,20 +87,37 @@ if step['manual'] then
 end
 
 local from_field = {'from', current}
-local group_ok = {}
+local function write_policies(pairs)
+  for _, pair in ipairs(pairs) do
+    local evaluation = add_entry(log_key, policies_key, 'policy', experiment, ARGV[records_at + pair[1]], from_field)
+    redis.call('HSET', policy_latest_key, pair[2], evaluation)
+  end
+end
+local group_results, failed, detail = {}, {}, nil
 for g, group in ipairs(plan['groups']) do
+  local busy = nil
   if #group['others'] > 0 then
     local states = redis.call('HMGET', index_key, unpack(group['others']))
     for i, other in ipairs(group['others']) do
-      if states[i] == 'Running' or states[i] == 'Ramping' then
-        local id = add_entry(log_key, policies_key, 'policy', experiment, ARGV[records_at + group['fail']], from_field)
-        redis.call('HSET', policy_latest_key, group['name'], id)
-        return redis.error_reply('REDGOV_POLICY_VIOLATION ' .. (g - 1) .. ' experiment ' .. experiment .. ': '
-          .. group['name'] .. ': conflicting experiment ' .. other .. ' is ' .. states[i])
+      if not busy and (states[i] == 'Running' or states[i] == 'Ramping') then
+        busy = other .. ' is ' .. states[i]
       end
     end
   end
-  group_ok[#group_ok + 1] = {group['ok'], group['name']}
+  if busy then
+    failed[#failed + 1] = g - 1
+    group_results[g] = {group['fail'], group['name']}
+    detail = detail or (group['name'] .. ': conflicting experiment ' .. busy)
+  else
+    group_results[g] = {group['ok'], group['name']}
+  end
+end
+if #failed > 0 then
+  -- refused: the evaluations are kept for audit; state, history and approvals are untouched
+  write_policies(plan['policies'])
+  write_policies(group_results)
+  return redis.error_reply('REDGOV_POLICY_VIOLATION ' .. table.concat(failed, ',') .. ' ' .. current
+    .. ' experiment ' .. experiment .. ': ' .. detail)
 end
 
 -- every check passed: write
@@ -131,14 +146,8 @@ for _, i in ipairs(step['approvals']) do
   local approval = add_entry(log_key, approvals_key, 'approval', experiment, ARGV[records_at + i], from_field)
   redis.call('RPUSH', linked_key, approval)
 end
-for _, pair in ipairs(plan['policies']) do
-  local evaluation = add_entry(log_key, policies_key, 'policy', experiment, ARGV[records_at + pair[1]], from_field)
-  redis.call('HSET', policy_latest_key, pair[2], evaluation)
-end
-for _, pair in ipairs(group_ok) do
-  local evaluation = add_entry(log_key, policies_key, 'policy', experiment, ARGV[records_at + pair[1]], from_field)
-  redis.call('HSET', policy_latest_key, pair[2], evaluation)
-end
+write_policies(plan['policies'])
+write_policies(group_results)
 if idem_key then
   redis.call('SET', idem_key, id, 'PX', idem_window)
 end

@@ -18,6 +18,11 @@ from .errors import (
     RedgovError,
     ValidationError,
 )
+from .gates import AutomaticGate, Gate, ManualGate, RoleGate
+from .governance import Governance
+from .govcore import Change, GovernanceEvent, TransitionRequest
+from .policies import ConflictPrevention, ErrorRate, Policy, TimeWindow, TrafficLimit
+from .rules import DEFAULT_RULES, Rules
 from .records import (
     ApprovalRecord,
     ConfigurationVersion,
@@ -32,6 +37,21 @@ from .records import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutomaticGate",
+    "Change",
+    "ConflictPrevention",
+    "DEFAULT_RULES",
+    "ErrorRate",
+    "Gate",
+    "Governance",
+    "GovernanceEvent",
+    "ManualGate",
+    "Policy",
+    "RoleGate",
+    "Rules",
+    "TimeWindow",
+    "TrafficLimit",
+    "TransitionRequest",
     "ApprovalRecord",
     "ApprovalRequiredError",
     "Backplane",

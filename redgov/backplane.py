@@ -6,13 +6,14 @@ decisions live in ``core``; this shell only does the I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
-from .core import Call, Core
+from .core import Call, Core, settle
+from .errors import RedgovError
 from .records import (
     ApprovalRecord,
     ConfigurationVersion,
@@ -57,6 +58,30 @@ class Backplane:
         except ResponseError as exc:
             return call.failed(exc)
         return call.parse(reply)
+
+    def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
+        """Run Calls in one pipelined round trip (one by one on a Cluster).
+
+        Each result is the parsed reply or the RedgovError that refused the call.
+        """
+        if not calls:
+            return []
+        if not hasattr(self.client, "pipeline") or self.client.__class__.__name__ == "RedisCluster":
+            return [self._settle(call) for call in calls]
+        with self.client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                if call.script is None:
+                    pipe.execute_command(*call.args)
+                else:
+                    self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
+            replies = pipe.execute(raise_on_error=False)
+        return [settle(call, reply) for call, reply in zip(calls, replies)]
+
+    def _settle(self, call: Call[Any]) -> Any:
+        try:
+            return self.run(call)
+        except RedgovError as error:
+            return error
 
     def close(self) -> None:
         self.client.close()

@@ -82,6 +82,16 @@ class Call(Generic[T]):
         return f"Call(script={self.script!r}, keys={self.keys!r})"
 
 
+def settle(call: Call[Any], reply: Any) -> Any:
+    """A pipelined reply as a result, or the RedgovError it stands for."""
+    try:
+        if isinstance(reply, ResponseError):
+            return call.failed(reply)
+        return call.parse(reply)
+    except RedgovError as error:
+        return error
+
+
 # -- validation ---------------------------------------------------------------
 
 
@@ -188,7 +198,9 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def _fields(raw: Sequence[Any]) -> dict[str, bytes]:
+def _fields(raw: Sequence[Any] | Mapping[Any, Any]) -> dict[str, bytes]:
+    if isinstance(raw, Mapping):
+        return {_text(k): v for k, v in raw.items()}
     return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
 
 
@@ -200,6 +212,42 @@ class Entry:
     kind: str
     experiment: str
     record: Any
+    #: the revision and etag of the state write this entry made (0 and "" when none)
+    revision: int = 0
+    etag: str = ""
+
+
+def decode_fields(entry_id: str, fields: dict[str, bytes], log_key: str) -> Entry:
+    """Decode one entry's fields; fields the script decided override the record's.
+
+    A script adds fields to a record written from Python: ``rev``/``etag`` (a
+    state write), ``v`` (a version number), ``from`` (the state the experiment
+    was in: from_state, current_state or lifecycle_state) and, on reads,
+    ``tid`` (the transition that consumed an approval).
+    """
+    try:
+        kind = _text(fields["k"])
+        record = DECODERS[kind].decode(fields["r"])
+        changes: dict[str, Any] = {}
+        revision = int(fields["rev"]) if "rev" in fields else 0
+        etag = _text(fields["etag"]) if revision else ""
+        if kind == "state":
+            changes["revision"] = revision
+            changes["etag"] = etag
+        elif kind == "version":
+            changes["version"] = int(fields["v"])
+        source = fields.get("from")
+        if source is not None:
+            name = {"transition": "from_state", "approval": "from_state", "policy": "current_state",
+                    "version": "lifecycle_state"}[kind]
+            changes[name] = LifecycleState(_text(source))
+        if "tid" in fields and kind == "approval":
+            changes["transition_id"] = _text(fields["tid"])
+        if changes:
+            record = msgspec.structs.replace(record, **changes)
+        return Entry(entry_id, kind, _text(fields["x"]), record, revision, etag)
+    except (KeyError, ValueError, msgspec.DecodeError) as exc:
+        raise CorruptDataError(f"log entry {entry_id} of {log_key} cannot be decoded: {exc!r}") from None
 
 
 def decode_entry(raw: Sequence[Any], log_key: str) -> Entry | None:
@@ -207,19 +255,55 @@ def decode_entry(raw: Sequence[Any], log_key: str) -> Entry | None:
     entry_id = _text(raw[0])
     if not raw[1]:
         return None
-    try:
-        fields = _fields(raw[1])
-        kind = _text(fields["k"])
-        record = DECODERS[kind].decode(fields["r"])
-        if kind == "state":
-            record = msgspec.structs.replace(
-                record, revision=int(fields["rev"]), etag=_text(fields["etag"])
-            )
-        elif kind == "version":
-            record = msgspec.structs.replace(record, version=int(fields["v"]))
-        return Entry(entry_id, kind, _text(fields["x"]), record)
-    except (KeyError, ValueError, msgspec.DecodeError) as exc:
-        raise CorruptDataError(f"log entry {entry_id} of {log_key} cannot be decoded: {exc!r}") from None
+    return decode_fields(entry_id, _fields(raw[1]), log_key)
+
+
+def entries(reply: Any, log_key: str) -> list[Entry]:
+    out = []
+    for raw in reply:
+        entry = decode_entry(raw, log_key)
+        if entry is not None:
+            out.append(entry)
+    return out
+
+
+def fold_states(
+    found: Sequence[Entry],
+    experiment: str,
+    tenant: str | None,
+    environment: str | None,
+    until: datetime | None = None,
+) -> list[ExperimentState]:
+    """Every state an experiment has had, folded from its state-writing entries alone.
+
+    A ``state`` entry is a whole snapshot; a ``transition`` sets the state, time and
+    actor; a followed ``version`` sets config_version, time and actor. Each carries
+    the revision and etag of its write. ``until`` stops before later entries.
+    """
+    out: list[ExperimentState] = []
+    current: ExperimentState | None = None
+    for entry in found:
+        record = entry.record
+        if isinstance(record, ExperimentState):
+            moment, new = record.last_modified, record
+        elif isinstance(record, StateTransition):
+            moment = record.timestamp
+            base = current or ExperimentState(experiment=experiment, state=record.to_state,
+                                              tenant=tenant, environment=environment)
+            new = msgspec.structs.replace(base, state=record.to_state, last_modified=moment,
+                                          last_modified_by=record.actor, revision=entry.revision, etag=entry.etag)
+        elif isinstance(record, ConfigurationVersion) and current is not None:
+            moment = record.created_at
+            new = msgspec.structs.replace(current, config_version=record.version, last_modified=moment,
+                                          last_modified_by=record.created_by, revision=entry.revision,
+                                          etag=entry.etag)
+        else:
+            raise CorruptDataError(f"log entry {entry.id} ({entry.kind}) cannot be folded into a state")
+        if until is not None and moment > until:
+            break
+        out.append(new)
+        current = new
+    return out
 
 
 def _records(kind: type[T], log_key: str) -> Callable[[Any], list[T]]:
@@ -420,20 +504,32 @@ class Core:
         key = scope.experiment(check_name(experiment, "experiment")).transitions
         return self._read_list(key, scope, StateTransition)
 
-    def state_writes(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[ExperimentState]]:
+    def state_writes(self, experiment: str, tenant: str | None, environment: str | None,
+                     until: datetime | None = None) -> Call[list[ExperimentState]]:
         scope = self.scope(tenant, environment)
         key = scope.experiment(check_name(experiment, "experiment")).states
-        return self._read_list(key, scope, ExperimentState)
+
+        def parse(reply: Any) -> list[ExperimentState]:
+            return fold_states(entries(reply, scope.log), experiment, tenant, environment, until)
+
+        return self._script("read_list", (key, scope.log), (), parse)
 
     def approvals(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[ApprovalRecord]]:
         scope = self.scope(tenant, environment)
-        key = scope.experiment(check_name(experiment, "experiment")).approvals
-        return self._read_list(key, scope, ApprovalRecord)
+        exp = scope.experiment(check_name(experiment, "experiment"))
+        return self._script("read_list", (exp.approvals, scope.log, exp.links), (), _records(ApprovalRecord, scope.log))
 
     def approvals_for_transition(self, transition_id: str, tenant: str | None, environment: str | None) -> Call[list[ApprovalRecord]]:
         scope = self.scope(tenant, environment)
         key = scope.transition_approvals(check_name(transition_id, "transition_id"))
-        return self._read_list(key, scope, ApprovalRecord)
+        many = _records(ApprovalRecord, scope.log)
+
+        def parse(reply: Any) -> list[ApprovalRecord]:
+            # a consumed manual approval was recorded before its transition existed
+            return [a if a.transition_id else msgspec.structs.replace(a, transition_id=transition_id)
+                    for a in many(reply)]
+
+        return self._script("read_list", (key, scope.log), (), parse)
 
     def policy_evaluations(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[PolicyEvaluation]]:
         scope = self.scope(tenant, environment)
