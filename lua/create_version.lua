@@ -10,7 +10,7 @@ ARGV[4] now, epoch microseconds
 ARGV[5] actor ('' = none)
 ARGV[6] ConfigurationVersion record, JSON (the entry's v field is authoritative; lifecycle_state is
         the entry's 'from' field, the state when the version was made)
-Returns: {version number, revision (0 when the state was not written)}
+Returns: {version number, revision (0 when the state was not written), current state ('' = none)}
 Errors: REDGOV_CORRUPT <key>
 ]]
 -- @include lib/guard.lua
@@ -37,4 +37,4 @@ else
   id = redis.call('XADD', log_key, '*', 'k', 'version', 'x', experiment, 'r', record, 'v', number, unpack(extra))
 end
 redis.call('ZADD', versions_key, number, id)
-return {tonumber(number), revision}
+return {tonumber(number), revision, current or ''}

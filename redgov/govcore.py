@@ -502,7 +502,9 @@ class GovernanceCore:
         args = (experiment, "1" if self.auto_versioning else "0", etag, to_micros(now), actor or "", data)
 
         def parse(reply: Any) -> ConfigurationVersion:
-            return msgspec.structs.replace(version, version=int(reply[0]))
+            current = _text(reply[2])
+            return msgspec.structs.replace(version, version=int(reply[0]),
+                                           lifecycle_state=LifecycleState(current) if current else None)
 
         return self.core._script("create_version", keys, args, parse)
 
