@@ -11,7 +11,7 @@ KEYS[9] approval links        {T}:x:<exp>:links (approval entry id -> transition
 KEYS[10] policy eval ids      {T}:x:<exp>:policies
 KEYS[11] latest per policy    {T}:x:<exp>:policy
 KEYS[12] this transition's approvals  {T}:tr:<transition id>:approvals
-KEYS[13..] idempotency key    {T}:idem:<key> (only when the caller gave one)
+KEYS[13..] idempotency key    {T}:x:<exp>:idem:<key> -> '<target>|<entry id>' (only when the caller gave one)
 ARGV[1] experiment name
 ARGV[2] target state
 ARGV[3] initial state (the current state when none is stored)
@@ -50,9 +50,15 @@ if bad then return redis.error_reply(bad) end
 if idem_key then
   local seen = redis.call('GET', idem_key)
   if seen then
-    local first = redis.call('XRANGE', log_key, seen, seen)[1]
+    local bar = string.find(seen, '|', 1, true)
+    local seen_target, seen_id = string.sub(seen, 1, bar - 1), string.sub(seen, bar + 1)
+    if seen_target ~= target then
+      return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ': the idempotency key was used for a '
+        .. 'move to ' .. seen_target .. ', not ' .. target)
+    end
+    local first = redis.call('XRANGE', log_key, seen_id, seen_id)[1]
     if first then
-      return {0, seen, first[2]}
+      return {0, seen_id, first[2]}
     end
   end
 end
@@ -149,6 +155,6 @@ end
 write_policies(plan['policies'])
 write_policies(group_results)
 if idem_key then
-  redis.call('SET', idem_key, id, 'PX', idem_window)
+  redis.call('SET', idem_key, target .. '|' .. id, 'PX', idem_window)
 end
 return {revision, id, current}

@@ -356,7 +356,7 @@ class GovernanceCore:
                                  exp.approvals, exp.pending, exp.links, exp.policies, exp.policy_latest,
                                  scope.transition_approvals(tid))
         if idempotency_key is not None:
-            keys += (scope.idempotency(idempotency_key),)
+            keys += (exp.idempotency(idempotency_key),)
         window_ms = int(self.idempotency_window.total_seconds() * 1000)
         args = (experiment, target.value, self.initial_state.value, expected_etag or "", etag, to_micros(now),
                 actor or "", tid, window_ms, ENCODER.encode(planned.plan), *planned.records)

@@ -27,7 +27,7 @@ experiment name and transition ids are encoded the same way.
 | ``{T}:x:<exp>:pending``              | hash   | '<from>><to>' -> log id of an unused approval    |
 | ``{T}:x:<exp>:links``                | hash   | approval log id -> transition id that used it    |
 | ``{T}:tr:<transition id>:approvals`` | list   | log ids of the approvals linked to a transition  |
-| ``{T}:idem:<key>``                   | string | log id of the transition an idempotency key made |
+| ``{T}:x:<exp>:idem:<key>``          | string | '<target>|<log id>' of the transition a key made |
 """
 
 from __future__ import annotations
@@ -105,9 +105,6 @@ class Scope:
     def transition_approvals(self, transition_id: str) -> str:
         return self.tag + ":tr:" + encode_part(transition_id) + ":approvals"
 
-    def idempotency(self, key: str) -> str:
-        return self.tag + ":idem:" + encode_part(key)
-
 
 class ExperimentKeys:
     """The keys of one experiment in a scope."""
@@ -152,3 +149,6 @@ class ExperimentKeys:
     @property
     def links(self) -> str:
         return self.base + ":links"
+
+    def idempotency(self, key: str) -> str:
+        return self.base + ":idem:" + encode_part(key)

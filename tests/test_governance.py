@@ -416,6 +416,10 @@ def test_idempotent_retry_writes_once(gov: Governance) -> None:
     assert again == first
     state = gov.state("exp")
     assert state is not None and state.revision == 2 and len(gov.history("exp")) == 2
+    gov.create("other")
+    assert gov.transition("other", S.PENDING_APPROVAL, idempotency_key="req-1").experiment == "other"
+    with pytest.raises(ConflictError, match="idempotency key was used for a move to PendingApproval"):
+        gov.transition("exp", S.DRAFT, idempotency_key="req-1")
 
 
 def test_watch_sees_events_and_resumes(gov: Governance) -> None:
