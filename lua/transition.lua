@@ -138,8 +138,11 @@ else
 end
 redis.call('HSET', index_key, experiment, target)
 
-local id = add_entry(log_key, transitions_key, 'transition', experiment, ARGV[records_at],
-  {'from', current, 'rev', revision, 'etag', etag})
+local transition_fields = {'from', current, 'rev', revision, 'etag', etag}
+if approval_id then
+  transition_fields[7], transition_fields[8] = 'ap', approval_id -- the approval it consumed
+end
+local id = add_entry(log_key, transitions_key, 'transition', experiment, ARGV[records_at], transition_fields)
 redis.call('RPUSH', writes_key, id)
 redis.call('HSET', tid_key, transition_id, id)
 

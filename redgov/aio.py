@@ -14,7 +14,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from .connect import open_async_client
-from .core import Call, Core, settle
+from .core import Archive, Call, Core, settle
 from .errors import RedgovError, ValidationError
 from .gates import Gate
 from .govcore import (
@@ -57,8 +57,8 @@ class AsyncBackplane:
     """The persistence interface over a redis.asyncio client."""
 
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
-                 on_close: Callable[[], None] | None = None) -> None:
-        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency)
+                 archive: Archive | None = None, on_close: Callable[[], None] | None = None) -> None:
+        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive)
         self.client = client
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(spec.text) for name, spec in self.core.specs.items()

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
-from .core import Call, Core, settle
+from .core import Archive, Call, Core, settle
 from .errors import RedgovError
 from .records import (
     ApprovalRecord,
@@ -36,8 +36,8 @@ class Backplane:
     """
 
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
-                 on_close: Callable[[], None] | None = None) -> None:
-        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency)
+                 archive: Archive | None = None, on_close: Callable[[], None] | None = None) -> None:
+        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive)
         self.client = client
         self._scripts: dict[str, Script] = {
             name: client.register_script(spec.text) for name, spec in self.core.specs.items()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 from redis.exceptions import ResponseError
@@ -258,13 +258,6 @@ def decode_entry(raw: Sequence[Any], log_key: str) -> Entry | None:
     return decode_fields(entry_id, _fields(raw[1]), log_key)
 
 
-def entries(reply: Any, log_key: str) -> list[Entry]:
-    out = []
-    for raw in reply:
-        entry = decode_entry(raw, log_key)
-        if entry is not None:
-            out.append(entry)
-    return out
 
 
 def fold_states(
@@ -306,13 +299,35 @@ def fold_states(
     return out
 
 
-def _records(kind: type[T], log_key: str) -> Callable[[Any], list[T]]:
+class Archive(Protocol):
+    """Where entries trimmed from a scope log can still be read (the SQL copy)."""
+
+    def fetch(self, log_key: str, ids: Sequence[str]) -> dict[str, dict[str, bytes]]:
+        """The fields of each entry found, by entry id."""
+        ...
+
+
+def entries_with_archive(reply: Any, log_key: str, archive: Archive | None) -> list[Entry]:
+    """Decode a read script's entries; entries trimmed from the log come from the archive."""
+    out: list[Entry | None] = []
+    missing: dict[str, int] = {}
+    for raw in reply:
+        entry = decode_entry(raw, log_key)
+        if entry is None:
+            missing[_text(raw[0])] = len(out)
+        out.append(entry)
+    if missing and archive is not None:
+        found = archive.fetch(log_key, list(missing))
+        for entry_id, fields in found.items():
+            if entry_id in missing:
+                out[missing[entry_id]] = decode_fields(entry_id, dict(fields), log_key)
+    return [e for e in out if e is not None]
+
+
+def _records(kind: type[T], log_key: str, archive: Archive | None = None) -> Callable[[Any], list[T]]:
     def parse(reply: Any) -> list[T]:
         out: list[T] = []
-        for raw in reply:
-            entry = decode_entry(raw, log_key)
-            if entry is None:
-                continue
+        for entry in entries_with_archive(reply, log_key, archive):
             if not isinstance(entry.record, kind):
                 raise CorruptDataError(
                     f"log entry {entry.id} of {log_key} is a {entry.kind}, expected {kind.__name__}"
@@ -373,9 +388,12 @@ def _scope(prefix: str, tenant: str | None, environment: str | None) -> Scope:
 class Core:
     """Builds the Calls of every Backplane operation for one key prefix."""
 
-    def __init__(self, prefix: str = "gov", *, optimistic_concurrency: bool = True) -> None:
+    def __init__(self, prefix: str = "gov", *, optimistic_concurrency: bool = True,
+                 archive: Archive | None = None) -> None:
         self.prefix = check_name(prefix, "prefix")
         self.optimistic_concurrency = optimistic_concurrency
+        #: reads entries trimmed from the logs (None: trimmed entries are skipped)
+        self.archive = archive
         self.specs = load_scripts()
 
     def scope(self, tenant: str | None, environment: str | None) -> Scope:
@@ -497,7 +515,7 @@ class Core:
     # history reads
 
     def _read_list(self, list_key: str, scope: Scope, kind: type[T]) -> Call[list[T]]:
-        return self._script("read_list", (list_key, scope.log), (), _records(kind, scope.log))
+        return self._script("read_list", (list_key, scope.log), (), _records(kind, scope.log, self.archive))
 
     def transitions(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[StateTransition]]:
         scope = self.scope(tenant, environment)
@@ -510,19 +528,21 @@ class Core:
         key = scope.experiment(check_name(experiment, "experiment")).states
 
         def parse(reply: Any) -> list[ExperimentState]:
-            return fold_states(entries(reply, scope.log), experiment, tenant, environment, until)
+            found = entries_with_archive(reply, scope.log, self.archive)
+            return fold_states(found, experiment, tenant, environment, until)
 
         return self._script("read_list", (key, scope.log), (), parse)
 
     def approvals(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[ApprovalRecord]]:
         scope = self.scope(tenant, environment)
         exp = scope.experiment(check_name(experiment, "experiment"))
-        return self._script("read_list", (exp.approvals, scope.log, exp.links), (), _records(ApprovalRecord, scope.log))
+        return self._script("read_list", (exp.approvals, scope.log, exp.links), (),
+                            _records(ApprovalRecord, scope.log, self.archive))
 
     def approvals_for_transition(self, transition_id: str, tenant: str | None, environment: str | None) -> Call[list[ApprovalRecord]]:
         scope = self.scope(tenant, environment)
         key = scope.transition_approvals(check_name(transition_id, "transition_id"))
-        many = _records(ApprovalRecord, scope.log)
+        many = _records(ApprovalRecord, scope.log, self.archive)
 
         def parse(reply: Any) -> list[ApprovalRecord]:
             # a consumed manual approval was recorded before its transition existed
@@ -549,7 +569,7 @@ class Core:
 
     def versions(self, experiment: str, tenant: str | None, environment: str | None) -> Call[list[ConfigurationVersion]]:
         keys = self._versions_keys(experiment, tenant, environment)
-        return self._script("read_versions", keys, ("all",), _records(ConfigurationVersion, keys[1]))
+        return self._script("read_versions", keys, ("all",), _records(ConfigurationVersion, keys[1], self.archive))
 
     def latest_version(self, experiment: str, tenant: str | None, environment: str | None) -> Call[ConfigurationVersion | None]:
         keys = self._versions_keys(experiment, tenant, environment)
