@@ -1,17 +1,7 @@
 --[[ transition: move one experiment to a new lifecycle state, atomically.
-KEYS[1] state hash            {T}:x:<exp>:state
-KEYS[2] scope log             {T}:log
-KEYS[3] state-write ids       {T}:x:<exp>:states
-KEYS[4] transition ids        {T}:x:<exp>:transitions
-KEYS[5] transition index      {T}:tid
-KEYS[6] scope index           {T}:index (experiment -> state)
-KEYS[7] approval ids          {T}:x:<exp>:approvals
-KEYS[8] pending approvals     {T}:x:<exp>:pending ('<from>><to>' -> approval entry id)
-KEYS[9] approval links        {T}:x:<exp>:links (approval entry id -> transition id)
-KEYS[10] policy eval ids      {T}:x:<exp>:policies
-KEYS[11] latest per policy    {T}:x:<exp>:policy
-KEYS[12] this transition's approvals  {T}:tr:<transition id>:approvals
-KEYS[13..] idempotency key    {T}:x:<exp>:idem:<key> -> '<target>|<entry id>' (only when the caller gave one)
+KEYS[1] experiment base  {T}:x:<exp>; the script uses <base>:state, :states, :transitions, :approvals,
+        :pending, :links, :policies, :policy and :idem:<ARGV[10]>
+KEYS[2] scope tag        {T}; the script uses <tag>:log, :tid, :index and :tr:<ARGV[8]>:approvals
 ARGV[1] experiment name
 ARGV[2] target state
 ARGV[3] initial state (the current state when none is stored)
@@ -19,11 +9,12 @@ ARGV[4] expected etag ('' = any)
 ARGV[5] new etag
 ARGV[6] now, epoch microseconds
 ARGV[7] actor ('' = none)
-ARGV[8] transition id
+ARGV[8] transition id (key-safe)
 ARGV[9] idempotency window, ms
-ARGV[10] plan, JSON: {from = {<state> = {deny?, manual?, approvals = list of i}}, policies = list of {i, name},
-         groups = [{name, others = [exp], ok = i, fail = i}]}; i indexes ARGV[11..]
-ARGV[11..] records, JSON: [11] the StateTransition (from_state is the entry's 'from' field), then
+ARGV[10] idempotency key, key-encoded ('' = none); its key holds '<target>|<entry id>'
+ARGV[11] plan, JSON: {from = {<state> = {deny?, manual?, approvals = list of i}}, policies = list of {i, name},
+         groups = list of {name, others = list of experiments, ok = i, fail = i}}; i indexes ARGV[12..]
+ARGV[12..] records, JSON: [12] the StateTransition (from_state is the entry's 'from' field), then
          the approval and policy records the plan refers to
 Returns: {revision, transition entry id, from state}, or {0, entry id, {entry fields}} replaying the
          transition an idempotency key already made
@@ -33,19 +24,18 @@ Errors: REDGOV_CONFLICT, REDGOV_INVALID_TRANSITION, REDGOV_APPROVAL_REQUIRED,
 ]]
 -- @include lib/guard.lua
 -- @include lib/records.lua
-local state_key, log_key, writes_key, transitions_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local tid_key, index_key, approvals_key, pending_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local links_key, policies_key, policy_latest_key, linked_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local idem_key = KEYS[13]
+local base, tag = KEYS[1], KEYS[2]
+local state_key, writes_key, transitions_key = base .. ':state', base .. ':states', base .. ':transitions'
+local approvals_key, pending_key, links_key = base .. ':approvals', base .. ':pending', base .. ':links'
+local policies_key, policy_latest_key = base .. ':policies', base .. ':policy'
+local log_key, tid_key, index_key = tag .. ':log', tag .. ':tid', tag .. ':index'
 local experiment, target, initial, expected = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local etag, now, actor, transition_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local idem_window, plan = ARGV[9], cjson.decode(ARGV[10])
-local records_at = 11 -- ARGV[11 + i] is record i (0 = the transition)
-
-local bad = expect_types({state_key, 'hash', log_key, 'stream', writes_key, 'list', transitions_key, 'list',
-  tid_key, 'hash', index_key, 'hash', approvals_key, 'list', pending_key, 'hash', links_key, 'hash',
-  policies_key, 'list', policy_latest_key, 'hash', linked_key, 'list'})
-if bad then return redis.error_reply(bad) end
+local idem_window, idem, plan = ARGV[9], ARGV[10], cjson.decode(ARGV[11])
+local linked_key = tag .. ':tr:' .. transition_id .. ':approvals'
+local idem_key = nil
+if idem ~= '' then idem_key = base .. ':idem:' .. idem end
+local records_at = 12 -- ARGV[12 + i] is record i (0 = the transition)
 
 if idem_key then
   local seen = redis.call('GET', idem_key)
@@ -63,6 +53,7 @@ if idem_key then
   end
 end
 
+-- reads (each also checks its key's type) come before any write
 local stored = redis.call('HMGET', state_key, 's', 'e')
 local current, current_etag = stored[1] or initial, stored[2]
 if expected ~= '' and current_etag ~= expected then
@@ -91,6 +82,19 @@ if step['manual'] then
       .. target .. ' needs a recorded manual approval (' .. step['manual'] .. ')')
   end
 end
+
+-- the keys written below that no read above has type-checked
+local has_policies = #plan['policies'] > 0 or #plan['groups'] > 0
+local spec = {log_key, 'stream', writes_key, 'list', transitions_key, 'list', index_key, 'hash'}
+if has_policies then
+  spec[#spec + 1], spec[#spec + 2], spec[#spec + 3], spec[#spec + 4] = policies_key, 'list', policy_latest_key, 'hash'
+end
+if approval_id or #step['approvals'] > 0 then
+  spec[#spec + 1], spec[#spec + 2], spec[#spec + 3], spec[#spec + 4] = links_key, 'hash', linked_key, 'list'
+  spec[#spec + 1], spec[#spec + 2] = approvals_key, 'list'
+end
+local bad = expect_types(spec)
+if bad then return redis.error_reply(bad) end
 
 local from_field = {'from', current}
 local function write_policies(pairs)
@@ -128,13 +132,14 @@ end
 
 -- every check passed: write
 local revision = redis.call('HINCRBY', state_key, 'r', 1)
-redis.call('HSET', state_key, 's', target, 't', now, 'e', etag)
-redis.call('HSETNX', state_key, 'v', '0')
-redis.call('HSETNX', state_key, 'm', '{}')
 if actor == '' then
+  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag)
   redis.call('HDEL', state_key, 'b')
 else
-  redis.call('HSET', state_key, 'b', actor)
+  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'b', actor)
+end
+if not stored[1] then
+  redis.call('HSET', state_key, 'v', '0', 'm', '{}')
 end
 redis.call('HSET', index_key, experiment, target)
 

@@ -6,6 +6,7 @@ scope's Redis stream; records are typed msgspec Structs.
 
 from . import aio
 from .backplane import Backplane
+from .config import GovernanceConfig, config_schema, from_config, load_config
 from .connect import connect
 from .errors import (
     ApprovalRequiredError,
@@ -44,6 +45,7 @@ __all__ = [
     "ErrorRate",
     "Gate",
     "Governance",
+    "GovernanceConfig",
     "GovernanceEvent",
     "ManualGate",
     "Policy",
@@ -71,5 +73,8 @@ __all__ = [
     "StateTransition",
     "ValidationError",
     "aio",
+    "config_schema",
     "connect",
+    "from_config",
+    "load_config",
 ]

@@ -20,6 +20,7 @@ from typing import Any, Literal, NoReturn
 
 import msgspec
 
+from .keys import encode_part
 from .core import (
     Call,
     Core,
@@ -167,8 +168,8 @@ class GovernanceCore:
         self.core = core
         self.rules = rules if isinstance(rules, Rules) else Rules(rules)
         for gate in gates:
-            if not isinstance(gate, Gate):
-                raise ValidationError(f"gates must be Gate objects, got {gate!r}")
+            if not isinstance(gate, (AutomaticGate, ManualGate, RoleGate)):
+                raise ValidationError(f"gates must be AutomaticGate, ManualGate or RoleGate objects, got {gate!r}")
         for policy in policies:
             if not isinstance(policy, Policy):
                 raise ValidationError(f"policies must be Policy objects, got {policy!r}")
@@ -184,6 +185,8 @@ class GovernanceCore:
         if not isinstance(idempotency_window, timedelta) or idempotency_window <= timedelta(0):
             raise ValidationError(f"idempotency_window must be a positive timedelta, got {idempotency_window!r}")
         self.idempotency_window = idempotency_window
+        self._window_ms = int(idempotency_window.total_seconds() * 1000)
+        self._skeletons: dict[LifecycleState, list[tuple[str, str | None, tuple[RoleGate, ...]]]] = {}
 
     # -- helpers ----------------------------------------------------------------
 
@@ -262,36 +265,44 @@ class GovernanceCore:
                 tenant=tenant, environment=environment))
         return out
 
+    def _skeleton(self, target: LifecycleState) -> list[tuple[str, str | None, tuple[RoleGate, ...]]]:
+        """Per source state allowed into ``target``: its manual gate name and role gates (computed once)."""
+        found = self._skeletons.get(target)
+        if found is None:
+            found = []
+            for source in self.rules.sources(target):
+                manual = next((g.name for g in self.gates if isinstance(g, ManualGate) and g.applies(source, target)),
+                              None)
+                roles = tuple(g for g in self.gates if isinstance(g, RoleGate) and g.applies(source, target))
+                found.append((source.value, manual, roles))
+            self._skeletons[target] = found
+        return found
+
     def _plan(self, experiment: str, target: LifecycleState, tid: str, actor: str | None,
               metadata: Mapping[str, Any], now: datetime, tenant: str | None, environment: str | None,
               transition_record: bytes, evaluations: Sequence[PolicyEvaluation]) -> _Plan:
         records = [transition_record]
         approval_index: dict[Gate, int] = {}
         steps: dict[str, dict[str, Any]] = {}
-        for source in self.rules.sources(target):
+        for source, manual, roles in self._skeleton(target):
             step: dict[str, Any] = {"approvals": []}
-            for gate in self.gates:
-                if not gate.applies(source, target):
+            if manual is not None:
+                step["manual"] = manual
+            for gate in roles:
+                ok, reason = gate.decide(metadata)
+                if not ok:
+                    step.setdefault("deny", f"{gate.name}: {reason}")
                     continue
-                if isinstance(gate, ManualGate):
-                    step.setdefault("manual", gate.name)
-                elif isinstance(gate, RoleGate):
-                    ok, reason = gate.decide(metadata)
-                    if not ok:
-                        step.setdefault("deny", f"{gate.name}: {reason}")
-                        continue
-                    if gate not in approval_index:
-                        _, record = encode_record(ApprovalRecord(
-                            experiment=experiment, to_state=target, approved=True, transition_id=tid,
-                            approver=actor, reason=reason, timestamp=now, gate=gate.name,
-                            metadata={"actorRole": metadata.get("actorRole")}, tenant=tenant,
-                            environment=environment))
-                        approval_index[gate] = len(records)
-                        records.append(record)
-                    step["approvals"].append(approval_index[gate])
-                elif not isinstance(gate, AutomaticGate):
-                    raise ValidationError(f"unsupported gate {gate!r}")
-            steps[source.value] = step
+                if gate not in approval_index:
+                    _, record = encode_record(ApprovalRecord(
+                        experiment=experiment, to_state=target, approved=True, transition_id=tid,
+                        approver=actor, reason=reason, timestamp=now, gate=gate.name,
+                        metadata={"actorRole": metadata.get("actorRole")}, tenant=tenant,
+                        environment=environment))
+                    approval_index[gate] = len(records)
+                    records.append(record)
+                step["approvals"].append(approval_index[gate])
+            steps[source] = step
         policies = []
         for evaluation in evaluations:
             policies.append([len(records), evaluation.policy])
@@ -352,14 +363,10 @@ class GovernanceCore:
             reason=reason, metadata=meta, tenant=tenant, environment=environment))
         planned = self._plan(experiment, target, tid, actor, meta, now, tenant, environment,
                              transition_record, evaluations)
-        keys: tuple[str, ...] = (exp.state, scope.log, exp.states, exp.transitions, scope.tids, scope.index,
-                                 exp.approvals, exp.pending, exp.links, exp.policies, exp.policy_latest,
-                                 scope.transition_approvals(tid))
-        if idempotency_key is not None:
-            keys += (exp.idempotency(idempotency_key),)
-        window_ms = int(self.idempotency_window.total_seconds() * 1000)
-        args = (experiment, target.value, self.initial_state.value, expected_etag or "", etag, to_micros(now),
-                actor or "", tid, window_ms, ENCODER.encode(planned.plan), *planned.records)
+        keys = (exp.base, scope.tag)
+        idem = encode_part(idempotency_key) if idempotency_key is not None else ""
+        args = (experiment, target, self.initial_state, expected_etag or "", etag, to_micros(now),
+                actor or "", tid, self._window_ms, idem, ENCODER.encode(planned.plan), *planned.records)
 
         def parse(reply: Any) -> StateTransition:
             if int(reply[0]) == 0:  # idempotent replay of the first call

@@ -69,10 +69,11 @@ def test_every_command(cli: CLI) -> None:
     assert "approved by lead" in cli("approve", "exp", "Approved", "--approver", "lead").stdout
     cli("transition", "exp", "Approved")
     cli("transition", "exp", "Running")
-    assert "not one of sre" in cli("transition", "exp", "Ramping", code=1).stderr
+    assert "no actorRole given; one of sre" in cli("transition", "exp", "Ramping", code=1).stderr
+    assert "'dev' is not one of sre" in cli("transition", "exp", "Ramping", "--role", "dev", code=1).stderr
     cli("transition", "exp", "Ramping", "--role", "sre", "--reason", "ramp up")
     state = json.loads(cli("--json", "state", "exp").stdout)
-    assert state["experiment"] == "exp" and state["state"] == "Ramping" and state["revision"] == 6
+    assert state["experiment"] == "exp" and state["state"] == "Ramping" and state["revision"] == 5
     history = cli("history", "exp").stdout
     assert "ramp up" in history and "PendingApproval" in history
     history_json = json.loads(cli("--json", "history", "exp").stdout)
@@ -80,7 +81,7 @@ def test_every_command(cli: CLI) -> None:
     assert "no versions" in cli("versions", "exp").stdout
     cli("rollback", "exp", "1", code=1)  # no version 1 yet: refusal, not a crash
     replayed = json.loads(cli("--json", "replay", "exp").stdout)
-    assert replayed["state"] == "Ramping" and replayed["revision"] == 6
+    assert replayed["state"] == "Ramping" and replayed["revision"] == 5
     assert "exp: ok" in cli("verify").stdout
     assert "exp: ok" in cli("verify", "exp").stdout
     events = cli("watch", "--from", "0", "--timeout", "0.3").stdout.splitlines()
