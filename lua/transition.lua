@@ -9,7 +9,7 @@ ARGV[4] expected etag ('' = any)
 ARGV[5] new etag
 ARGV[6] now, epoch microseconds
 ARGV[7] actor ('' = none)
-ARGV[8] transition id (key-safe)
+ARGV[8] transition id (key-safe; new: Governance makes it from a uuid4, so it is not checked for reuse)
 ARGV[9] idempotency window, ms
 ARGV[10] idempotency key, key-encoded ('' = none); its key holds '<target>|<entry id>'
 ARGV[11] plan, JSON: {from = {<state> = {deny?, manual?, approvals = list of i}}, policies = list of {i, name},
@@ -54,14 +54,11 @@ if idem_key then
 end
 
 -- reads (each also checks its key's type) come before any write
-local stored = redis.call('HMGET', state_key, 's', 'e')
+local stored = redis.call('HMGET', state_key, 's', 'e', 'b')
 local current, current_etag = stored[1] or initial, stored[2]
 if expected ~= '' and current_etag ~= expected then
   return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ': expected etag ' .. expected
     .. ', found ' .. (current_etag or 'none (no state)'))
-end
-if redis.call('HEXISTS', tid_key, transition_id) == 1 then
-  return redis.error_reply('REDGOV_CONFLICT transition ' .. transition_id .. ' is already recorded')
 end
 
 local step = plan['from'][current]
@@ -85,7 +82,7 @@ end
 
 -- the keys written below that no read above has type-checked
 local has_policies = #plan['policies'] > 0 or #plan['groups'] > 0
-local spec = {log_key, 'stream', writes_key, 'list', transitions_key, 'list', index_key, 'hash'}
+local spec = {log_key, 'stream', writes_key, 'list', transitions_key, 'list', index_key, 'hash', tid_key, 'hash'}
 if has_policies then
   spec[#spec + 1], spec[#spec + 2], spec[#spec + 3], spec[#spec + 4] = policies_key, 'list', policy_latest_key, 'hash'
 end
@@ -134,7 +131,7 @@ end
 local revision = redis.call('HINCRBY', state_key, 'r', 1)
 if actor == '' then
   redis.call('HSET', state_key, 's', target, 't', now, 'e', etag)
-  redis.call('HDEL', state_key, 'b')
+  if stored[3] then redis.call('HDEL', state_key, 'b') end
 else
   redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'b', actor)
 end
