@@ -49,16 +49,22 @@ T = TypeVar("T")
 def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False,
             **redis_kwargs: Any) -> AsyncBackplane:
     """An AsyncBackplane for ``url``; the schemes of ``redgov.connect``."""
+    optimistic = redis_kwargs.pop("optimistic_concurrency", True)
+    retain = redis_kwargs.pop("retain_history", None)
+    archive = redis_kwargs.pop("archive", None)
     client, on_close = open_async_client(url, cache=cache, **redis_kwargs)
-    return AsyncBackplane(client, prefix=prefix, on_close=on_close)
+    return AsyncBackplane(client, prefix=prefix, optimistic_concurrency=optimistic, retain_history=retain,
+                          archive=archive, on_close=on_close)
 
 
 class AsyncBackplane:
     """The persistence interface over a redis.asyncio client."""
 
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
-                 archive: Archive | None = None, on_close: Callable[[], None] | None = None) -> None:
-        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive)
+                 archive: Archive | None = None, retain_history: int | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
+                         retain_history=retain_history)
         self.client = client
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(spec.text) for name, spec in self.core.specs.items()
@@ -77,6 +83,9 @@ class AsyncBackplane:
                 reply = await self._scripts[call.script](keys=call.keys, args=call.args)
         except ResponseError as exc:
             return call.failed(exc)
+        trim = self.core.after_write(call)
+        if trim is not None:
+            await self.client.execute_command(*trim.args)
         return call.parse(reply)
 
     async def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:

@@ -36,8 +36,10 @@ class Backplane:
     """
 
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
-                 archive: Archive | None = None, on_close: Callable[[], None] | None = None) -> None:
-        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive)
+                 archive: Archive | None = None, retain_history: int | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
+                         retain_history=retain_history)
         self.client = client
         self._scripts: dict[str, Script] = {
             name: client.register_script(spec.text) for name, spec in self.core.specs.items()
@@ -57,6 +59,9 @@ class Backplane:
                 reply = self._scripts[call.script](keys=call.keys, args=call.args)
         except ResponseError as exc:
             return call.failed(exc)
+        trim = self.core.after_write(call)
+        if trim is not None:
+            self.client.execute_command(*trim.args)
         return call.parse(reply)
 
     def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:

@@ -239,6 +239,10 @@ class Context:
         kwargs: dict[str, Any] = {}
         if self._config is not None and not self._config.optimistic_concurrency:
             kwargs["optimistic_concurrency"] = False
+        if self._config is not None and not self._config.retain_history:
+            from .config import UNRETAINED_LOG_LENGTH
+
+            kwargs["retain_history"] = UNRETAINED_LOG_LENGTH
         return connect(self.url, prefix=self.prefix, **kwargs)
 
     @property

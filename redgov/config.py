@@ -723,6 +723,10 @@ def _check(config: GovernanceConfig, root: str) -> None:
 
 # -- Governance from a configuration --------------------------------------------------
 
+#: ``retainHistory: false`` keeps about this many entries per scope log (older ones are trimmed).
+UNRETAINED_LOG_LENGTH = 10_000
+
+
 def from_config(source_or_config: GovernanceConfig | str | os.PathLike[str] | Mapping[str, Any], *,
                 client: Any = None) -> Governance:
     """A Governance built from a configuration (loaded first unless it is a GovernanceConfig).
@@ -732,10 +736,14 @@ def from_config(source_or_config: GovernanceConfig | str | os.PathLike[str] | Ma
     """
     config = (source_or_config if isinstance(source_or_config, GovernanceConfig)
               else load_config(source_or_config))
+    retain = None if config.retain_history else UNRETAINED_LOG_LENGTH
     if client is not None:
-        backplane = Backplane(client, prefix=config.prefix, optimistic_concurrency=config.optimistic_concurrency)
+        backplane = Backplane(client, prefix=config.prefix, optimistic_concurrency=config.optimistic_concurrency,
+                              retain_history=retain)
     else:
         options: dict[str, Any] = {} if config.optimistic_concurrency else {"optimistic_concurrency": False}
+        if retain is not None:
+            options["retain_history"] = retain
         try:
             backplane = connect(config.url(), prefix=config.prefix, **options)
         except ValidationError as exc:

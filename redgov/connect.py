@@ -121,5 +121,14 @@ def _closer(client: Any, server: EmbeddedServer) -> Callable[[], None]:
 def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False, **redis_kwargs: Any) -> Backplane:
     """A Backplane for url (see the scheme table in README)."""
     optimistic = redis_kwargs.pop("optimistic_concurrency", True)
+    retain = redis_kwargs.pop("retain_history", None)
+    archive = redis_kwargs.pop("archive", None)
     client, on_close = open_client(url, cache=cache, **redis_kwargs)
-    return Backplane(client, prefix=prefix, optimistic_concurrency=optimistic, on_close=on_close)
+    try:
+        return Backplane(client, prefix=prefix, optimistic_concurrency=optimistic, retain_history=retain,
+                         archive=archive, on_close=on_close)
+    except BaseException:
+        client.close()
+        if on_close is not None:
+            on_close()
+        raise

@@ -51,6 +51,13 @@ R = TypeVar("R", bound=msgspec.Struct)
 MAX_RECORD_BYTES = 1024 * 1024
 #: Longest experiment name, tenant, environment, policy or id (characters).
 MAX_NAME_LENGTH = 1024
+#: With retain_history set, a process trims a scope log after this many of its writes to it.
+TRIM_EVERY = 64
+#: Scripts that append to a scope log.
+WRITE_SCRIPTS = frozenset({
+    "save_state", "append_transition", "append_approval", "append_version", "append_policy_evaluation",
+    "create", "transition", "approve", "create_version", "record_evaluations",
+})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -58,16 +65,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class Call(Generic[T]):
     """One round trip: a Lua script (``script``) or a plain command (``args``)."""
 
-    __slots__ = ("args", "keys", "parse", "recover", "script")
+    __slots__ = ("args", "keys", "log", "parse", "recover", "script")
 
     def __init__(self, keys: tuple[str, ...], args: tuple[Any, ...], parse: Callable[[Any], T],
-                 script: str | None = None, recover: Callable[[RedgovError], T] | None = None) -> None:
+                 script: str | None = None, recover: Callable[[RedgovError], T] | None = None,
+                 log: str | None = None) -> None:
         self.keys = keys
         self.args = args
         self.parse = parse
         self.script = script
         #: turns a mapped refusal into a result instead of raising it
         self.recover = recover
+        #: the scope log this call appends to (writes only)
+        self.log = log
 
     def failed(self, exc: ResponseError) -> T:
         """Map a server error reply; recover from it or raise it."""
@@ -389,9 +399,15 @@ class Core:
     """Builds the Calls of every Backplane operation for one key prefix."""
 
     def __init__(self, prefix: str = "gov", *, optimistic_concurrency: bool = True,
-                 archive: Archive | None = None) -> None:
+                 archive: Archive | None = None, retain_history: int | None = None) -> None:
         self.prefix = check_name(prefix, "prefix")
         self.optimistic_concurrency = optimistic_concurrency
+        if retain_history is not None and (isinstance(retain_history, bool) or not isinstance(retain_history, int)
+                                           or retain_history < 1):
+            raise ValidationError(f"retain_history must be a positive number of entries or None, got {retain_history!r}")
+        #: keep about this many entries per scope log (None: keep everything)
+        self.retain_history = retain_history
+        self._writes: dict[str, int] = {}
         #: reads entries trimmed from the logs (None: trimmed entries are skipped)
         self.archive = archive
         self.specs = load_scripts()
@@ -404,7 +420,20 @@ class Core:
     def _script(self, name: str, keys: tuple[str, ...], args: tuple[Any, ...], parse: Callable[[Any], T],
                 recover: Callable[[RedgovError], T] | None = None) -> Call[T]:
         self.specs[name].check_keys(len(keys))
-        return Call(keys=keys, args=args, parse=parse, script=name, recover=recover)
+        log = None
+        if name in WRITE_SCRIPTS:  # transition.lua takes the scope tag; the others the log itself
+            log = keys[1] + ":log" if name == "transition" else next(k for k in keys if k.endswith(":log"))
+        return Call(keys=keys, args=args, parse=parse, script=name, recover=recover, log=log)
+
+    def after_write(self, call: Call[Any]) -> Call[int] | None:
+        """Every TRIM_EVERY writes to a scope log, the XTRIM keeping it near retain_history entries."""
+        if self.retain_history is None or call.log is None:
+            return None
+        count = self._writes.get(call.log, 0) + 1
+        self._writes[call.log] = count % TRIM_EVERY
+        if count < TRIM_EVERY:
+            return None
+        return Call((call.log,), ("XTRIM", call.log, "MAXLEN", "~", self.retain_history), int)
 
     # state
 
