@@ -148,8 +148,9 @@ local id = add_entry(log_key, transitions_key, 'transition', experiment, ARGV[re
 redis.call('RPUSH', writes_key, id)
 redis.call('HSET', tid_key, transition_id, id)
 
+-- approvals are given for moves out of the state being left: the used one is consumed, the others lapse
+redis.call('DEL', pending_key)
 if approval_id then
-  redis.call('HDEL', pending_key, pending_field)
   redis.call('HSET', links_key, approval_id, transition_id)
   redis.call('RPUSH', linked_key, approval_id)
 end

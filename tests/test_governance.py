@@ -177,6 +177,17 @@ def test_manual_gate_approval_is_consumed_exactly_once(make: Callable[..., Gover
         other.transition("exp", S.APPROVED)
 
 
+def test_an_approval_lapses_when_the_experiment_leaves_the_state(make: Callable[..., Governance]) -> None:
+    gov = make(gates=[ManualGate(to_state=S.APPROVED)])
+    gov.create("exp")
+    gov.transition("exp", S.PENDING_APPROVAL)
+    gov.approve("exp", S.APPROVED, approver="ann")
+    gov.transition("exp", S.DRAFT)
+    gov.transition("exp", S.PENDING_APPROVAL)
+    with pytest.raises(ApprovalRequiredError):
+        gov.transition("exp", S.APPROVED)  # the approval was for the earlier review
+
+
 def test_rejection_withdraws_a_pending_approval(make: Callable[..., Governance], backplane: Backplane) -> None:
     gov = make(gates=[ManualGate(to_state=S.APPROVED)])
     gov.create("exp")
