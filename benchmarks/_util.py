@@ -9,10 +9,15 @@ machine load, and their *ratio* is what a report states; absolute numbers
 are never compared across runs or machines.
 
 Each sample is one call timed with ``time.perf_counter_ns``.
+
+Besides its main table a report may carry extra ``tables`` (results that are
+not latencies, such as a throughput under contention) and ``notes`` (what was
+measured and how); ``format_report`` prints both after the main table.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import platform
@@ -22,19 +27,25 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "BLOCK",
     "Row",
     "Stats",
+    "delete_prefix",
+    "display_url",
     "environment",
+    "format_grid",
     "format_report",
     "format_table",
     "measure",
     "percentile",
+    "positive_int",
     "report_dict",
     "row",
     "stats",
+    "table_dict",
 ]
 
 #: Calls per block before switching to the next member of a group.
@@ -44,13 +55,21 @@ BLOCK = 200
 # -- timing -------------------------------------------------------------------
 
 
-def _timed_block(fn: Callable[[], object], count: int, out: list[int]) -> None:
+def _timed_block(fn: Callable[[], object], count: int, out: list[int],
+                 before: Callable[[], object] | None = None) -> None:
     clock = time.perf_counter_ns
     append = out.append
-    for _ in range(count):
-        start = clock()
-        fn()
-        append(clock() - start)
+    if before is None:
+        for _ in range(count):
+            start = clock()
+            fn()
+            append(clock() - start)
+    else:
+        for _ in range(count):
+            before()
+            start = clock()
+            fn()
+            append(clock() - start)
 
 
 def measure(
@@ -59,6 +78,7 @@ def measure(
     *,
     block: int = BLOCK,
     warmup: int | None = None,
+    before: Mapping[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[int]]:
     """``n`` latency samples (ns) per member of ``group``, interleaved in blocks.
 
@@ -66,15 +86,23 @@ def measure(
     then the members take turns, ``block`` timed calls each, the order reversed
     every round so neither member always runs right after the other.
     Callables take no arguments; close over any per-call state (an iterator of
-    prepared records, the etag of the previous save).
+    prepared records, the etag of the previous save). ``before[name]``, when
+    given, runs untimed before every call of that member (warm-up included):
+    a step the timed call needs but that is not what is measured.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     names = list(group)
     warm = min(n, 2 * block) if warmup is None else warmup
+    setup = dict(before or {})
+    unknown = set(setup) - set(names)
+    if unknown:
+        raise ValueError(f"before names members that are not in the group: {sorted(unknown)}")
     for name in names:
-        fn = group[name]
+        fn, prep = group[name], setup.get(name)
         for _ in range(warm):
+            if prep is not None:
+                prep()
             fn()
     samples: dict[str, list[int]] = {name: [] for name in names}
     gc.collect()
@@ -84,7 +112,7 @@ def measure(
         count = min(block, n - done)
         order = names if round_no % 2 == 0 else names[::-1]
         for name in order:
-            _timed_block(group[name], count, samples[name])
+            _timed_block(group[name], count, samples[name], setup.get(name))
         done += count
         round_no += 1
     return samples
@@ -177,30 +205,91 @@ def _cells(r: Row) -> tuple[str, ...]:
     )
 
 
-def format_table(rows: Iterable[Row]) -> str:
-    lines = [_COLUMNS, *(_cells(r) for r in rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(_COLUMNS))]
-    numeric = {1, 2, 4, 5}
+def format_grid(columns: Sequence[str], lines: Iterable[Sequence[str]], numeric: Iterable[int] = ()) -> str:
+    """Cells as an aligned text table under a header and a rule; ``numeric`` columns are right-aligned."""
+    body = [tuple(columns), *(tuple(line) for line in lines)]
+    widths = [max(len(line[i]) for line in body) for i in range(len(columns))]
+    right = set(numeric)
 
     def fmt(line: tuple[str, ...]) -> str:
         return " | ".join(
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(line)
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(line)
         ).rstrip()
 
     rule = "-+-".join("-" * w for w in widths)
-    return "\n".join([fmt(lines[0]), rule, *(fmt(line) for line in lines[1:])])
+    return "\n".join([fmt(body[0]), rule, *(fmt(line) for line in body[1:])])
 
 
-def report_dict(title: str, env: Mapping[str, object], rows: Sequence[Row]) -> dict[str, Any]:
-    """The whole report as one JSON-ready dict."""
-    return {"benchmark": title, **env, "rows": [asdict(r) for r in rows]}
+def format_table(rows: Iterable[Row]) -> str:
+    return format_grid(_COLUMNS, (_cells(r) for r in rows), numeric=(1, 2, 4, 5))
+
+
+def table_dict(title: str, columns: Sequence[str], lines: Iterable[Sequence[object]],
+               numeric: Iterable[int] = ()) -> dict[str, Any]:
+    """An extra table for a report's ``tables``: cells are printed with ``str``."""
+    return {"title": title, "columns": list(columns), "rows": [[str(c) for c in line] for line in lines],
+            "numeric": sorted(set(numeric))}
+
+
+_EXTRAS = ("benchmark", "rows", "tables", "notes")
+
+
+def report_dict(title: str, env: Mapping[str, object], rows: Sequence[Row], *,
+                tables: Sequence[Mapping[str, Any]] = (), notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The whole report as one JSON-ready dict (``tables`` from ``table_dict``, ``notes`` as lines)."""
+    report: dict[str, Any] = {"benchmark": title, **env, "rows": [asdict(r) for r in rows]}
+    if tables:
+        report["tables"] = [dict(t) for t in tables]
+    if notes:
+        report["notes"] = list(notes)
+    return report
 
 
 def format_report(report: Mapping[str, Any], *, as_json: bool = False) -> str:
-    """A ``report_dict`` as header lines and a table, or as one JSON object."""
+    """A ``report_dict`` as header lines and tables (+ notes), or as one JSON object."""
     if as_json:
         return json.dumps(report, ensure_ascii=False)
     header = [f"# {report['benchmark']}"]
-    header += [f"{key}: {value}" for key, value in report.items() if key not in ("benchmark", "rows")]
+    header += [f"{key}: {value}" for key, value in report.items() if key not in _EXTRAS]
     rows = [Row(**r) for r in report["rows"]]
-    return "\n".join(header) + "\n\n" + format_table(rows)
+    parts = ["\n".join(header), format_table(rows)]
+    for table in report.get("tables", ()):
+        parts.append(f"{table['title']}\n" + format_grid(table["columns"], table["rows"], table.get("numeric", ())))
+    if report.get("notes"):
+        parts.append("\n".join(f"- {note}" for note in report["notes"]))
+    return "\n\n".join(parts)
+
+
+# -- running against a server ---------------------------------------------------
+
+
+def display_url(url: str) -> str:
+    """The url without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def delete_prefix(client: Any, prefix: str) -> int:
+    """Unlink every key of a redgov prefix (``{<prefix>:...``), 500 at a time; the number deleted."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match="{" + prefix + ":*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += client.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += client.unlink(*batch)
+    return deleted
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

@@ -39,7 +39,17 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks._util`` impo
 import redis
 
 import redgov
-from benchmarks._util import BLOCK, environment, format_report, measure, report_dict, row
+from benchmarks._util import (
+    BLOCK,
+    delete_prefix,
+    display_url,
+    environment,
+    format_report,
+    measure,
+    positive_int,
+    report_dict,
+    row,
+)
 from redgov.keys import Scope
 
 __all__ = ["main", "run"]
@@ -55,16 +65,6 @@ TARGET_LATEST_VERSION = 1.5
 
 _T0 = datetime(2025, 1, 1, tzinfo=UTC)
 _METADATA = {"owner": "bench", "ticket": "EXP-1234", "traffic": 0.5, "variants": ["a", "b"]}
-
-
-def _display_url(url: str) -> str:
-    """The url without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _state(experiment: str) -> redgov.ExperimentState:
@@ -115,19 +115,6 @@ def _fill_versions(bp: redgov.Backplane, client: redis.Redis, experiment: str, c
     latest = bp.latest_version(experiment)
     if latest is None or latest.version != count:
         raise RuntimeError(f"filling {experiment}: latest version is {latest!r}, expected {count}")
-
-
-def _delete_prefix(client: redis.Redis, prefix: str) -> int:
-    deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match="{" + prefix + ":*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            deleted += client.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted
 
 
 def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK) -> dict[str, Any]:
@@ -197,7 +184,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK) -> di
 
         env = environment(
             f"Redis {server}",
-            url=_display_url(url),
+            url=display_url(url),
             n=n,
             block=block,
             warmup=warmup,
@@ -205,7 +192,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK) -> di
         return report_dict("redgov Backplane vs raw redis-py", env, rows)
     finally:
         try:
-            _delete_prefix(raw, prefix)
+            delete_prefix(raw, prefix)
         except redis.ConnectionError:
             pass  # the server is gone (the error being raised says so); nothing to delete
         finally:
@@ -214,29 +201,22 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK) -> di
             raw.close()
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="benchmarks/backplane.py",
         description="Backplane latency vs raw redis-py baselines, interleaved in one run.",
     )
     parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis url (default {DEFAULT_URL})")
-    parser.add_argument("--n", type=_positive, default=DEFAULT_N,
+    parser.add_argument("--n", type=positive_int, default=DEFAULT_N,
                         help=f"timed calls per candidate and per baseline (default {DEFAULT_N})")
-    parser.add_argument("--block", type=_positive, default=BLOCK,
+    parser.add_argument("--block", type=positive_int, default=BLOCK,
                         help=f"calls per block before switching member (default {BLOCK})")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
     try:
         report = run(args.url, args.n, block=args.block)
     except redis.ConnectionError as exc:
-        print(f"benchmarks/backplane.py: cannot reach {_display_url(args.url)}: {exc}", file=sys.stderr)
+        print(f"benchmarks/backplane.py: cannot reach {display_url(args.url)}: {exc}", file=sys.stderr)
         return 2
     print(format_report(report, as_json=args.json))
     return 0

@@ -1,0 +1,607 @@
+"""Governance transitions vs hand-written redis-py, measured in one run against one server.
+
+    python benchmarks/transitions.py [--url redis://127.0.0.1:6379/0] [--n 5000] [--json]
+
+Latency rows (candidate vs baseline; ratio = candidate median / baseline median):
+
+- ``Governance.transition`` cycling Running <-> Paused on one experiment, no
+  gates or policies, uncontended, vs EVALSHA of a minimal compare-and-set
+  script (HGET the etag, compare it with ARGV, HSET state + new etag, XADD the
+  encoded StateTransition, ~200 bytes) called with the etag the previous call
+  wrote (target <= 1.3x: both are one round trip);
+- the same with a ManualGate on both targets of the cycle: ``approve()`` runs
+  untimed before each transition, only the transition is timed (target <= 1.3x);
+- 100 experiments each transitioned once through ``transition_many`` (one
+  pipelined round trip) vs 100 sequential ``transition`` calls; each sample is
+  the whole batch (informational; the speedup is 1 / ratio).
+
+Contention table: 8 processes (multiprocessing, spawn) hammer ONE experiment
+per variant for a fixed time, in slices ordered A B C, C B A after an untimed
+warm-up slice each:
+
+- ``redgov etag``: read-then-transition, ``Governance.state`` then
+  ``Governance.transition(expected_etag=...)``, retried on ConflictError;
+- ``WATCH/MULTI``: the same by hand (WATCH the state hash, HGETALL, check the
+  rule, MULTI, HSET state + etag, HINCRBY revision, XADD, RPUSH, EXEC),
+  retried on WatchError;
+- ``redgov blind`` (informational): ``transition`` without an etag, the rule
+  checked inside the script; a refusal (already in the target state) flips the
+  worker's belief and counts as a refusal, not a success.
+
+Successes are the transitions the workers report as done. A lost update is a
+success the server does not show: per slice, the increase of the stored
+revision and of the history length must both equal the successes reported;
+afterwards every history entry must start from the state the one before it
+ended in (chain breaks). Target: redgov etag >= 2x WATCH/MULTI throughput and 0
+lost updates for each.
+
+The workers are spawned, so a script calling ``run`` must guard its entry
+point with ``if __name__ == "__main__":``. Everything lives under a fresh ``bench-<uuid>`` prefix whose keys are deleted
+at the end. The exit status is 0 even when a target is missed: this is a
+report, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks._util`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import msgspec
+import redis
+from redis.exceptions import WatchError
+
+import redgov
+from benchmarks._util import (
+    BLOCK,
+    delete_prefix,
+    display_url,
+    environment,
+    format_report,
+    measure,
+    positive_int,
+    report_dict,
+    row,
+    table_dict,
+)
+from redgov import LifecycleState, TransitionRequest
+from redgov.keys import Scope
+from redgov.records import ENCODER, StateTransition, utcnow
+
+__all__ = ["main", "run"]
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_N = 5000
+WORKERS = 8
+SLICE_SECONDS = 1.5  # two slices per variant: 3 s of hammering each
+WARM_SECONDS = 0.3
+BATCH = 100
+BATCH_BLOCK = 5
+
+TARGET_TRANSITION = 1.3
+TARGET_GATED = 1.3
+TARGET_CONTENDED = 2.0  # redgov etag throughput / WATCH-MULTI throughput, at least
+TARGET_LOST = 0
+
+RUNNING, PAUSED = LifecycleState.RUNNING, LifecycleState.PAUSED
+ACTOR = "bench"
+_TRANSITION = msgspec.json.Decoder(StateTransition)
+
+#: The baseline: a compare-and-set of the etag and an XADD, nothing else.
+CAS_LUA = """
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then
+  return redis.error_reply('CONFLICT etag')
+end
+redis.call('HSET', KEYS[1], 's', ARGV[2], 'e', ARGV[3])
+return redis.call('XADD', KEYS[2], '*', 'r', ARGV[4])
+"""
+
+
+def _state_of(value: bytes | str) -> LifecycleState:
+    return LifecycleState(value.decode() if isinstance(value, bytes) else value)
+
+
+def _other(state: LifecycleState) -> LifecycleState:
+    return PAUSED if state is RUNNING else RUNNING
+
+
+def _to_running(gov: redgov.Governance, experiment: str) -> None:
+    """Create ``experiment`` and walk it Draft -> PendingApproval -> Approved -> Running."""
+    current = gov.create(experiment, actor=ACTOR).state
+    for step in (LifecycleState.PENDING_APPROVAL, LifecycleState.APPROVED, RUNNING):
+        if any(isinstance(g, redgov.ManualGate) and g.applies(current, step) for g in gov.core.gates):
+            gov.approve(experiment, step, approver=ACTOR)
+        current = gov.transition(experiment, step, actor=ACTOR).to_state
+
+
+def _payload(experiment: str) -> bytes:
+    return ENCODER.encode(StateTransition(experiment=experiment, from_state=RUNNING, to_state=PAUSED,
+                                          actor=ACTOR, reason="benchmark"))
+
+
+# -- contention: the worker side ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Hand:
+    """Keys of the hand-written WATCH/MULTI experiment."""
+
+    state: str
+    log: str
+    ids: str
+
+    @classmethod
+    def of(cls, scope: Scope, experiment: str) -> _Hand:
+        base = f"{scope.tag}:hand:{experiment}"
+        return cls(base + ":state", base + ":log", base + ":ids")
+
+
+def _wait_until(moment: float) -> None:
+    delay = moment - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _hammer_etag(gov: redgov.Governance, raw: redis.Redis, scope: Scope, experiment: str,
+                 end: float) -> dict[str, int]:
+    """Read the state, transition with its etag; retry on ConflictError."""
+    done = conflicts = 0
+    while time.time() < end:
+        current = gov.state(experiment)
+        assert current is not None
+        try:
+            gov.transition(experiment, _other(current.state), actor=ACTOR, expected_etag=current.etag)
+        except redgov.ConflictError:
+            conflicts += 1
+            continue
+        done += 1
+    return {"successes": done, "conflicts": conflicts, "refusals": 0}
+
+
+def _hammer_blind(gov: redgov.Governance, raw: redis.Redis, scope: Scope, experiment: str,
+                  end: float) -> dict[str, int]:
+    """Transition without reading; the script checks the rule against the stored state."""
+    done = refusals = 0
+    belief = RUNNING
+    while time.time() < end:
+        target = _other(belief)
+        try:
+            gov.transition(experiment, target, actor=ACTOR)
+        except redgov.InvalidTransitionError:  # it already is in target (X -> X is not a rule)
+            refusals += 1
+        else:
+            done += 1
+        belief = target
+    return {"successes": done, "conflicts": 0, "refusals": refusals}
+
+
+def _hammer_watch(gov: redgov.Governance, raw: redis.Redis, scope: Scope, experiment: str,
+                  end: float) -> dict[str, int]:
+    """WATCH, HGETALL, check the rule, MULTI, HSET + HINCRBY + XADD + RPUSH, EXEC; retry on WatchError."""
+    keys = _Hand.of(scope, experiment)
+    rules = gov.rules
+    done = conflicts = refusals = 0
+    with raw.pipeline() as pipe:
+        while time.time() < end:
+            try:
+                pipe.watch(keys.state)  # type: ignore[no-untyped-call]
+                fields = pipe.hgetall(keys.state)
+                current = _state_of(fields[b"s"])
+                target = _other(current)
+                if not rules.permits(current, target):
+                    pipe.reset()
+                    refusals += 1
+                    continue
+                now = utcnow()
+                record = StateTransition(experiment=experiment, from_state=current, to_state=target,
+                                         timestamp=now, actor=ACTOR)
+                pipe.multi()
+                pipe.hset(keys.state, mapping={"s": target.value, "e": secrets.token_hex(12),
+                                               "t": int(now.timestamp() * 1_000_000), "b": ACTOR})
+                pipe.hincrby(keys.state, "r", 1)
+                pipe.xadd(keys.log, {"k": "transition", "x": experiment, "r": ENCODER.encode(record),
+                                     "from": current.value})
+                pipe.rpush(keys.ids, record.transition_id)
+                pipe.execute()
+            except WatchError:
+                conflicts += 1
+                continue
+            done += 1
+    return {"successes": done, "conflicts": conflicts, "refusals": refusals}
+
+
+_HAMMERS: dict[str, Callable[[redgov.Governance, redis.Redis, Scope, str, float], dict[str, int]]] = {
+    "redgov etag": _hammer_etag,
+    "WATCH/MULTI": _hammer_watch,
+    "redgov blind": _hammer_blind,
+}
+
+
+def _worker(conn: Any, url: str, prefix: str) -> None:
+    """One contention process: connect once, then run the slices the parent sends."""
+    try:
+        gov = redgov.Governance(redgov.connect(url, prefix=prefix))
+        raw = redis.Redis.from_url(url)
+        raw.ping()
+        scope = Scope(prefix)
+    except Exception as exc:  # report it rather than leave the parent waiting
+        conn.send(("error", repr(exc)))
+        return
+    conn.send(("ready", None))
+    try:
+        while True:
+            task = conn.recv()
+            if task is None:
+                break
+            variant, experiment, start, seconds = task
+            try:
+                _wait_until(start)
+                cpu = time.process_time()
+                counts = _HAMMERS[variant](gov, raw, scope, experiment, start + seconds)
+                counts["cpu_ns"] = int((time.process_time() - cpu) * 1e9)
+                conn.send(("done", counts))
+            except Exception as exc:
+                conn.send(("error", repr(exc)))
+    finally:
+        gov.close()
+        raw.close()
+        conn.close()
+
+
+# -- contention: the parent side -----------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Tally:
+    variant: str
+    experiment: str
+    seconds: float = 0.0
+    successes: int = 0
+    conflicts: int = 0
+    refusals: int = 0
+    revision_delta: int = 0
+    history_delta: int = 0
+    lost: int = 0
+    client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
+    per_worker: list[int] = field(default_factory=list)
+
+
+class _Pool:
+    """``count`` spawned worker processes, each with its own pipe."""
+
+    def __init__(self, url: str, prefix: str, count: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.pipes: list[Any] = []
+        self.procs: list[Any] = []
+        try:
+            for _ in range(count):
+                mine, theirs = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(theirs, url, prefix), daemon=True)
+                proc.start()
+                theirs.close()
+                self.pipes.append(mine)
+                self.procs.append(proc)
+            self._collect(timeout=60.0, expect="ready")
+        except BaseException:
+            self.close()
+            raise
+
+    def _collect(self, timeout: float, expect: str) -> list[Any]:
+        out = []
+        for conn in self.pipes:
+            if not conn.poll(timeout):
+                raise RuntimeError(f"a contention worker did not answer within {timeout:g} s")
+            try:
+                kind, value = conn.recv()
+            except EOFError:
+                raise RuntimeError("a contention worker exited before answering") from None
+            if kind == "error":
+                raise RuntimeError(f"a contention worker failed: {value}")
+            if kind != expect:
+                raise RuntimeError(f"a contention worker sent {kind!r}, expected {expect!r}")
+            out.append(value)
+        return out
+
+    def slice(self, variant: str, experiment: str, seconds: float) -> list[dict[str, int]]:
+        start = time.time() + 0.1  # every worker starts at the same moment
+        for conn in self.pipes:
+            conn.send((variant, experiment, start, seconds))
+        return self._collect(timeout=seconds + 60.0, expect="done")
+
+    def close(self) -> None:
+        for conn in self.pipes:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for conn in self.pipes:
+            conn.close()
+
+
+def _observe(raw: redis.Redis, scope: Scope, variant: str, experiment: str) -> tuple[int, int]:
+    """(stored revision, history length) of the variant's experiment."""
+    if variant == "WATCH/MULTI":
+        keys = _Hand.of(scope, experiment)
+        revision, length = raw.hget(keys.state, "r"), raw.xlen(keys.log)
+    else:
+        exp = scope.experiment(experiment)
+        revision, length = raw.hget(exp.state, "r"), raw.llen(exp.transitions)
+    return int(revision or 0), int(length)
+
+
+def _server_cpu(raw: redis.Redis) -> float:
+    info = raw.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _chain_breaks(gov: redgov.Governance, raw: redis.Redis, scope: Scope, variant: str, experiment: str) -> int:
+    """History entries that do not start where the one before them ended."""
+    moves: list[tuple[LifecycleState | None, LifecycleState]]
+    if variant == "WATCH/MULTI":
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = raw.xrange(_Hand.of(scope, experiment).log)  # type: ignore[assignment]
+        moves = [(_state_of(fields[b"from"]), _TRANSITION.decode(fields[b"r"]).to_state) for _, fields in entries]
+    else:
+        moves = [(t.from_state, t.to_state) for t in gov.history(experiment)]
+    return sum(1 for (_, before), (after, _) in itertools.pairwise(moves) if after is not before)
+
+
+def _contention(url: str, prefix: str, gov: redgov.Governance, raw: redis.Redis, scope: Scope,
+                workers: int, seconds: float) -> list[_Tally]:
+    tallies = {variant: _Tally(variant, f"hot-{i}") for i, variant in enumerate(_HAMMERS)}
+    for tally in tallies.values():
+        if tally.variant == "WATCH/MULTI":
+            keys = _Hand.of(scope, tally.experiment)
+            raw.hset(keys.state, mapping={"s": RUNNING.value, "e": secrets.token_hex(12), "r": 0})
+        else:
+            _to_running(gov, tally.experiment)
+    pool = _Pool(url, prefix, workers)
+    try:
+        for tally in tallies.values():  # warm-up: imports, connections, script cache
+            pool.slice(tally.variant, tally.experiment, WARM_SECONDS)
+        order = list(tallies)
+        for variant in order + order[::-1]:
+            tally = tallies[variant]
+            revision0, length0 = _observe(raw, scope, variant, tally.experiment)
+            cpu0 = _server_cpu(raw)
+            counts = pool.slice(variant, tally.experiment, seconds)
+            cpu1 = _server_cpu(raw)
+            revision1, length1 = _observe(raw, scope, variant, tally.experiment)
+            tally.server_cpu_s += cpu1 - cpu0
+            tally.client_cpu_s += sum(c["cpu_ns"] for c in counts) / 1e9
+            done = sum(c["successes"] for c in counts)
+            tally.seconds += seconds
+            tally.successes += done
+            tally.conflicts += sum(c["conflicts"] for c in counts)
+            tally.refusals += sum(c["refusals"] for c in counts)
+            tally.revision_delta += revision1 - revision0
+            tally.history_delta += length1 - length0
+            tally.lost += max(abs(done - (revision1 - revision0)), abs(done - (length1 - length0)))
+            tally.per_worker = [a + c["successes"] for a, c in zip(tally.per_worker or [0] * len(counts), counts)]
+    finally:
+        pool.close()
+    for tally in tallies.values():
+        tally.lost += _chain_breaks(gov, raw, scope, tally.variant, tally.experiment)
+    return list(tallies.values())
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, seconds: float = SLICE_SECONDS,
+        workers: int = WORKERS) -> dict[str, Any]:
+    """Run every measurement; the report as a JSON-ready dict (see ``_util.report_dict``)."""
+    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+    raw = redis.Redis.from_url(url)
+    bp = redgov.connect(url, prefix=prefix)
+    warmup = min(n, 2 * block)
+    started = time.perf_counter()
+    try:
+        server = raw.info("server")["redis_version"]
+        scope = Scope(prefix)
+        gov = redgov.Governance(bp)
+        gated = redgov.Governance(bp, gates=[redgov.ManualGate(to_state=RUNNING),
+                                             redgov.ManualGate(to_state=PAUSED)])
+        rows = []
+
+        # the baseline: compare-and-set the etag the previous call wrote, XADD ~200 bytes
+        cas = raw.register_script(CAS_LUA)
+        base_keys = [f"{scope.tag}:base:state", f"{scope.tag}:base:log"]
+        payload = _payload("exp-base")
+        base_etag = [secrets.token_hex(12)]
+        raw.hset(base_keys[0], mapping={"s": RUNNING.value, "e": base_etag[0]})
+        base_targets = itertools.cycle((PAUSED.value, RUNNING.value))
+
+        def baseline() -> None:
+            etag = secrets.token_hex(12)
+            cas(keys=base_keys, args=[base_etag[0], next(base_targets), etag, payload])
+            base_etag[0] = etag
+
+        # 1. uncontended transition, no gates or policies
+        plain = "exp-plain"
+        _to_running(gov, plain)
+        plain_targets = itertools.cycle((PAUSED, RUNNING))
+        s = measure({"transition": lambda: gov.transition(plain, next(plain_targets), actor=ACTOR),
+                     "cas": baseline}, n, block=block, warmup=warmup)
+        rows.append(row("transition Running<->Paused", s["transition"],
+                        "Lua CAS + XADD (EVALSHA)", s["cas"], TARGET_TRANSITION))
+
+        # 2. the same through a ManualGate: approve() untimed before each transition
+        manual = "exp-manual"
+        _to_running(gated, manual)
+        manual_targets = itertools.cycle((PAUSED, RUNNING))
+        approved: list[LifecycleState] = [RUNNING]
+
+        def approve() -> None:
+            approved[0] = next(manual_targets)
+            gated.approve(manual, approved[0], approver=ACTOR)
+
+        s = measure({"gated": lambda: gated.transition(manual, approved[0], actor=ACTOR), "cas": baseline},
+                    n, block=block, warmup=warmup, before={"gated": approve})
+        rows.append(row("transition + ManualGate (approve untimed)", s["gated"],
+                        "Lua CAS + XADD (EVALSHA)", s["cas"], TARGET_GATED))
+        consumed = len(bp.approvals(manual))
+        if consumed != n + warmup + 1:
+            raise RuntimeError(f"{manual}: {consumed} approvals recorded, expected {n + warmup + 1}")
+
+        # 4. 100 experiments once each: transition_many vs sequential transition
+        batched = [f"batch-many-{i:03d}" for i in range(BATCH)]
+        sequential = [f"batch-seq-{i:03d}" for i in range(BATCH)]
+        for name in batched + sequential:
+            _to_running(gov, name)
+        many_targets = itertools.cycle((PAUSED, RUNNING))
+        seq_targets = itertools.cycle((PAUSED, RUNNING))
+
+        def many() -> None:
+            target = next(many_targets)
+            results = gov.transition_many([TransitionRequest(experiment=name, to=target, actor=ACTOR)
+                                           for name in batched])
+            refused = [r for r in results if isinstance(r, redgov.RedgovError)]
+            if refused:
+                raise RuntimeError(f"transition_many refused {len(refused)} of {BATCH}: {refused[0]!r}")
+
+        def one_by_one() -> None:
+            target = next(seq_targets)
+            for name in sequential:
+                gov.transition(name, target, actor=ACTOR)
+
+        rounds = max(10, n // 100)
+        s = measure({"many": many, "sequential": one_by_one}, rounds, block=BATCH_BLOCK,
+                    warmup=min(rounds, 2 * BATCH_BLOCK))
+        batch_row = row(f"{BATCH} transitions: transition_many", s["many"],
+                        f"{BATCH} sequential transition()", s["sequential"])
+        rows.append(batch_row)
+
+        # 3. contention: 8 processes, one experiment per variant
+        tallies = _contention(url, prefix, gov, raw, scope, workers, seconds)
+        by_name = {t.variant: t for t in tallies}
+        rate = {t.variant: t.successes / t.seconds for t in tallies}
+        ratio = rate["redgov etag"] / rate["WATCH/MULTI"] if rate["WATCH/MULTI"] else float("inf")
+        blind_ratio = rate["redgov blind"] / rate["WATCH/MULTI"] if rate["WATCH/MULTI"] else float("inf")
+        lines = []
+        for t in tallies:
+            attempts = t.successes + t.conflicts + t.refusals
+            if t.variant == "redgov etag":
+                vs = f"{ratio:.2f}x (>= {TARGET_CONTENDED:g}x)"
+                ok = "ok" if ratio >= TARGET_CONTENDED else "MISSED"
+            elif t.variant == "redgov blind":
+                vs, ok = f"{blind_ratio:.2f}x", "info"
+            else:
+                vs, ok = "1.00x", "baseline"
+            lost_ok = "ok" if t.lost <= TARGET_LOST else "MISSED"
+            per_ok = max(t.successes, 1)
+            lines.append((t.variant, f"{rate[t.variant]:.0f}", f"{attempts / t.seconds:.0f}",
+                          f"{t.conflicts + t.refusals}", f"{t.successes}",
+                          f"{t.client_cpu_s * 1e6 / per_ok:.0f}", f"{t.server_cpu_s * 1e6 / per_ok:.0f}",
+                          f"{100 * t.server_cpu_s / t.seconds:.0f}%",
+                          f"{t.revision_delta}/{t.history_delta}",
+                          f"{min(t.per_worker)}..{max(t.per_worker)}", vs, ok, f"{t.lost} ({lost_ok})"))
+        contention = table_dict(
+            f"contention: {workers} processes on one experiment, {2 * seconds:g} s per variant "
+            f"(2 x {seconds:g} s slices, A B C C B A, after {WARM_SECONDS:g} s warm-up each)",
+            ("variant", "transitions/s", "attempts/s", "retries", "successes", "client CPU µs/ok",
+             "server CPU µs/ok", "server busy", "rev Δ/history Δ", "per worker", "vs WATCH/MULTI", "ok",
+             "lost updates"),
+            lines, numeric=(1, 2, 3, 4, 5, 6, 7))
+        contention["results"] = {t.variant: {"transitions_per_s": rate[t.variant], "successes": t.successes,
+                                             "conflicts": t.conflicts, "refusals": t.refusals,
+                                             "revision_delta": t.revision_delta, "history_delta": t.history_delta,
+                                             "lost_updates": t.lost, "seconds": t.seconds,
+                                             "client_cpu_s": t.client_cpu_s, "server_cpu_s": t.server_cpu_s,
+                                             "per_worker": t.per_worker} for t in tallies}
+        contention["ratio"] = ratio
+        contention["target"] = TARGET_CONTENDED
+
+        plain_call = gov.core.transition(plain, PAUSED, actor=ACTOR)
+        sent = sum(len(a) if isinstance(a, bytes | str) else len(str(a)) for a in plain_call.args)
+        speedup = 1 / batch_row.ratio if batch_row.ratio else float("inf")
+        notes = [
+            f"baseline: EVALSHA of a {len(CAS_LUA.strip().splitlines())}-line CAS script, 2 keys, 4 args "
+            f"({len(payload)}-byte XADD payload); redgov transition sends {len(plain_call.keys)} keys and "
+            f"{len(plain_call.args)} args ({sent} bytes) and also writes the index, tid, writes and "
+            "transitions keys; both are one round trip",
+            "row 1 calls transition() without an etag (it returns no etag to chain); the baseline passes "
+            "the etag its previous call wrote",
+            f"row 2: ManualGate on -> Running and -> Paused; each sample is one transition that consumes the "
+            f"approval recorded by an untimed approve() just before ({consumed} approvals consumed)",
+            f"row 3: each sample is the whole batch of {BATCH}; transition_many speedup "
+            f"{speedup:.1f}x over sequential calls",
+            "contention: successes are transitions the workers report; lost updates = per slice "
+            "|successes - revision Δ| or |successes - history Δ| (the larger), plus history entries that "
+            "do not start where the previous one ended; retries = ConflictError/WatchError (plus refusals "
+            "for redgov blind); redgov etag costs 2 round trips per attempt (state read + transition), "
+            "WATCH/MULTI 3 (WATCH, HGETALL, MULTI..EXEC), redgov blind 1",
+            "client CPU µs/ok: CPU time of all workers (attempts and retries) per successful transition; "
+            "server CPU µs/ok: the server's CPU time (INFO cpu) per success; server busy: server CPU time "
+            "per second of the slices",
+            f"{workers} client processes share {multiprocessing.cpu_count()} cores with the server and "
+            "anything else running, so throughput is bounded by CPU as much as by round trips; compare the "
+            "ratios and the CPU per success, not the absolute rates",
+        ]
+        env = environment(
+            f"Redis {server}",
+            redgov=redgov.__version__,
+            url=display_url(url),
+            n=n,
+            block=block,
+            warmup=warmup,
+            batch_rounds=rounds,
+            workers=workers,
+        )
+        report = report_dict("redgov Governance transitions vs hand-written redis-py", env, rows,
+                             tables=[contention], notes=notes)
+        report["elapsed_s"] = round(time.perf_counter() - started, 1)
+        return report
+    finally:
+        try:
+            delete_prefix(raw, prefix)
+        except redis.ConnectionError:
+            pass  # the server is gone (the error being raised says so); nothing to delete
+        finally:
+            bp.close()
+            raw.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/transitions.py",
+        description="Governance transition latency, batching and contention vs hand-written redis-py.",
+    )
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis url (default {DEFAULT_URL})")
+    parser.add_argument("--n", type=positive_int, default=DEFAULT_N,
+                        help=f"timed calls per candidate and per baseline (default {DEFAULT_N})")
+    parser.add_argument("--block", type=positive_int, default=BLOCK,
+                        help=f"calls per block before switching member (default {BLOCK})")
+    parser.add_argument("--seconds", type=float, default=SLICE_SECONDS,
+                        help=f"length of one contention slice; each variant gets two (default {SLICE_SECONDS:g})")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0:
+        parser.error(f"--seconds must be > 0, got {args.seconds}")
+    try:
+        report = run(args.url, args.n, block=args.block, seconds=args.seconds)
+    except redis.ConnectionError as exc:
+        print(f"benchmarks/transitions.py: cannot reach {display_url(args.url)}: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report, as_json=args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
