@@ -1,8 +1,6 @@
 --[[ save_state: compare-and-set one experiment's state and log the write.
-KEYS[1] state hash       {T}:x:<exp>:state
-KEYS[2] scope log        {T}:log
-KEYS[3] state-write ids  {T}:x:<exp>:states
-KEYS[4] scope index      {T}:index
+KEYS[1] experiment base  {T}:x:<exp>; the script uses <base>:state and <base>:states (state-write ids)
+KEYS[2] scope tag        {T}; the script uses <tag>:log and <tag>:index
 ARGV[1] mode: 'create' (must not exist) | 'match' (etag must equal ARGV[2]) | 'overwrite'
 ARGV[2] expected etag (mode 'match')
 ARGV[3] new etag
@@ -17,7 +15,8 @@ Returns: {revision, log entry id}
 Errors: REDGOV_CONFLICT <detail>, REDGOV_CORRUPT <key>
 ]]
 -- @include lib/guard.lua
-local state_key, log_key, writes_key, index_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local base, tag = KEYS[1], KEYS[2]
+local state_key, writes_key, log_key, index_key = base .. ':state', base .. ':states', tag .. ':log', tag .. ':index'
 local mode, expected, etag = ARGV[1], ARGV[2], ARGV[3]
 local experiment, state, config_version = ARGV[4], ARGV[5], ARGV[6]
 local modified_at, modified_by, metadata, record = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -26,7 +25,8 @@ local modified_at, modified_by, metadata, record = ARGV[7], ARGV[8], ARGV[9], AR
 local bad = expect_types({log_key, 'stream', writes_key, 'list', index_key, 'hash'})
 if bad then return redis.error_reply(bad) end
 
-local stored = redis.call('HMGET', state_key, 'e', 'b')
+local stored, corrupt = read('HMGET', state_key, 'e', 'b')
+if corrupt then return redis.error_reply(corrupt) end
 local current = stored[1]
 if mode == 'create' and current then
   return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ' already exists (etag ' .. current .. ')')

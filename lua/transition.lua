@@ -38,7 +38,8 @@ if idem ~= '' then idem_key = base .. ':idem:' .. idem end
 local records_at = 12 -- ARGV[12 + i] is record i (0 = the transition)
 
 if idem_key then
-  local seen = redis.call('GET', idem_key)
+  local seen, corrupt = read('GET', idem_key)
+  if corrupt then return redis.error_reply(corrupt) end
   if seen then
     local bar = string.find(seen, '|', 1, true)
     local seen_target, seen_id = string.sub(seen, 1, bar - 1), string.sub(seen, bar + 1)
@@ -54,7 +55,8 @@ if idem_key then
 end
 
 -- reads (each also checks its key's type) come before any write
-local stored = redis.call('HMGET', state_key, 's', 'e', 'b')
+local stored, corrupt = read('HMGET', state_key, 's', 'e', 'b')
+if corrupt then return redis.error_reply(corrupt) end
 local current, current_etag = stored[1] or initial, stored[2]
 if expected ~= '' and current_etag ~= expected then
   return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ': expected etag ' .. expected
@@ -73,7 +75,9 @@ end
 local pending_field = current .. '>' .. target
 local approval_id = nil
 if step['manual'] then
-  approval_id = redis.call('HGET', pending_key, pending_field)
+  local found, corrupt = read('HGET', pending_key, pending_field)
+  if corrupt then return redis.error_reply(corrupt) end
+  approval_id = found
   if not approval_id then
     return redis.error_reply('REDGOV_APPROVAL_REQUIRED experiment ' .. experiment .. ': ' .. current .. ' -> '
       .. target .. ' needs a recorded manual approval (' .. step['manual'] .. ')')
@@ -104,7 +108,8 @@ local group_results, failed, detail = {}, {}, nil
 for g, group in ipairs(plan['groups']) do
   local busy = nil
   if #group['others'] > 0 then
-    local states = redis.call('HMGET', index_key, unpack(group['others']))
+    local states, corrupt = read('HMGET', index_key, unpack(group['others']))
+    if corrupt then return redis.error_reply(corrupt) end
     for i, other in ipairs(group['others']) do
       if not busy and (states[i] == 'Running' or states[i] == 'Ramping') then
         busy = other .. ' is ' .. states[i]

@@ -421,8 +421,8 @@ class Core:
                 recover: Callable[[RedgovError], T] | None = None) -> Call[T]:
         self.specs[name].check_keys(len(keys))
         log = None
-        if name in WRITE_SCRIPTS:  # transition.lua takes the scope tag; the others the log itself
-            log = keys[1] + ":log" if name == "transition" else next(k for k in keys if k.endswith(":log"))
+        if name in WRITE_SCRIPTS:  # the log itself, or the scope tag as the second key
+            log = next((k for k in keys if k.endswith(":log")), None) or keys[1] + ":log"
         return Call(keys=keys, args=args, parse=parse, script=name, recover=recover, log=log)
 
     def after_write(self, call: Call[Any]) -> Call[int] | None:
@@ -463,7 +463,7 @@ class Core:
             mode = "overwrite"
         else:
             mode = "create" if expected_etag is None else "match"
-        keys = (exp.state, scope.log, exp.states, scope.index)
+        keys = (exp.base, scope.tag)
         args = (
             mode,
             expected_etag or "",

@@ -43,8 +43,10 @@ def test_headers_match_key_usage() -> None:
 
 def test_call_sites_pass_the_declared_key_count() -> None:
     core = Core("gov")
-    with pytest.raises(AssertionError, match="takes 4 keys"):
+    with pytest.raises(AssertionError, match="takes 2 keys, got 1"):
         core._script("save_state", ("a",), (), lambda r: r)
+    with pytest.raises(AssertionError, match="takes 4 keys, got 5"):
+        core._script("create_version", ("a",) * 5, (), lambda r: r)
 
 
 def test_scripts_use_only_portable_lua() -> None:
@@ -145,3 +147,17 @@ def test_transport_errors_propagate_unwrapped() -> None:
             bp.get_state("e")
     finally:
         bp.close()
+
+
+def test_transition_on_a_corrupt_key_names_it_and_writes_nothing(backplane: Backplane) -> None:
+    gov = redgov.Governance(backplane)
+    scope = backplane.core.scope(None, None)
+    state_key = scope.experiment("e").state
+    backplane.client.set(state_key, "not a hash")
+    with pytest.raises(CorruptDataError, match=re.escape(state_key)):
+        gov.transition("e", LifecycleState.PENDING_APPROVAL)
+    backplane.client.delete(state_key)
+    backplane.client.set(scope.log, "not a stream")
+    with pytest.raises(CorruptDataError, match=re.escape(scope.log)):
+        gov.transition("e", LifecycleState.PENDING_APPROVAL)
+    assert backplane.client.exists(state_key) == 0

@@ -9,3 +9,12 @@ local function expect_types(spec)
   end
   return nil
 end
+
+-- read: a read command whose wrong-type error names the key; returns reply, error text
+local function read(command, key, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply['err'] then
+    return nil, 'REDGOV_CORRUPT key ' .. key .. ': ' .. tostring(reply['err'])
+  end
+  return reply, nil
+end
