@@ -1,0 +1,89 @@
+"""The names and signatures API.md fixes."""
+
+from __future__ import annotations
+
+import inspect
+
+import msgspec
+import pytest
+
+import redgov
+import redgov.aio
+
+NAMES = """
+connect Backplane Governance load_config from_config GovernanceConfig GovernanceEvent Change
+LifecycleState Severity ExperimentState StateTransition ApprovalRecord ConfigurationVersion
+PolicyEvaluation SaveResult RedgovError ConflictError InvalidTransitionError ApprovalRequiredError
+PolicyViolationError ConfigError NotFoundError AutomaticGate ManualGate RoleGate TrafficLimit ErrorRate
+TimeWindow ConflictPrevention
+""".split()
+
+BACKPLANE = {
+    "get_state": "(experiment, *, tenant=None, environment=None)",
+    "save_state": "(state, *, expected_etag=None)",
+    "append_transition": "(t)",
+    "transitions": "(experiment, *, tenant=None, environment=None)",
+    "append_approval": "(a)",
+    "approvals": "(experiment, *, tenant=None, environment=None)",
+    "approvals_for_transition": "(transition_id, *, tenant=None, environment=None)",
+    "append_version": "(v)",
+    "version": "(experiment, number, *, tenant=None, environment=None)",
+    "latest_version": "(experiment, *, tenant=None, environment=None)",
+    "versions": "(experiment, *, tenant=None, environment=None)",
+    "append_policy_evaluation": "(e)",
+    "policy_evaluations": "(experiment, *, tenant=None, environment=None)",
+    "latest_policy_evaluation": "(experiment, policy, *, tenant=None, environment=None)",
+}
+
+
+def plain(fn: object) -> str:
+    sig = inspect.signature(fn)  # type: ignore[arg-type]
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values() if p.name != "self"]
+    return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_name_is_exported(name: str) -> None:
+    assert hasattr(redgov, name) and name in redgov.__all__
+
+
+def test_aio_exports() -> None:
+    assert callable(redgov.aio.connect) and redgov.aio.AsyncBackplane and redgov.aio.AsyncGovernance
+
+
+@pytest.mark.parametrize(("method", "signature"), sorted(BACKPLANE.items()))
+def test_backplane_signatures(method: str, signature: str) -> None:
+    assert plain(getattr(redgov.Backplane, method)) == signature
+
+
+def test_connect_and_governance_signatures() -> None:
+    assert plain(redgov.connect).startswith("(url='memory://', *, prefix='gov', cache=False")
+    gov = plain(redgov.Governance)
+    for part in ("backplane", "rules=None", "gates=()", "policies=()", "auto_versioning=True", "clock=None"):
+        assert part in gov
+    assert "initial_state=<LifecycleState.DRAFT: 'Draft'>" in gov
+    transition = plain(redgov.Governance.transition)
+    assert transition == ("(experiment, to, *, actor=None, reason=None, metadata=None, telemetry=None, tenant=None, "
+                          "environment=None, expected_etag=None, idempotency_key=None)")
+
+
+def test_enum_values_are_the_names_of_api_md() -> None:
+    assert [s.value for s in redgov.LifecycleState] == [
+        "Draft", "PendingApproval", "Approved", "Running", "Ramping", "Paused", "RolledBack", "Archived", "Rejected"]
+    assert [s.value for s in redgov.Severity] == ["Info", "Warning", "Error", "Critical"]
+
+
+@pytest.mark.parametrize("record", [redgov.ExperimentState, redgov.StateTransition, redgov.ApprovalRecord,
+                                    redgov.ConfigurationVersion, redgov.PolicyEvaluation])
+def test_records_are_frozen_structs_with_scope_and_metadata(record: type[msgspec.Struct]) -> None:
+    assert issubclass(record, msgspec.Struct) and record.__struct_config__.frozen
+    fields = {f.name: f for f in msgspec.structs.fields(record)}
+    assert fields["tenant"].default is None and fields["environment"].default is None
+    assert "metadata" in fields
+
+
+def test_errors_subclass_redgov_error() -> None:
+    for name in ("ConflictError", "InvalidTransitionError", "ApprovalRequiredError", "PolicyViolationError",
+                 "ConfigError", "NotFoundError"):
+        assert issubclass(getattr(redgov, name), redgov.RedgovError)
+    assert redgov.PolicyViolationError("x", []).evaluations == ()
