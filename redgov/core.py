@@ -53,11 +53,13 @@ MAX_RECORD_BYTES = 1024 * 1024
 MAX_NAME_LENGTH = 1024
 #: With retain_history set, a process trims a scope log after this many of its writes to it.
 TRIM_EVERY = 64
-#: Scripts that append to a scope log.
-WRITE_SCRIPTS = frozenset({
-    "save_state", "append_transition", "append_approval", "append_version", "append_policy_evaluation",
-    "create", "transition", "approve", "create_version", "record_evaluations",
-})
+#: Scripts that append to a scope log, and where their keys name it: the key itself
+#: (position, False) or the scope tag the script appends ":log" to (position, True).
+WRITE_SCRIPTS: dict[str, tuple[int, bool]] = {
+    "save_state": (1, True), "transition": (1, True), "append_transition": (0, False),
+    "append_approval": (0, False), "append_version": (0, False), "append_policy_evaluation": (0, False),
+    "create": (1, False), "approve": (1, False), "create_version": (0, False), "record_evaluations": (1, False),
+}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -421,8 +423,9 @@ class Core:
                 recover: Callable[[RedgovError], T] | None = None) -> Call[T]:
         self.specs[name].check_keys(len(keys))
         log = None
-        if name in WRITE_SCRIPTS:  # the log itself, or the scope tag as the second key
-            log = next((k for k in keys if k.endswith(":log")), None) or keys[1] + ":log"
+        where = WRITE_SCRIPTS.get(name)
+        if where is not None:
+            log = keys[where[0]] + ":log" if where[1] else keys[where[0]]
         return Call(keys=keys, args=args, parse=parse, script=name, recover=recover, log=log)
 
     def after_write(self, call: Call[Any]) -> Call[int] | None:

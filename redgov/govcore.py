@@ -187,6 +187,7 @@ class GovernanceCore:
         self.idempotency_window = idempotency_window
         self._window_ms = int(idempotency_window.total_seconds() * 1000)
         self._skeletons: dict[LifecycleState, list[tuple[str, str | None, tuple[RoleGate, ...]]]] = {}
+        self._plain_plans: dict[LifecycleState, bytes] = {}
 
     # -- helpers ----------------------------------------------------------------
 
@@ -278,6 +279,16 @@ class GovernanceCore:
             self._skeletons[target] = found
         return found
 
+    def _encode_plan(self, target: LifecycleState, planned: _Plan) -> bytes:
+        """The plan as JSON; with no role gate on the target and no record besides the transition,
+        it depends on the target only, so it is encoded once."""
+        if len(planned.records) > 1 or any(roles for _, _, roles in self._skeleton(target)):
+            return ENCODER.encode(planned.plan)
+        cached = self._plain_plans.get(target)
+        if cached is None:
+            cached = self._plain_plans[target] = ENCODER.encode(planned.plan)
+        return cached
+
     def _plan(self, experiment: str, target: LifecycleState, tid: str, actor: str | None,
               metadata: Mapping[str, Any], now: datetime, tenant: str | None, environment: str | None,
               transition_record: bytes, evaluations: Sequence[PolicyEvaluation]) -> _Plan:
@@ -366,7 +377,7 @@ class GovernanceCore:
         keys = (exp.base, scope.tag)
         idem = encode_part(idempotency_key) if idempotency_key is not None else ""
         args = (experiment, target, self.initial_state, expected_etag or "", etag, to_micros(now),
-                actor or "", tid, self._window_ms, idem, ENCODER.encode(planned.plan), *planned.records)
+                actor or "", tid, self._window_ms, idem, self._encode_plan(target, planned), *planned.records)
 
         def parse(reply: Any) -> StateTransition:
             if int(reply[0]) == 0:  # idempotent replay of the first call

@@ -9,7 +9,7 @@ once here; the rest of the package uses them instead of calling
 from __future__ import annotations
 
 import enum
-import uuid
+import os
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -36,7 +36,8 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (like uuid4().hex, without its version bits or cost)."""
+    return os.urandom(16).hex()
 
 
 class LifecycleState(enum.StrEnum):
