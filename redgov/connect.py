@@ -1,4 +1,10 @@
-"""URL scheme -> client: redis, rediss, unix, redis+cluster, memory, embedded."""
+"""URL scheme -> client: redis, rediss, unix, redis+cluster, memory, embedded.
+
+``cache=True`` gives the Backplane a ``StateCache`` (see cache.py) on its own
+RESP2 connections to the same server: redis://, rediss://, unix:// and
+embedded://. memory:// ignores it (fakeredis answers in-process already);
+redis+cluster:// and the asyncio client refuse it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from urllib.parse import unquote
 import redis
 
 from .backplane import Backplane
+from .cache import StateCache
 from .embedded import EmbeddedServer
 from .errors import ValidationError
 
@@ -52,15 +59,12 @@ def _embedded_path(url: str) -> str:
     return path
 
 
-def _check_cache(cache: bool, scheme: str, kwargs: dict[str, Any]) -> None:
-    if not cache:
-        return
-    if scheme in ("memory", "embedded"):
-        return  # local and fast already; nothing to cache
-    from redis.cache import CacheConfig
-
-    kwargs.setdefault("protocol", 3)
-    kwargs.setdefault("cache_config", CacheConfig())
+def _check_cache(cache: bool, scheme: str) -> None:
+    if cache and scheme.endswith("+cluster"):
+        raise ValidationError(
+            "cache=True is not supported on Redis Cluster (client-side caching tracks keys per node); "
+            "connect without cache, or to a single server"
+        )
 
 
 def open_client(url: str, *, cache: bool = False, **kwargs: Any) -> tuple[Any, Callable[[], None] | None]:
@@ -69,7 +73,7 @@ def open_client(url: str, *, cache: bool = False, **kwargs: Any) -> tuple[Any, C
     kwargs.setdefault("decode_responses", False)
     if kwargs["decode_responses"]:
         raise ValidationError("redgov clients must not decode responses (decode_responses=False)")
-    _check_cache(cache, scheme, kwargs)
+    _check_cache(cache, scheme)
     if scheme == "memory":
         import fakeredis
 
@@ -94,7 +98,10 @@ def open_async_client(url: str, *, cache: bool = False, **kwargs: Any) -> tuple[
     scheme = _scheme(url)
     kwargs.setdefault("decode_responses", False)
     if cache:
-        raise ValidationError("cache=True is available on the sync client only (redis-py's client-side cache)")
+        raise ValidationError(
+            "cache=True is available on the sync client only (redgov.connect); "
+            "redgov.aio.connect reads every state from Redis"
+        )
     if scheme == "memory":
         import fakeredis
 
@@ -118,16 +125,36 @@ def _closer(client: Any, server: EmbeddedServer) -> Callable[[], None]:
     return finalizer
 
 
+def _cache_client(url: str, scheme: str, client: Any, kwargs: dict[str, Any]) -> redis.Redis:
+    """A second client of the server behind ``client``, RESP2, for the StateCache alone."""
+    options = {**kwargs, "protocol": 2}
+    for own in ("cache_config", "single_connection_client"):  # the cache's client pools its own connections
+        options.pop(own, None)
+    if scheme == "embedded":
+        return redis.Redis(unix_socket_path=client.connection_pool.connection_kwargs["path"], **options)
+    return redis.Redis.from_url(url, **options)
+
+
 def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False, **redis_kwargs: Any) -> Backplane:
-    """A Backplane for url (see the scheme table in README)."""
+    """A Backplane for url (see the scheme table in README).
+
+    ``cache=True`` serves ``get_state`` from a local cache that the server
+    invalidates (see ``redgov.cache``); memory:// ignores it.
+    """
     optimistic = redis_kwargs.pop("optimistic_concurrency", True)
     retain = redis_kwargs.pop("retain_history", None)
     archive = redis_kwargs.pop("archive", None)
     client, on_close = open_client(url, cache=cache, **redis_kwargs)
+    state_cache = None
     try:
+        scheme = _scheme(url)
+        if cache and scheme != "memory":
+            state_cache = StateCache(_cache_client(url, scheme, client, redis_kwargs))
         return Backplane(client, prefix=prefix, optimistic_concurrency=optimistic, retain_history=retain,
-                         archive=archive, on_close=on_close)
+                         archive=archive, on_close=on_close, cache=state_cache)
     except BaseException:
+        if state_cache is not None:
+            state_cache.close()
         client.close()
         if on_close is not None:
             on_close()
