@@ -111,6 +111,9 @@ class AsyncBackplane:
 
     async def close(self) -> None:
         await self.client.aclose()
+        archive_close = getattr(self.core.archive, "close", None)
+        if archive_close is not None:
+            archive_close()
         if self._on_close is not None:
             self._on_close()
             self._on_close = None

@@ -7,7 +7,7 @@ decisions live in ``core``; this shell only does the I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
@@ -23,6 +23,9 @@ from .records import (
     StateTransition,
 )
 
+if TYPE_CHECKING:
+    from .cache import StateCache
+
 __all__ = ["Backplane"]
 
 T = TypeVar("T")
@@ -32,12 +35,14 @@ class Backplane:
     """The persistence interface over one Redis (or Cluster) client.
 
     ``client`` must not decode responses (the default for redis-py). Every
-    write is one Lua script call; every read is one round trip.
+    write is one Lua script call; every read is one round trip. With a
+    ``cache`` (``connect(..., cache=True)``), ``get_state`` is served from it;
+    writes made here evict the written scope from it. The Backplane closes it.
     """
 
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
                  archive: Archive | None = None, retain_history: int | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None, cache: StateCache | None = None) -> None:
         self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
                          retain_history=retain_history)
         self.client = client
@@ -45,6 +50,8 @@ class Backplane:
             name: client.register_script(spec.text) for name, spec in self.core.specs.items()
         }
         self._on_close = on_close
+        #: the local get_state cache (None: every read goes to Redis)
+        self.cache = cache
 
     @property
     def prefix(self) -> str:
@@ -59,6 +66,9 @@ class Backplane:
                 reply = self._scripts[call.script](keys=call.keys, args=call.args)
         except ResponseError as exc:
             return call.failed(exc)
+        finally:
+            if call.log is not None and self.cache is not None:
+                self.cache.wrote(call.log)
         trim = self.core.after_write(call)
         if trim is not None:
             self.client.execute_command(*trim.args)
@@ -79,7 +89,11 @@ class Backplane:
                     pipe.execute_command(*call.args)
                 else:
                     self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
-            replies = pipe.execute(raise_on_error=False)
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            finally:
+                if self.cache is not None:
+                    self.cache.wrote(*(call.log for call in calls))
         return [settle(call, reply) for call, reply in zip(calls, replies)]
 
     def _settle(self, call: Call[Any]) -> Any:
@@ -89,7 +103,12 @@ class Backplane:
             return error
 
     def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
         self.client.close()
+        archive_close = getattr(self.core.archive, "close", None)
+        if archive_close is not None:
+            archive_close()
         if self._on_close is not None:
             self._on_close()
             self._on_close = None
@@ -107,6 +126,8 @@ class Backplane:
 
     def get_state(self, experiment: str, *, tenant: str | None = None,
                   environment: str | None = None) -> ExperimentState | None:
+        if self.cache is not None:
+            return self.cache.get_state(self.core, experiment, tenant, environment)
         return self.run(self.core.get_state(experiment, tenant, environment))
 
     def save_state(self, state: ExperimentState, *, expected_etag: str | None = None) -> SaveResult:

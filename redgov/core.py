@@ -350,8 +350,8 @@ def _records(kind: type[T], log_key: str, archive: Archive | None = None) -> Cal
     return parse
 
 
-def _one(kind: type[T], log_key: str) -> Callable[[Any], T | None]:
-    many = _records(kind, log_key)
+def _one(kind: type[T], log_key: str, archive: Archive | None = None) -> Callable[[Any], T | None]:
+    many = _records(kind, log_key, archive)
 
     def one(reply: Any) -> T | None:
         found = many(reply)
@@ -592,7 +592,7 @@ class Core:
         scope = self.scope(tenant, environment)
         key = scope.experiment(check_name(experiment, "experiment")).policy_latest
         check_name(policy, "policy")
-        parse = _one(PolicyEvaluation, scope.log)
+        parse = _one(PolicyEvaluation, scope.log, self.archive)
         return self._script("read_hash_entry", (key, scope.log), (policy,), parse)
 
     def _versions_keys(self, experiment: str, tenant: str | None, environment: str | None) -> tuple[str, str]:
@@ -605,13 +605,13 @@ class Core:
 
     def latest_version(self, experiment: str, tenant: str | None, environment: str | None) -> Call[ConfigurationVersion | None]:
         keys = self._versions_keys(experiment, tenant, environment)
-        return self._script("read_versions", keys, ("latest",), _one(ConfigurationVersion, keys[1]))
+        return self._script("read_versions", keys, ("latest",), _one(ConfigurationVersion, keys[1], self.archive))
 
     def version(self, experiment: str, number: int, tenant: str | None, environment: str | None) -> Call[ConfigurationVersion | None]:
         if isinstance(number, bool) or not isinstance(number, int):
             raise ValidationError(f"version number must be an integer, got {number!r}")
         keys = self._versions_keys(experiment, tenant, environment)
-        return self._script("read_versions", keys, (number,), _one(ConfigurationVersion, keys[1]))
+        return self._script("read_versions", keys, (number,), _one(ConfigurationVersion, keys[1], self.archive))
 
 
 def _expect(value: object, kind: type[Any], operation: str) -> None:
