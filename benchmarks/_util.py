@@ -293,3 +293,30 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def bench_parser(prog: str, description: str, default_url: str, default_n: int) -> Any:
+    """The options every benchmark takes: --url, --n, --block, --json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--url", default=default_url, help=f"Redis url (default {default_url})")
+    parser.add_argument("--n", type=positive_int, default=default_n,
+                        help=f"timed calls per candidate and per baseline (default {default_n})")
+    parser.add_argument("--block", type=positive_int, default=BLOCK,
+                        help=f"calls per block before switching member (default {BLOCK})")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    return parser
+
+
+def run_and_print(prog: str, url: str, as_json: bool, produce: Callable[[], dict[str, Any]]) -> int:
+    """Run a benchmark and print its report; 2 with one line when the server cannot be reached."""
+    import redis
+
+    try:
+        report = produce()
+    except redis.ConnectionError as exc:
+        print(f"{prog}: cannot reach {display_url(url)}: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report, as_json=as_json))
+    return 0

@@ -23,15 +23,12 @@ target is missed: this is a report, not a test.
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks._util`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,13 +37,13 @@ import redis
 
 import redgov
 from benchmarks._util import (
+    bench_parser,
+    run_and_print,
     BLOCK,
     delete_prefix,
     display_url,
     environment,
-    format_report,
     measure,
-    positive_int,
     report_dict,
     row,
 )
@@ -202,24 +199,11 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/backplane.py",
-        description="Backplane latency vs raw redis-py baselines, interleaved in one run.",
-    )
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis url (default {DEFAULT_URL})")
-    parser.add_argument("--n", type=positive_int, default=DEFAULT_N,
-                        help=f"timed calls per candidate and per baseline (default {DEFAULT_N})")
-    parser.add_argument("--block", type=positive_int, default=BLOCK,
-                        help=f"calls per block before switching member (default {BLOCK})")
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    prog = "benchmarks/backplane.py"
+    parser = bench_parser(prog, "Backplane latency vs raw redis-py baselines, interleaved in one run.",
+                          DEFAULT_URL, DEFAULT_N)
     args = parser.parse_args(argv)
-    try:
-        report = run(args.url, args.n, block=args.block)
-    except redis.ConnectionError as exc:
-        print(f"benchmarks/backplane.py: cannot reach {display_url(args.url)}: {exc}", file=sys.stderr)
-        return 2
-    print(format_report(report, as_json=args.json))
-    return 0
+    return run_and_print(prog, args.url, args.json, lambda: run(args.url, args.n, block=args.block))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ The exit status is 0 even when a target is missed: this is a report, not a test.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -39,11 +38,12 @@ import redis
 
 import redgov
 from benchmarks._util import (
+    bench_parser,
+    run_and_print,
     BLOCK,
     delete_prefix,
     display_url,
     environment,
-    format_report,
     measure,
     percentile,
     positive_int,
@@ -179,26 +179,14 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/cache.py",
-        description="get_state with and without the local cache vs raw HGETALL, interleaved in one run.",
-    )
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis url (default {DEFAULT_URL})")
-    parser.add_argument("--n", type=positive_int, default=DEFAULT_N,
-                        help=f"timed calls per candidate and per baseline (default {DEFAULT_N})")
-    parser.add_argument("--block", type=positive_int, default=BLOCK,
-                        help=f"calls per block before switching member (default {BLOCK})")
+    prog = "benchmarks/cache.py"
+    parser = bench_parser(prog, "get_state with and without the local cache vs raw HGETALL, interleaved in one run.",
+                          DEFAULT_URL, DEFAULT_N)
     parser.add_argument("--writes", type=positive_int, default=DEFAULT_WRITES,
                         help=f"writes timed for the invalidation delay (default {DEFAULT_WRITES})")
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
-    try:
-        report = run(args.url, args.n, block=args.block, writes=args.writes)
-    except redis.ConnectionError as exc:
-        print(f"benchmarks/cache.py: cannot reach {display_url(args.url)}: {exc}", file=sys.stderr)
-        return 2
-    print(format_report(report, as_json=args.json))
-    return 0
+    return run_and_print(prog, args.url, args.json,
+                         lambda: run(args.url, args.n, block=args.block, writes=args.writes))
 
 
 if __name__ == "__main__":

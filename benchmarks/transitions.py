@@ -43,7 +43,6 @@ report, not a test.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import multiprocessing
 import secrets
@@ -64,13 +63,13 @@ from redis.exceptions import WatchError
 
 import redgov
 from benchmarks._util import (
+    bench_parser,
+    run_and_print,
     BLOCK,
     delete_prefix,
     display_url,
     environment,
-    format_report,
     measure,
-    positive_int,
     report_dict,
     row,
     table_dict,
@@ -490,7 +489,6 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
 
         # 3. contention: 8 processes, one experiment per variant
         tallies = _contention(url, prefix, gov, raw, scope, workers, seconds)
-        by_name = {t.variant: t for t in tallies}
         rate = {t.variant: t.successes / t.seconds for t in tallies}
         ratio = rate["redgov etag"] / rate["WATCH/MULTI"] if rate["WATCH/MULTI"] else float("inf")
         blind_ratio = rate["redgov blind"] / rate["WATCH/MULTI"] if rate["WATCH/MULTI"] else float("inf")
@@ -579,28 +577,16 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/transitions.py",
-        description="Governance transition latency, batching and contention vs hand-written redis-py.",
-    )
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis url (default {DEFAULT_URL})")
-    parser.add_argument("--n", type=positive_int, default=DEFAULT_N,
-                        help=f"timed calls per candidate and per baseline (default {DEFAULT_N})")
-    parser.add_argument("--block", type=positive_int, default=BLOCK,
-                        help=f"calls per block before switching member (default {BLOCK})")
+    prog = "benchmarks/transitions.py"
+    parser = bench_parser(prog, "Governance transition latency, batching and contention vs hand-written redis-py.",
+                          DEFAULT_URL, DEFAULT_N)
     parser.add_argument("--seconds", type=float, default=SLICE_SECONDS,
                         help=f"length of one contention slice; each variant gets two (default {SLICE_SECONDS:g})")
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
     if args.seconds <= 0:
         parser.error(f"--seconds must be > 0, got {args.seconds}")
-    try:
-        report = run(args.url, args.n, block=args.block, seconds=args.seconds)
-    except redis.ConnectionError as exc:
-        print(f"benchmarks/transitions.py: cannot reach {display_url(args.url)}: {exc}", file=sys.stderr)
-        return 2
-    print(format_report(report, as_json=args.json))
-    return 0
+    return run_and_print(prog, args.url, args.json,
+                         lambda: run(args.url, args.n, block=args.block, seconds=args.seconds))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from msgspec.structs import replace
 
 import redgov
@@ -196,7 +195,7 @@ def test_processes_race_read_modify_write(bp: redgov.Backplane, redis_url: str, 
     assert [w.revision for w in writes] == list(range(1, total + 2))
     assert len({w.etag for w in writes}) == len(writes)
     assert all(w.etag for w in writes)
-    assert [w.metadata["counter"] for w in writes] == list(range(0, total + 1))
+    assert [w.metadata["counter"] for w in writes] == list(range(total + 1))
     assert writes[-1].etag == final.etag
     by_revision = {rev: etag for rev, etag, _ in successes}
     assert all(by_revision[w.revision] == w.etag for w in writes[1:])
