@@ -24,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from datetime import UTC, datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -320,3 +321,22 @@ def run_and_print(prog: str, url: str, as_json: bool, produce: Callable[[], dict
         return 2
     print(format_report(report, as_json=as_json))
     return 0
+
+
+#: A fixed time for benchmark records, so encoded sizes do not vary between runs.
+SAMPLE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
+_SAMPLE_METADATA = {"owner": "bench", "ticket": "EXP-1234", "traffic": 0.5, "variants": ["a", "b"]}
+
+
+def sample_state(experiment: str) -> Any:
+    """A representative ExperimentState (Running, config v3, some metadata)."""
+    import redgov
+
+    return redgov.ExperimentState(
+        experiment=experiment,
+        state=redgov.LifecycleState.RUNNING,
+        config_version=3,
+        last_modified=SAMPLE_TIME,
+        last_modified_by="bench",
+        metadata=_SAMPLE_METADATA,
+    )

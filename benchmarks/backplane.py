@@ -26,7 +26,6 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,8 @@ import redis
 
 import redgov
 from benchmarks._util import (
+    SAMPLE_TIME,
+    sample_state,
     bench_parser,
     run_and_print,
     BLOCK,
@@ -60,21 +61,6 @@ TARGET_GET_STATE = 1.3
 TARGET_SAVE_STATE = 1.5
 TARGET_LATEST_VERSION = 1.5
 
-_T0 = datetime(2025, 1, 1, tzinfo=UTC)
-_METADATA = {"owner": "bench", "ticket": "EXP-1234", "traffic": 0.5, "variants": ["a", "b"]}
-
-
-def _state(experiment: str) -> redgov.ExperimentState:
-    return redgov.ExperimentState(
-        experiment=experiment,
-        state=redgov.LifecycleState.RUNNING,
-        config_version=3,
-        last_modified=_T0,
-        last_modified_by="bench",
-        metadata=_METADATA,
-    )
-
-
 def _transitions(experiment: str, count: int) -> Iterator[redgov.StateTransition]:
     """``count`` distinct transitions (each has its own transition_id), built up front."""
     made = [
@@ -82,7 +68,7 @@ def _transitions(experiment: str, count: int) -> Iterator[redgov.StateTransition
             experiment=experiment,
             from_state=redgov.LifecycleState.APPROVED,
             to_state=redgov.LifecycleState.RUNNING,
-            timestamp=_T0,
+            timestamp=SAMPLE_TIME,
             actor="bench",
             reason="benchmark",
             metadata={"step": i},
@@ -103,7 +89,7 @@ def _fill_versions(bp: redgov.Backplane, client: redis.Redis, experiment: str, c
                     experiment=experiment,
                     version=number,
                     configuration={"variant": "b", "traffic": number % 100, "flags": ["x", "y"]},
-                    created_at=_T0,
+                    created_at=SAMPLE_TIME,
                     created_by="bench",
                 )
             )
@@ -129,7 +115,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK) -> di
 
         # get_state vs HGETALL of the same key
         name = "exp-state"
-        bp.save_state(_state(name))
+        bp.save_state(sample_state(name))
         key = scope.experiment(name).state
         if bp.get_state(name) is None or not raw.hgetall(key):
             raise RuntimeError(f"state {key} was not written")
@@ -138,7 +124,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK) -> di
         rows.append(row("get_state", s["get_state"], "redis-py hgetall", s["hgetall"], TARGET_GET_STATE))
 
         # save_state, each guarded by the previous save's etag, vs a no-op EVALSHA
-        state = _state("exp-save")
+        state = sample_state("exp-save")
         etag: list[str | None] = [bp.save_state(state).etag]
 
         def save() -> None:
@@ -174,7 +160,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK) -> di
                         f"latest_version @{FEW_VERSIONS} versions", s["few"], TARGET_LATEST_VERSION))
 
         # memory:// vs redis:// get_state (informational)
-        mem.save_state(_state(name))
+        mem.save_state(sample_state(name))
         s = measure({"memory": lambda: mem.get_state(name), "redis": lambda: bp.get_state(name)},
                     n, block=block, warmup=warmup)
         rows.append(row("get_state memory://", s["memory"], "get_state redis://", s["redis"]))

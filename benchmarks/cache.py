@@ -27,7 +27,6 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ import redis
 
 import redgov
 from benchmarks._util import (
+    sample_state,
     bench_parser,
     run_and_print,
     BLOCK,
@@ -62,21 +62,6 @@ DELIVERY_TIMEOUT = 2.0
 
 TARGET_HIT = 0.2
 TARGET_MISS = 1.3
-
-_T0 = datetime(2025, 1, 1, tzinfo=UTC)
-_METADATA = {"owner": "bench", "ticket": "EXP-1234", "traffic": 0.5, "variants": ["a", "b"]}
-
-
-def _state(experiment: str) -> redgov.ExperimentState:
-    return redgov.ExperimentState(
-        experiment=experiment,
-        state=redgov.LifecycleState.RUNNING,
-        config_version=3,
-        last_modified=_T0,
-        last_modified_by="bench",
-        metadata=_METADATA,
-    )
-
 
 def _delivery(cached: redgov.Backplane, writer: redgov.Backplane, name: str, writes: int) -> list[int]:
     """ns from each write's return (another client) until the cache no longer holds the key."""
@@ -115,7 +100,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK,
         assert cache is not None
         server = raw.info("server")["redis_version"]
         name = "exp-state"
-        stored = plain.save_state(_state(name)).state
+        stored = plain.save_state(sample_state(name)).state
         key = plain.core.get_state(name, None, None).keys[0]
         if stored is None or not raw.hgetall(key) or cached.get_state(name) != stored:
             raise RuntimeError(f"state {key} was not written")
