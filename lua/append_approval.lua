@@ -1,26 +1,35 @@
---[[ append_approval: add an ApprovalRecord to the history.
-KEYS[1] scope log                {T}:log
-KEYS[2] approval ids             {T}:x:<exp>:approvals
-KEYS[3..] approvals of its transition  {T}:tr:<transition id>:approvals (only when linked)
-ARGV[1] experiment name
-ARGV[2] ApprovalRecord record, JSON
-Returns: log entry id
-Errors: REDGOV_CORRUPT <key>
+--[[ append_approval: add an ApprovalRecord to the history (the seed's interface).
+KEYS[1..11] standard keys (lib/common.lua)
+ARGV[1] operation id ('' = no dedupe)
+ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[3] experiment name
+ARGV[4] the transition id it is linked to ('' = none)
+ARGV[5] retain: history entries kept for the experiment (0 = all)
+ARGV[6] ApprovalRecord record, JSON
+Returns: {1, log entry id}; a re-send {2, ...the same}
+Errors: REDGOV_CORRUPT, REDGOV_DENIED
 ]]
--- @include lib/guard.lua
-local log_key, list_key, linked_key = KEYS[1], KEYS[2], KEYS[3]
-local experiment, record = ARGV[1], ARGV[2]
+-- @include lib/common.lua
+-- @include lib/history.lua
+-- @include lib/retain.lua
+local op, expire, experiment, transition_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local retain, record = tonumber(ARGV[5]), ARGV[6]
 
-local spec = {log_key, 'stream', list_key, 'list'}
-if linked_key then
-  spec[5], spec[6] = linked_key, 'list'
-end
-local bad = expect_types(spec)
-if bad then return redis.error_reply(bad) end
+local replay, err = op_seen(op)
+if replay or err then return replay or err end
+local length
+length, err = read('LLEN', history_key)
+if err then return err end
+err = util().expect_all(log_key, 'stream', approvals_key, 'list', links_key, 'hash', index_key, 'zset', state_key, 'hash')
+if err then return err end
+local trim
+trim, err = retention().plan(retain, 1, length)
+if err then return err end
 
-local id = redis.call('XADD', log_key, '*', 'k', 'approval', 'x', experiment, 'r', record)
-redis.call('RPUSH', list_key, id)
-if linked_key then
-  redis.call('RPUSH', linked_key, id)
-end
-return id
+local id = hist().add_entry('A', experiment, record, {})
+if transition_id ~= '' then hist().link(transition_id, {id}) end
+hist().register(experiment)
+if trim then retention().apply(trim) end
+local reply = {1, id}
+op_done(op, reply, expire)
+return reply

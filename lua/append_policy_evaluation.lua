@@ -1,21 +1,34 @@
---[[ append_policy_evaluation: add a PolicyEvaluation and make it its policy's latest.
-KEYS[1] scope log            {T}:log
-KEYS[2] evaluation ids       {T}:x:<exp>:policies
-KEYS[3] latest per policy    {T}:x:<exp>:policy
-ARGV[1] experiment name
-ARGV[2] policy name
-ARGV[3] PolicyEvaluation record, JSON
-Returns: log entry id
-Errors: REDGOV_CORRUPT <key>
+--[[ append_policy_evaluation: add a PolicyEvaluation and make it its policy's latest (the seed's interface).
+KEYS[1..11] standard keys (lib/common.lua)
+ARGV[1] operation id ('' = no dedupe)
+ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[3] experiment name
+ARGV[4] policy name
+ARGV[5] retain: history entries kept for the experiment (0 = all)
+ARGV[6] PolicyEvaluation record, JSON
+Returns: {1, log entry id}; a re-send {2, ...the same}
+Errors: REDGOV_CORRUPT, REDGOV_DENIED
 ]]
--- @include lib/guard.lua
-local log_key, list_key, latest_key = KEYS[1], KEYS[2], KEYS[3]
-local experiment, policy, record = ARGV[1], ARGV[2], ARGV[3]
+-- @include lib/common.lua
+-- @include lib/history.lua
+-- @include lib/retain.lua
+local op, expire, experiment, policy = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local retain, record = tonumber(ARGV[5]), ARGV[6]
 
-local bad = expect_types({log_key, 'stream', list_key, 'list', latest_key, 'hash'})
-if bad then return redis.error_reply(bad) end
+local replay, err = op_seen(op)
+if replay or err then return replay or err end
+local length
+length, err = read('LLEN', history_key)
+if err then return err end
+err = util().expect_all(log_key, 'stream', policies_key, 'list', latest_key, 'hash', index_key, 'zset', state_key, 'hash')
+if err then return err end
+local trim
+trim, err = retention().plan(retain, 1, length)
+if err then return err end
 
-local id = redis.call('XADD', log_key, '*', 'k', 'policy', 'x', experiment, 'r', record)
-redis.call('RPUSH', list_key, id)
-redis.call('HSET', latest_key, policy, id)
-return id
+local id = hist().add_entry('P', experiment, record, {}, policy)
+hist().register(experiment)
+if trim then retention().apply(trim) end
+local reply = {1, id}
+op_done(op, reply, expire)
+return reply

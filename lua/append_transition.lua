@@ -1,24 +1,41 @@
---[[ append_transition: add a StateTransition to the history.
-KEYS[1] scope log         {T}:log
-KEYS[2] transition ids    {T}:x:<exp>:transitions
-KEYS[3] transition index  {T}:tid
-ARGV[1] experiment name
-ARGV[2] transition id (unique in the scope)
-ARGV[3] StateTransition record, JSON
-Returns: log entry id
-Errors: REDGOV_CONFLICT <transition id exists>, REDGOV_CORRUPT <key>
+--[[ append_transition: add a StateTransition to the history (the seed's interface; the state is not written).
+KEYS[1..11] standard keys (lib/common.lua)
+ARGV[1] operation id ('' = no dedupe)
+ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[3] experiment name
+ARGV[4] transition id (appended ones are unique per scope)
+ARGV[5] retain: history entries kept for the experiment (0 = all)
+ARGV[6] StateTransition record, JSON
+Returns: {1, log entry id}; a re-send {2, ...the same}
+Errors: REDGOV_CONFLICT <transition id exists>, REDGOV_CORRUPT, REDGOV_DENIED
 ]]
--- @include lib/guard.lua
-local log_key, list_key, tid_key = KEYS[1], KEYS[2], KEYS[3]
-local experiment, transition_id, record = ARGV[1], ARGV[2], ARGV[3]
+-- @include lib/common.lua
+-- @include lib/history.lua
+-- @include lib/retain.lua
+local op, expire, experiment, transition_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local retain, record = tonumber(ARGV[5]), ARGV[6]
 
-local bad = expect_types({log_key, 'stream', list_key, 'list', tid_key, 'hash'})
-if bad then return redis.error_reply(bad) end
-if redis.call('HEXISTS', tid_key, transition_id) == 1 then
-  return redis.error_reply('REDGOV_CONFLICT transition ' .. transition_id .. ' is already recorded')
+local replay, err = op_seen(op)
+if replay or err then return replay or err end
+local seen
+seen, err = read('HEXISTS', links_key, 'x:' .. transition_id)
+if err then return err end
+if seen == 1 then
+  return refuse('CONFLICT', 'transition ' .. transition_id .. ' is already recorded')
 end
+local length
+length, err = read('LLEN', history_key)
+if err then return err end
+err = util().expect_all(log_key, 'stream', index_key, 'zset', state_key, 'hash')
+if err then return err end
+local trim
+trim, err = retention().plan(retain, 1, length)
+if err then return err end
 
-local id = redis.call('XADD', log_key, '*', 'k', 'transition', 'x', experiment, 'r', record)
-redis.call('RPUSH', list_key, id)
-redis.call('HSET', tid_key, transition_id, id)
-return id
+local id = hist().add_entry('t', experiment, record, {})
+redis.call('HSET', links_key, 'x:' .. transition_id, id)
+hist().register(experiment)
+if trim then retention().apply(trim) end
+local reply = {1, id}
+op_done(op, reply, expire)
+return reply

@@ -1,27 +1,48 @@
---[[ append_version: add an immutable ConfigurationVersion.
-KEYS[1] scope log     {T}:log
-KEYS[2] version ids   {T}:x:<exp>:versions (zset scored by version number)
-ARGV[1] experiment name
-ARGV[2] version number, or 0 to take the next one (latest + 1)
-ARGV[3] ConfigurationVersion record, JSON (the entry's v field is authoritative)
-Returns: {version number, log entry id}
-Errors: REDGOV_CONFLICT <version exists>, REDGOV_CORRUPT <key>
+--[[ append_version: add an immutable ConfigurationVersion with the given number (the seed's interface).
+KEYS[1..11] standard keys (lib/common.lua)
+ARGV[1] operation id ('' = no dedupe)
+ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[3] experiment name
+ARGV[4] version number
+ARGV[5] retain: history entries kept for the experiment (0 = all)
+ARGV[6] ConfigurationVersion record, JSON (the entry's v field is authoritative)
+Returns: {1, version number, log entry id}; a re-send {2, ...the same}
+Errors: REDGOV_CONFLICT <version exists>, REDGOV_CORRUPT, REDGOV_DENIED
 ]]
--- @include lib/guard.lua
-local log_key, versions_key = KEYS[1], KEYS[2]
-local experiment, number, record = ARGV[1], ARGV[2], ARGV[3]
+-- @include lib/common.lua
+-- @include lib/history.lua
+-- @include lib/retain.lua
+local op, expire, experiment, number = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local retain, record = tonumber(ARGV[5]), ARGV[6]
+local what = 'experiment ' .. experiment
 
-local bad = expect_types({log_key, 'stream', versions_key, 'zset'})
-if bad then return redis.error_reply(bad) end
-
-if number == '0' then
-  local top = redis.call('ZRANGE', versions_key, -1, -1, 'WITHSCORES')
-  number = tostring((tonumber(top[2]) or 0) + 1)
-elseif redis.call('ZCOUNT', versions_key, number, number) > 0 then
-  return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ' already has version ' .. number
-    .. '; versions are immutable')
+local replay, err = op_seen(op)
+if replay or err then return replay or err end
+local found
+found, err = read('ZCOUNT', versions_key, number, number)
+if err then return err end
+if found > 0 then
+  return refuse('CONFLICT', what .. ' already has version ' .. number .. '; versions are immutable')
 end
+local trimmed
+trimmed, err = read('HGET', base_key, 'vmax')
+if err then return err end
+if trimmed and is_count(trimmed) and tonumber(number) <= tonumber(trimmed) then
+  return refuse('CONFLICT', what .. ': version ' .. number .. ' is not above ' .. trimmed
+    .. ', the highest version removed from Redis by retention; versions are immutable')
+end
+local length
+length, err = read('LLEN', history_key)
+if err then return err end
+err = util().expect_all(log_key, 'stream', index_key, 'zset', state_key, 'hash')
+if err then return err end
+local trim
+trim, err = retention().plan(retain, 1, length)
+if err then return err end
 
-local id = redis.call('XADD', log_key, '*', 'k', 'version', 'x', experiment, 'r', record, 'v', number)
-redis.call('ZADD', versions_key, number, id)
-return {tonumber(number), id}
+local id = hist().add_entry('v', experiment, record, {'v', number}, number)
+hist().register(experiment)
+if trim then retention().apply(trim) end
+local reply = {1, number, id}
+op_done(op, reply, expire)
+return reply

@@ -1,34 +1,68 @@
 --[[ approve: record an approval (or rejection) of a move, for a ManualGate to consume.
-KEYS[1] state hash         {T}:x:<exp>:state
-KEYS[2] scope log          {T}:log
-KEYS[3] approval ids       {T}:x:<exp>:approvals
-KEYS[4] pending approvals  {T}:x:<exp>:pending ('<from>><to>' -> approval entry id)
-ARGV[1] experiment name
-ARGV[2] target state
-ARGV[3] initial state (the current state when none is stored)
-ARGV[4] states the rules allow to move to the target, comma-separated
-ARGV[5] '1' approved, '0' rejected (a rejection withdraws a pending approval)
-ARGV[6] ApprovalRecord, JSON (from_state is the entry's 'from' field)
-Returns: {approval entry id, from state}
-Errors: REDGOV_INVALID_TRANSITION <no rule allows the move>, REDGOV_CORRUPT <key>
+KEYS[1..11] standard keys (lib/common.lua)
+KEYS[12..] the idempotency record {T}:i:<exp>:<key> (when ARGV[10] is not '')
+ARGV[1] operation id ('' = no dedupe)
+ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[3] experiment name
+ARGV[4] target state
+ARGV[5] states the rules allow to move to the target, '|'-separated with a leading and trailing '|'
+ARGV[6] '1' approved, '0' rejected (a rejection withdraws a pending approval of the move)
+ARGV[7] initial state of an experiment not created yet ('' = it must exist)
+ARGV[8] retain: history entries kept for the experiment (0 = all)
+ARGV[9] ApprovalRecord, JSON (from_state is the entry's 'from' field)
+ARGV[10] idempotency intent ('' = no key)
+ARGV[11] idempotency window, ms
+Returns: {1, approval entry id, from state}; a re-send {2, ...}; an idempotency replay
+         {3, entry id, from state, approval record}
+Errors: REDGOV_NOT_FOUND, REDGOV_INVALID_TRANSITION <no rule allows the move>, REDGOV_CORRUPT, REDGOV_DENIED
 ]]
--- @include lib/guard.lua
--- @include lib/records.lua
-local state_key, log_key, approvals_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local experiment, target, initial, sources = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local approved, record = ARGV[5], ARGV[6]
+-- @include lib/common.lua
+-- @include lib/idem.lua
+-- @include lib/history.lua
+-- @include lib/retain.lua
+local op, expire, experiment, target, sources = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local approved, initial, retain, record = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
+local intent, window = ARGV[10], ARGV[11]
+local idem_key = nil
+if intent ~= '' then idem_key = KEYS[12] end
+local what = 'experiment ' .. experiment
 
-local bad = expect_types({state_key, 'hash', log_key, 'stream', approvals_key, 'list', pending_key, 'hash'})
-if bad then return redis.error_reply(bad) end
-local current = redis.call('HGET', state_key, 's') or initial
-if not string.find(',' .. sources .. ',', ',' .. current .. ',', 1, true) then
-  return redis.error_reply('REDGOV_INVALID_TRANSITION experiment ' .. experiment .. ': ' .. current .. ' -> '
-    .. target .. ' is not allowed, so it cannot be approved')
+local replay, err = hist().prior(op, idem_key, intent, what)
+if replay or err then return replay or err end
+
+local stored
+stored, err = read('HMGET', state_key, 's', 'pn')
+if err then return err end
+local current = stored[1]
+if stored[2] and not string.match(stored[2], '^%-?%d+$') then return util().bad_value(state_key, 'pn', stored[2], 'a count') end
+if not current then
+  if initial == '' then return refuse('NOT_FOUND', what .. ' does not exist (create it first)') end
+  current = initial
+elseif not is_state(current) then
+  return util().bad_value(state_key, 's', current, 'a lifecycle state')
 end
-local id = add_entry(log_key, approvals_key, 'approval', experiment, record, {'from', current})
-if approved == '1' then
-  redis.call('HSET', pending_key, current .. '>' .. target, id)
-else
-  redis.call('HDEL', pending_key, current .. '>' .. target)
+if not string.find(sources, '|' .. current .. '|', 1, true) then
+  return refuse('INVALID_TRANSITION', what .. ': ' .. current .. ' -> ' .. target
+    .. ' is not allowed, so it cannot be approved')
 end
-return {id, current}
+local field = 'p:' .. current .. '>' .. target
+local pending
+pending, err = read('HGET', state_key, field)
+if err then return err end
+local length
+length, err = read('LLEN', history_key)
+if err then return err end
+err = util().expect_all(log_key, 'stream', approvals_key, 'list', index_key, 'zset')
+if err then return err end
+local trim
+trim, err = retention().plan(retain, 1, length)
+if err then return err end
+
+local id = hist().add_entry('A', experiment, record, {'from', current})
+hist().pend(current, target, id, approved == '1', pending)
+hist().register(experiment)
+if trim then retention().apply(trim) end
+local reply = {1, id, current}
+op_done(op, reply, expire)
+if idem_key then idem().done(idem_key, intent, {1, id, current, record}, window) end
+return reply

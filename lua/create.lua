@@ -1,53 +1,60 @@
 --[[ create: create an experiment in its initial state, with its first history entries.
-KEYS[1] state hash        {T}:x:<exp>:state
-KEYS[2] scope log         {T}:log
-KEYS[3] state-write ids   {T}:x:<exp>:states
-KEYS[4] transition ids    {T}:x:<exp>:transitions
-KEYS[5] transition index  {T}:tid
-KEYS[6] scope index       {T}:index
-KEYS[7] version ids       {T}:x:<exp>:versions
-ARGV[1] experiment name
-ARGV[2] initial state
-ARGV[3] etag
-ARGV[4] now, epoch microseconds
-ARGV[5] actor ('' = none)
-ARGV[6] metadata, JSON
-ARGV[7] config version the state starts with (1 when a first version is written and followed, else 0)
-ARGV[8] transition id
-ARGV[9] ExperimentState record, JSON
-ARGV[10] StateTransition record (from None to the initial state), JSON
-ARGV[11] ConfigurationVersion record number 1, JSON ('' = none)
-Returns: {revision, state entry id}
-Errors: REDGOV_CONFLICT <exists>, REDGOV_CORRUPT <key>
+KEYS[1..11] standard keys (lib/common.lua)
+KEYS[12..] the idempotency record {T}:i:<exp>:<key> (when ARGV[10] is not '')
+ARGV[1] operation id ('' = no dedupe)
+ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[3] experiment name
+ARGV[4] initial state
+ARGV[5] etag
+ARGV[6] now, epoch microseconds
+ARGV[7] actor ('' = none)
+ARGV[8] metadata, JSON
+ARGV[9] config version the state starts with (1 when the first version is followed, else 0)
+ARGV[10] idempotency intent ('' = no key)
+ARGV[11] idempotency window, ms
+ARGV[12] ExperimentState record, JSON (revision and etag are entry fields)
+ARGV[13] StateTransition record (from None to the initial state), JSON
+ARGV[14] ConfigurationVersion record number 1, JSON ('' = none)
+ARGV[15] the transition's id (recorded in links, as an appended transition's is)
+Returns: {1, revision, state entry id, etag}; a re-send {2, ...}; an idempotency replay
+         {3, revision, state entry id, etag, state record}
+Errors: REDGOV_CONFLICT <exists>, REDGOV_CORRUPT, REDGOV_DENIED
 ]]
--- @include lib/guard.lua
--- @include lib/records.lua
-local state_key, log_key, writes_key, transitions_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local tid_key, index_key, versions_key = KEYS[5], KEYS[6], KEYS[7]
-local experiment, initial, etag, now, actor = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local metadata, config_version, transition_id = ARGV[6], ARGV[7], ARGV[8]
-local state_record, transition_record, version_record = ARGV[9], ARGV[10], ARGV[11]
+-- @include lib/common.lua
+-- @include lib/idem.lua
+-- @include lib/history.lua
+local op, expire, experiment, initial, etag, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local actor, metadata, config_version, intent, window = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local state_record, transition_record, version_record, transition_id = ARGV[12], ARGV[13], ARGV[14], ARGV[15]
+local idem_key = nil
+if intent ~= '' then idem_key = KEYS[12] end
+local what = 'experiment ' .. experiment
 
-local bad = expect_types({state_key, 'hash', log_key, 'stream', writes_key, 'list', transitions_key, 'list',
-  tid_key, 'hash', index_key, 'hash', versions_key, 'zset'})
-if bad then return redis.error_reply(bad) end
-local current = redis.call('HGET', state_key, 'e')
-if current then
-  return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ' already exists (etag ' .. current .. ')')
-end
-if version_record ~= '' and redis.call('ZCARD', versions_key) > 0 then
-  return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ' already has versions')
-end
+local replay, err = hist().prior(op, idem_key, intent, what)
+if replay or err then return replay or err end
 
-local revision = redis.call('HINCRBY', state_key, 'r', 1)
-redis.call('HSET', state_key, 's', initial, 'v', config_version, 't', now, 'm', metadata, 'e', etag)
+local stored
+stored, err = read('HMGET', state_key, 'e', 'r')
+if err then return err end
+if stored[1] then return refuse('CONFLICT', what .. ' already exists (etag ' .. stored[1] .. ')') end
+if stored[2] and not is_count(stored[2]) then return util().bad_value(state_key, 'r', stored[2], 'a revision') end
+local versions
+versions, err = read('ZCARD', versions_key)
+if err then return err end
+if version_record ~= '' and versions > 0 then return refuse('CONFLICT', what .. ' already has versions') end
+err = util().expect_all(log_key, 'stream', history_key, 'list', index_key, 'zset', links_key, 'hash')
+if err then return err end
+
+local revision = tonumber(stored[2] or '0') + 1
+redis.call('HSET', state_key, 's', initial, 'v', config_version, 't', now, 'm', metadata, 'e', etag, 'r', revision)
 if actor ~= '' then redis.call('HSET', state_key, 'b', actor) end
-redis.call('HSET', index_key, experiment, initial)
-local id = add_entry(log_key, writes_key, 'state', experiment, state_record, {'rev', revision, 'etag', etag})
-local tid = add_entry(log_key, transitions_key, 'transition', experiment, transition_record, {})
-redis.call('HSET', tid_key, transition_id, tid)
+hist().register(experiment)
+local id = hist().add_entry('S', experiment, state_record, {'rev', revision, 'etag', etag})
+redis.call('HSET', links_key, 'x:' .. transition_id, hist().add_entry('t', experiment, transition_record, {}))
 if version_record ~= '' then
-  local vid = redis.call('XADD', log_key, '*', 'k', 'version', 'x', experiment, 'r', version_record, 'v', 1)
-  redis.call('ZADD', versions_key, 1, vid)
+  hist().add_entry('v', experiment, version_record, {'v', 1}, 1)
 end
-return {revision, id}
+local reply = {1, revision, id, etag}
+op_done(op, reply, expire)
+if idem_key then idem().done(idem_key, intent, {1, revision, id, etag, state_record}, window) end
+return reply

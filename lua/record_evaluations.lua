@@ -1,35 +1,73 @@
---[[ record_evaluations: persist policy evaluations (of a refused transition or of evaluate_policies).
-KEYS[1] state hash          {T}:x:<exp>:state
-KEYS[2] scope log           {T}:log
-KEYS[3] evaluation ids      {T}:x:<exp>:policies
-KEYS[4] latest per policy   {T}:x:<exp>:policy
-ARGV[1] experiment name
-ARGV[2] initial state ('' = none: current_state stays None when no state is stored)
-ARGV[3] target state and the states allowed to move to it: '<target>|<s1>,<s2>' ('' = no rule check)
-ARGV[4..] pairs: policy name, PolicyEvaluation record JSON (current_state is the entry's 'from' field)
-Returns: the current state ('' when none)
-Errors: REDGOV_INVALID_TRANSITION (nothing written), REDGOV_CORRUPT <key>
+--[[ record_evaluations: persist policy evaluations (of evaluate_policies, or of a refused transition).
+KEYS[1..11] standard keys (lib/common.lua)
+KEYS[12..] the idempotency record {T}:i:<exp>:<key> (when ARGV[7] is not '')
+ARGV[1] operation id ('' = no dedupe)
+ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[3] experiment name
+ARGV[4] initial state of an experiment not created yet ('' = it must exist)
+ARGV[5] the move refused: '<target>|<source>|<source>|' ('' = no rule check)
+ARGV[6] retain: history entries kept for the experiment (0 = all)
+ARGV[7] idempotency intent ('' = no key)
+ARGV[8] idempotency window, ms
+ARGV[9] the policy refusal the evaluations explain, recorded for the idempotency key ('' = none)
+ARGV[10..] pairs: policy name, PolicyEvaluation record JSON (current_state is the entry's 'from' field)
+Returns: {1, current state}; a re-send {2, ...the same}; {4, refusal, evaluation records...} replaying
+         an idempotency key whose first call was refused
+Errors: REDGOV_NOT_FOUND, REDGOV_INVALID_TRANSITION (nothing written), REDGOV_CORRUPT, REDGOV_DENIED
 ]]
--- @include lib/guard.lua
--- @include lib/records.lua
-local state_key, log_key, list_key, latest_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local experiment, initial, move = ARGV[1], ARGV[2], ARGV[3]
+-- @include lib/common.lua
+-- @include lib/idem.lua
+-- @include lib/history.lua
+-- @include lib/retain.lua
+local op, expire, experiment, initial, move = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local retain, intent, window, refusal = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
+local PAIRS = 10
+local idem_key = nil
+if intent ~= '' then idem_key = KEYS[12] end
+local what = 'experiment ' .. experiment
 
-local bad = expect_types({state_key, 'hash', log_key, 'stream', list_key, 'list', latest_key, 'hash'})
-if bad then return redis.error_reply(bad) end
-local current = redis.call('HGET', state_key, 's') or initial
+local replay, err = hist().prior(op, idem_key, intent, what)
+if replay or err then return replay or err end
+
+local current
+current, err = read('HGET', state_key, 's')
+if err then return err end
+if not current then
+  if initial == '' then return refuse('NOT_FOUND', what .. ' does not exist (create it first)') end
+  current = initial
+elseif not is_state(current) then
+  return util().bad_value(state_key, 's', current, 'a lifecycle state')
+end
 if move ~= '' then
   local bar = string.find(move, '|', 1, true)
-  local target, sources = string.sub(move, 1, bar - 1), string.sub(move, bar + 1)
-  if not string.find(',' .. sources .. ',', ',' .. current .. ',', 1, true) then
-    return redis.error_reply('REDGOV_INVALID_TRANSITION experiment ' .. experiment .. ': ' .. current .. ' -> '
-      .. target .. ' is not allowed')
+  local target = string.sub(move, 1, bar - 1)
+  if not string.find(move, '|' .. current .. '|', bar, true) then
+    return refuse('INVALID_TRANSITION', what .. ': ' .. current .. ' -> ' .. target .. ' is not allowed')
   end
 end
-local extra = {}
-if current ~= '' then extra = {'from', current} end
-for i = 4, #ARGV, 2 do
-  local id = add_entry(log_key, list_key, 'policy', experiment, ARGV[i + 1], extra)
-  redis.call('HSET', latest_key, ARGV[i], id)
+local length
+length, err = read('LLEN', history_key)
+if err then return err end
+err = util().expect_all(log_key, 'stream', policies_key, 'list', latest_key, 'hash', index_key, 'zset')
+if err then return err end
+local trim
+trim, err = retention().plan(retain, (#ARGV - PAIRS + 1) / 2, length)
+if err then return err end
+
+for i = PAIRS, #ARGV, 2 do
+  hist().add_entry('P', experiment, ARGV[i + 1], {'from', current}, ARGV[i])
 end
-return current
+hist().register(experiment)
+if trim then retention().apply(trim) end
+local reply = {1, current}
+op_done(op, reply, expire)
+if idem_key then
+  if refusal ~= '' then
+    local written = {}
+    for i = PAIRS, #ARGV, 2 do written[#written + 1] = ARGV[i + 1] end
+    idem().refused(idem_key, intent, 'REDGOV_POLICY_VIOLATION - ' .. current .. ' ' .. refusal, window, written)
+  else
+    idem().done(idem_key, intent, {1, current, ''}, window)
+  end
+end
+return reply

@@ -1,51 +1,59 @@
---[[ save_state: compare-and-set one experiment's state and log the write.
-KEYS[1] experiment base  {T}:x:<exp>; the script uses <base>:state and <base>:states (state-write ids)
-KEYS[2] scope tag        {T}; the script uses <tag>:log and <tag>:index
-ARGV[1] mode: 'create' (must not exist) | 'match' (etag must equal ARGV[2]) | 'overwrite'
-ARGV[2] expected etag (mode 'match')
-ARGV[3] new etag
-ARGV[4] experiment name
-ARGV[5] state name
-ARGV[6] config version
-ARGV[7] last modified, epoch microseconds
-ARGV[8] last modified by ('' = none)
-ARGV[9] metadata, JSON
-ARGV[10] ExperimentState record, JSON (stored verbatim; the entry's rev field is authoritative)
-Returns: {revision, log entry id}
-Errors: REDGOV_CONFLICT <detail>, REDGOV_CORRUPT <key>
+--[[ save_state: compare-and-set one experiment's state and log the write (the seed's interface).
+KEYS[1..11] standard keys (lib/common.lua)
+ARGV[1] operation id ('' = no dedupe)
+ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[3] experiment name
+ARGV[4] mode: 'create' (must not exist) | 'match' (the etag must equal ARGV[5]) | 'overwrite'
+ARGV[5] expected etag (mode 'match')
+ARGV[6] new etag
+ARGV[7] state name
+ARGV[8] config version
+ARGV[9] last modified, epoch microseconds
+ARGV[10] last modified by ('' = none)
+ARGV[11] metadata, JSON
+ARGV[12] retain: history entries kept for the experiment (0 = all)
+ARGV[13] ExperimentState record, JSON (stored verbatim; revision and etag are entry fields)
+Returns: {1, revision, log entry id}; a re-send {2, ...the same}
+Errors: REDGOV_CONFLICT <detail>, REDGOV_CORRUPT, REDGOV_DENIED
 ]]
--- @include lib/guard.lua
-local base, tag = KEYS[1], KEYS[2]
-local state_key, writes_key, log_key, index_key = base .. ':state', base .. ':states', tag .. ':log', tag .. ':index'
-local mode, expected, etag = ARGV[1], ARGV[2], ARGV[3]
-local experiment, state, config_version = ARGV[4], ARGV[5], ARGV[6]
-local modified_at, modified_by, metadata, record = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+-- @include lib/common.lua
+-- @include lib/history.lua
+-- @include lib/retain.lua
+local op, expire, experiment, mode, expected = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local etag, state, config_version, modified_at = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local modified_by, metadata, retain, record = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
+local what = 'experiment ' .. experiment
 
--- the state hash's type is checked by the HMGET below, before any write
-local bad = expect_types({log_key, 'stream', writes_key, 'list', index_key, 'hash'})
-if bad then return redis.error_reply(bad) end
-
-local stored, corrupt = read('HMGET', state_key, 'e', 'b')
-if corrupt then return redis.error_reply(corrupt) end
+local replay, err = op_seen(op)
+if replay or err then return replay or err end
+local stored
+stored, err = read('HMGET', state_key, 'e', 'b', 'r')
+if err then return err end
 local current = stored[1]
 if mode == 'create' and current then
-  return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ' already exists (etag ' .. current .. ')')
+  return refuse('CONFLICT', what .. ' already exists (etag ' .. current .. ')')
 end
 if mode == 'match' and current ~= expected then
-  return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ': expected etag ' .. expected
-    .. ', found ' .. (current or 'none (no state)'))
+  return refuse('CONFLICT', what .. ': expected etag ' .. expected .. ', found ' .. (current or 'none (no state)'))
 end
+if stored[3] and not is_count(stored[3]) then return util().bad_value(state_key, 'r', stored[3], 'a revision') end
+local length
+length, err = read('LLEN', history_key)
+if err then return err end
+err = util().expect_all(log_key, 'stream', index_key, 'zset')
+if err then return err end
+local trim
+trim, err = retention().plan(retain, 1, length)
+if err then return err end
 
-local revision = redis.call('HINCRBY', state_key, 'r', 1)
-if modified_by ~= '' then
-  redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag,
-    'b', modified_by)
-else
-  redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag)
-  if stored[2] then redis.call('HDEL', state_key, 'b') end
-end
-local id = redis.call('XADD', log_key, '*', 'k', 'state', 'x', experiment, 'r', record,
-  'rev', revision, 'etag', etag)
-redis.call('RPUSH', writes_key, id)
-redis.call('HSET', index_key, experiment, state)
-return {revision, id}
+local revision = tonumber(stored[3] or '0') + 1
+redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag,
+  'r', revision)
+if modified_by ~= '' then redis.call('HSET', state_key, 'b', modified_by)
+elseif stored[2] then redis.call('HDEL', state_key, 'b') end
+local id = hist().add_entry('S', experiment, record, {'rev', revision, 'etag', etag})
+hist().register(experiment)
+if trim then retention().apply(trim) end
+local reply = {1, revision, id}
+op_done(op, reply, expire)
+return reply

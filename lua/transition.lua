@@ -1,171 +1,217 @@
 --[[ transition: move one experiment to a new lifecycle state, atomically.
-KEYS[1] experiment base  {T}:x:<exp>; the script uses <base>:state, :states, :transitions, :approvals,
-        :pending, :links, :policies, :policy and :idem:<ARGV[10]>
-KEYS[2] scope tag        {T}; the script uses <tag>:log, :tid, :index and :tr:<ARGV[8]>:approvals
-ARGV[1] experiment name
-ARGV[2] target state
-ARGV[3] initial state (the current state when none is stored)
-ARGV[4] expected etag ('' = any)
-ARGV[5] new etag
-ARGV[6] now, epoch microseconds
-ARGV[7] actor ('' = none)
-ARGV[8] transition id (key-safe; new: Governance makes it from a uuid4, so it is not checked for reuse)
-ARGV[9] idempotency window, ms
-ARGV[10] idempotency key, key-encoded ('' = none); its key holds '<target>|<entry id>'
-ARGV[11] plan, JSON: {from = {<state> = {deny?, manual?, approvals = list of i}}, policies = list of {i, name},
-         groups = list of {name, others = list of experiments, ok = i, fail = i}}; i indexes ARGV[12..]
-ARGV[12..] records, JSON: [12] the StateTransition (from_state is the entry's 'from' field), then
-         the approval and policy records the plan refers to
-Returns: {revision, transition entry id, from state}, or {0, entry id, {entry fields}} replaying the
-         transition an idempotency key already made
-Errors: REDGOV_CONFLICT, REDGOV_INVALID_TRANSITION, REDGOV_APPROVAL_REQUIRED,
-        REDGOV_POLICY_VIOLATION <failed group indexes> <current state> <detail> (every evaluation of the
-        attempt is recorded), REDGOV_CORRUPT
+KEYS[1..4] standard keys (lib/common.lua): state, log, history, ops bucket
+KEYS[5..] with a plan: standard keys 5-11, then the idempotency record {T}:i:<exp>:<key> (plan.idem) and
+        the state hashes of the other experiments of the conflict groups (plan.groups)
+ARGV[1] operation id (the same on every re-send of this call; '' = no dedupe)
+ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[3] experiment name
+ARGV[4] target state
+ARGV[5] expected etag ('' = any)
+ARGV[6] new etag
+ARGV[7] now, epoch microseconds
+ARGV[8] actor ('' = none)
+ARGV[9] steps: '|<state>:<n>|...', the states the rules allow into the target; n > 0 names a step detail
+ARGV[10] plan, JSON ('' = none): retain (history kept, 0 = all), initial (state of an experiment not
+        created yet, absent = it must exist), details {"<n>": {deny?, manual?, approvals: list of i}},
+        policies: list of (i, policy name) pairs (evaluations decided in Python), groups: list of {name,
+        others: list of (experiment, key number) pairs, ok: i, fail: i}, tid (transition id), idem (the
+        idempotency record is KEYS[12]), intent, window (ms)
+ARGV[11] the StateTransition record, JSON (from_state, revision and etag are entry fields)
+ARGV[12..] the approval and evaluation records the plan names by i (record i is ARGV[11 + i])
+Returns: {1, revision, entry id, from state}; a re-send {2, ...the same}; an idempotency replay
+         {3, revision, entry id, from state, etag, transition record}, or {4, policy refusal, the
+         evaluation records it wrote...} when the key's first call was refused by a policy
+Errors: REDGOV_NOT_FOUND, REDGOV_CONFLICT, REDGOV_INVALID_TRANSITION, REDGOV_APPROVAL_REQUIRED,
+        REDGOV_POLICY_VIOLATION <failed group numbers> <current state> <detail> (the evaluations are
+        recorded), REDGOV_CORRUPT, REDGOV_DENIED
 ]]
--- @include lib/guard.lua
--- @include lib/records.lua
-local base, tag = KEYS[1], KEYS[2]
-local state_key, writes_key, transitions_key = base .. ':state', base .. ':states', base .. ':transitions'
-local approvals_key, pending_key, links_key = base .. ':approvals', base .. ':pending', base .. ':links'
-local policies_key, policy_latest_key = base .. ':policies', base .. ':policy'
-local log_key, tid_key, index_key = tag .. ':log', tag .. ':tid', tag .. ':index'
-local experiment, target, initial, expected = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local etag, now, actor, transition_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local idem_window, idem, plan = ARGV[9], ARGV[10], cjson.decode(ARGV[11])
-local linked_key = tag .. ':tr:' .. transition_id .. ':approvals'
-local idem_key = nil
-if idem ~= '' then idem_key = base .. ':idem:' .. idem end
-local records_at = 12 -- ARGV[12 + i] is record i (0 = the transition)
+-- @include lib/common.lua
+-- @include lib/idem.lua
+-- @include lib/history.lua
+-- @include lib/retain.lua
+local op, expire, experiment, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local expected, etag, now, actor, steps = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local plan_json, record = ARGV[10], ARGV[11]
+local RECORDS = 11 -- record i is ARGV[RECORDS + i]
+local what = 'experiment ' .. experiment -- (Lua interns short strings: this costs next to nothing)
 
-if idem_key then
-  local seen, corrupt = read('GET', idem_key)
-  if corrupt then return redis.error_reply(corrupt) end
-  if seen then
-    local bar = string.find(seen, '|', 1, true)
-    local seen_target, seen_id = string.sub(seen, 1, bar - 1), string.sub(seen, bar + 1)
-    if seen_target ~= target then
-      return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ': the idempotency key was used for a '
-        .. 'move to ' .. seen_target .. ', not ' .. target)
-    end
-    local first = redis.call('XRANGE', log_key, seen_id, seen_id)[1]
-    if first then
-      return {0, seen_id, first[2]}
-    end
+-- a re-send, or a key used before: the first outcome, nothing written
+local replay, err = op_seen(op)
+if replay or err then return replay or err end
+-- the lean path (no plan) allocates no table of its own: each costs time on every call
+local plan, idem_key = nil, nil
+if plan_json ~= '' then
+  plan = cjson.decode(plan_json)
+  if plan['idem'] then
+    idem_key = KEYS[12]
+    replay, err = idem().seen(idem_key, plan['intent'], what)
+    if replay or err then return replay or err end
   end
 end
 
--- reads (each also checks its key's type) come before any write
-local stored, corrupt = read('HMGET', state_key, 's', 'e', 'b')
-if corrupt then return redis.error_reply(corrupt) end
-local current, current_etag = stored[1] or initial, stored[2]
-if expected ~= '' and current_etag ~= expected then
-  return redis.error_reply('REDGOV_CONFLICT experiment ' .. experiment .. ': expected etag ' .. expected
-    .. ', found ' .. (current_etag or 'none (no state)'))
+-- reads (each proves its key's type: redis.pcall, inlined on this hot path) and checks, before any write
+local stored = redis.pcall('HMGET', state_key, 's', 'e', 'b', 'r', 'pn')
+if stored['err'] then return failed_on(state_key, stored['err']) end
+local current = stored[1]
+if not current then
+  if not (plan and plan['initial']) then return refuse('NOT_FOUND', what .. ' does not exist (create it first)') end
+  current = plan['initial']
 end
-
-local step = plan['from'][current]
-if not step then
-  return redis.error_reply('REDGOV_INVALID_TRANSITION experiment ' .. experiment .. ': ' .. current .. ' -> '
-    .. target .. ' is not allowed')
+local revision = tonumber(stored[4] or '0')
+if not revision or revision < 0 or revision % 1 ~= 0 or revision > 9007199254740992 then
+  return util().bad_value(state_key, 'r', stored[4], 'a revision')
 end
-if step['deny'] then
-  return redis.error_reply('REDGOV_APPROVAL_REQUIRED experiment ' .. experiment .. ': ' .. current .. ' -> '
-    .. target .. ': ' .. step['deny'])
+revision = revision + 1
+if expected ~= '' and stored[2] ~= expected then
+  return refuse('CONFLICT', what .. ': expected etag ' .. expected .. ', found ' .. (stored[2] or 'none'))
 end
-local pending_field = current .. '>' .. target
+local at = string.find(steps, '|' .. current .. ':', 1, true) -- a plain find: no pattern made from data
+if not at then
+  if not is_state(current) then return util().bad_value(state_key, 's', current, 'a lifecycle state') end
+  return refuse('INVALID_TRANSITION', what .. ': ' .. current .. ' -> ' .. target .. ' is not allowed')
+end
+local step_number = string.match(steps, '^%d+', at + #current + 2)
+local step = nil
+if step_number ~= '0' then step = plan['details'][step_number] end
+if step and step['deny'] then
+  return refuse('APPROVAL_REQUIRED', what .. ': ' .. current .. ' -> ' .. target .. ': ' .. step['deny'])
+end
 local approval_id = nil
-if step['manual'] then
-  local found, corrupt = read('HGET', pending_key, pending_field)
-  if corrupt then return redis.error_reply(corrupt) end
-  approval_id = found
-  if not approval_id then
-    return redis.error_reply('REDGOV_APPROVAL_REQUIRED experiment ' .. experiment .. ': ' .. current .. ' -> '
-      .. target .. ' needs a recorded manual approval (' .. step['manual'] .. ')')
+if step and step['manual'] then
+  local field = 'p:' .. current .. '>' .. target
+  local found
+  found, err = read('HGET', state_key, field)
+  if err then return err end
+  if not found then
+    return refuse('APPROVAL_REQUIRED', what .. ': ' .. current .. ' -> ' .. target
+      .. ' needs a recorded manual approval (' .. step['manual'] .. ')')
   end
+  approval_id = util().split(found, '|')[1]
+  if not is_id(approval_id) then return util().bad_value(state_key, field, found, 'an approval entry id') end
+end
+local role_approvals = step and step['approvals']
+if role_approvals and #role_approvals == 0 then role_approvals = nil end
+local policies, groups = plan and plan['policies'], plan and plan['groups']
+if policies and #policies == 0 then policies = nil end
+if groups and #groups == 0 then groups = nil end
+if approval_id or role_approvals then
+  err = util().expect_all(approvals_key, 'list', links_key, 'hash')
+  if err then return err end
+end
+if policies or groups then
+  err = util().expect_all(policies_key, 'list', latest_key, 'hash')
+  if err then return err end
 end
 
--- the keys written below that no read above has type-checked
-local has_policies = #plan['policies'] > 0 or #plan['groups'] > 0
-local spec = {log_key, 'stream', writes_key, 'list', transitions_key, 'list', index_key, 'hash', tid_key, 'hash'}
-if has_policies then
-  spec[#spec + 1], spec[#spec + 2], spec[#spec + 3], spec[#spec + 4] = policies_key, 'list', policy_latest_key, 'hash'
-end
-if approval_id or #step['approvals'] > 0 then
-  spec[#spec + 1], spec[#spec + 2], spec[#spec + 3], spec[#spec + 4] = links_key, 'hash', linked_key, 'list'
-  spec[#spec + 1], spec[#spec + 2] = approvals_key, 'list'
-end
-local bad = expect_types(spec)
-if bad then return redis.error_reply(bad) end
-
-local from_field = {'from', current}
-local function write_policies(pairs)
-  for _, pair in ipairs(pairs) do
-    local evaluation = add_entry(log_key, policies_key, 'policy', experiment, ARGV[records_at + pair[1]], from_field)
-    redis.call('HSET', policy_latest_key, pair[2], evaluation)
-  end
-end
-local group_results, failed, detail = {}, {}, nil
-for g, group in ipairs(plan['groups']) do
-  local busy = nil
-  if #group['others'] > 0 then
-    local states, corrupt = read('HMGET', index_key, unpack(group['others']))
-    if corrupt then return redis.error_reply(corrupt) end
-    for i, other in ipairs(group['others']) do
-      if not busy and (states[i] == 'Running' or states[i] == 'Ramping') then
-        busy = other .. ' is ' .. states[i]
+-- conflict prevention: the state of every other experiment of each group
+local group_results, failed, detail = nil, nil, nil
+if groups then
+  group_results, failed = {}, {}
+  for g, group in ipairs(groups) do
+    local busy = nil
+    for _, other in ipairs(group['others']) do
+      local other_state
+      other_state, err = read('HGET', KEYS[other[2]], 's')
+      if err then return err end
+      if not busy and (other_state == 'Running' or other_state == 'Ramping') then
+        busy = other[1] .. ' is ' .. other_state
       end
     end
+    if busy then
+      failed[#failed + 1] = g - 1
+      group_results[g] = {group['fail'], group['name']}
+      detail = detail or (group['name'] .. ': conflicting experiment ' .. busy)
+    else
+      group_results[g] = {group['ok'], group['name']}
+    end
   end
-  if busy then
-    failed[#failed + 1] = g - 1
-    group_results[g] = {group['fail'], group['name']}
-    detail = detail or (group['name'] .. ': conflicting experiment ' .. busy)
-  else
-    group_results[g] = {group['ok'], group['name']}
-  end
+  if #failed == 0 then failed = nil end
 end
-if #failed > 0 then
-  -- refused: the evaluations are kept for audit; state, history and approvals are untouched
-  write_policies(plan['policies'])
-  write_policies(group_results)
-  return redis.error_reply('REDGOV_POLICY_VIOLATION ' .. table.concat(failed, ',') .. ' ' .. current
-    .. ' experiment ' .. experiment .. ': ' .. detail)
+local trim = nil
+local length = redis.pcall('LLEN', history_key) -- proves the history's type before the first write
+if type(length) == 'table' then return failed_on(history_key, length['err']) end
+if plan and (plan['retain'] or 0) > 0 then
+  local adding = 1 + (role_approvals and #role_approvals or 0)
+  if failed then adding = 0 end
+  adding = adding + (policies and #policies or 0) + (groups and #groups or 0)
+  trim, err = retention().plan(plan['retain'], adding, length)
+  if err then return err end
 end
 
 -- every check passed: write
-local revision = redis.call('HINCRBY', state_key, 'r', 1)
+local write_policies = nil
+if policies or groups then
+  write_policies = function(pairs_list)
+    if not pairs_list then return end
+    for _, pair in ipairs(pairs_list) do
+      hist().add_entry('P', experiment, ARGV[RECORDS + pair[1]], {'from', current}, pair[2])
+    end
+  end
+end
+if failed then
+  -- refused: the evaluations are kept for audit; state, history and approvals are untouched
+  err = util().expect_all(log_key, 'stream')
+  if err then return err end
+  write_policies(policies)
+  write_policies(group_results)
+  if trim then retention().apply(trim) end
+  local text = 'REDGOV_POLICY_VIOLATION ' .. table.concat(failed, ',') .. ' ' .. current .. ' ' .. what .. ': '
+    .. detail
+  hist().op_refused(op, text)
+  if idem_key then
+    local written = {}
+    for _, pair in ipairs(policies or {}) do written[#written + 1] = ARGV[RECORDS + pair[1]] end
+    for _, pair in ipairs(group_results) do written[#written + 1] = ARGV[RECORDS + pair[1]] end
+    idem().refused(idem_key, plan['intent'], text, plan['window'], written)
+  end
+  return redis.error_reply(text)
+end
+
+local id
+if approval_id then -- the transition names the manual approval it consumed
+  id = redis.pcall('XADD', log_key, '*', 'k', 'transition', 'x', experiment, 'r', record,
+    'from', current, 'rev', revision, 'etag', etag, 'ap', approval_id)
+else
+  id = redis.pcall('XADD', log_key, '*', 'k', 'transition', 'x', experiment, 'r', record,
+    'from', current, 'rev', revision, 'etag', etag)
+end
+if type(id) == 'table' then return failed_on(log_key, id['err']) end -- the first write: nothing was written
+redis.call('RPUSH', history_key, 'T' .. id)
 if actor == '' then
-  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag)
+  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision)
   if stored[3] then redis.call('HDEL', state_key, 'b') end
 else
-  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'b', actor)
+  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'b', actor)
 end
 if not stored[1] then
   redis.call('HSET', state_key, 'v', '0', 'm', '{}')
+  hist().register(experiment)
 end
-redis.call('HSET', index_key, experiment, target)
-
-local transition_fields = {'from', current, 'rev', revision, 'etag', etag}
-if approval_id then
-  transition_fields[7], transition_fields[8] = 'ap', approval_id -- the approval it consumed
-end
-local id = add_entry(log_key, transitions_key, 'transition', experiment, ARGV[records_at], transition_fields)
-redis.call('RPUSH', writes_key, id)
-redis.call('HSET', tid_key, transition_id, id)
-
 -- approvals are given for moves out of the state being left: the used one is consumed, the others lapse
-redis.call('DEL', pending_key)
-if approval_id then
-  redis.call('HSET', links_key, approval_id, transition_id)
-  redis.call('RPUSH', linked_key, approval_id)
+if stored[5] and stored[5] ~= '0' then hist().lapse(current) end
+if approval_id or role_approvals then
+  local linked = {}
+  if approval_id then
+    hist().consume(approval_id, plan['tid'])
+    linked[1] = approval_id
+  end
+  for _, i in ipairs(role_approvals or {}) do
+    linked[#linked + 1] = hist().add_entry('A', experiment, ARGV[RECORDS + i], {'from', current})
+  end
+  hist().link(plan['tid'], linked)
 end
-for _, i in ipairs(step['approvals']) do
-  local approval = add_entry(log_key, approvals_key, 'approval', experiment, ARGV[records_at + i], from_field)
-  redis.call('RPUSH', linked_key, approval)
+if write_policies then
+  write_policies(policies)
+  write_policies(group_results)
 end
-write_policies(plan['policies'])
-write_policies(group_results)
+if trim then retention().apply(trim) end
+
+if op ~= '' then -- op_done, inlined
+  redis.call('HSET', ops_key, op, revision .. '\n' .. id .. '\n' .. current)
+  if expire == '1' then redis.call('PEXPIRE', ops_key, OPS_TTL_MS) end
+end
+local reply = {1, revision, id, current}
 if idem_key then
-  redis.call('SET', idem_key, target .. '|' .. id, 'PX', idem_window)
+  idem().done(idem_key, plan['intent'], {1, revision, id, current, etag, record}, plan['window'])
 end
-return {revision, id, current}
+return reply

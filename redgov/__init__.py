@@ -9,19 +9,24 @@ from .backplane import Backplane
 from .config import GovernanceConfig, config_schema, from_config, load_config
 from .connect import connect
 from .errors import (
+    AccessDeniedError,
     ApprovalRequiredError,
     ConfigError,
     ConflictError,
     CorruptDataError,
+    HistoryTrimmedError,
     InvalidTransitionError,
     NotFoundError,
     PolicyViolationError,
     RedgovError,
+    UnavailableError,
     ValidationError,
 )
 from .gates import AutomaticGate, Gate, ManualGate, RoleGate
 from .governance import Governance
-from .govcore import Change, GovernanceEvent, TransitionRequest
+from .changes import Change
+from .events import GovernanceEvent
+from .govcore import TransitionRequest
 from .policies import ConflictPrevention, ErrorRate, Policy, TimeWindow, TrafficLimit
 from .rules import DEFAULT_RULES, Rules
 from .records import (
@@ -38,6 +43,7 @@ from .records import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
     "AutomaticGate",
     "Change",
     "ConflictPrevention",
@@ -62,6 +68,7 @@ __all__ = [
     "ConflictError",
     "CorruptDataError",
     "ExperimentState",
+    "HistoryTrimmedError",
     "InvalidTransitionError",
     "LifecycleState",
     "NotFoundError",
@@ -71,6 +78,7 @@ __all__ = [
     "SaveResult",
     "Severity",
     "StateTransition",
+    "UnavailableError",
     "ValidationError",
     "aio",
     "config_schema",

@@ -1,35 +1,32 @@
-"""asyncio twins: ``AsyncBackplane`` and ``connect``.
+"""asyncio twins: ``connect``, ``AsyncBackplane`` and ``AsyncGovernance``.
 
-The same core Calls as the sync Backplane, awaited; every method is a coroutine
-with the sync method's signature.
+The same core Calls and plans as the sync classes, awaited; every method is a
+coroutine with the sync method's signature (``watch`` an async iterator). No
+blocking I/O runs on the event loop: reads of the SQL archive and the embedded
+server's start and stop run in a worker thread (``asyncio.to_thread``); the
+cache's invalidation stream has its own thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterError, ResponseError, TryAgainError
 
-from .connect import open_async_client
-from .core import Archive, Call, Core, settle
-from .errors import RedgovError, ValidationError
-from .gates import Gate
-from .govcore import (
-    DEFAULT_IDEMPOTENCY_WINDOW,
-    Change,
-    GovernanceCore,
-    GovernanceEvent,
-    TransitionRequest,
-    WatchCursor,
-    check_version_number,
-    compare,
-    diff,
-    require_version,
-)
-from .policies import Policy
+from .backplane import SLOT_SETTLE_SECONDS, access_probe, slot_moving, socket_timeout
+from .cache import MAX_AGE, MISS, StateCache
+from .changes import Change
+from .connect import _check_cache, open_async_client, scheme_of, stream_connector
+from .core import Archive, Call, Core, Plan, settle
+from .embedded import EmbeddedServer
+from .errors import RedgovError, UnavailableError
+from .events import GovernanceEvent, WatchCursor
+from .governance import GovernanceBase
+from .govcore import TransitionRequest
 from .records import (
     ApprovalRecord,
     ConfigurationVersion,
@@ -39,68 +36,158 @@ from .records import (
     SaveResult,
     StateTransition,
 )
-from .rules import Rules
 
 __all__ = ["AsyncBackplane", "AsyncGovernance", "connect"]
 
 T = TypeVar("T")
 
 
-def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False,
-            **redis_kwargs: Any) -> AsyncBackplane:
-    """An AsyncBackplane for ``url``; the schemes of ``redgov.connect``."""
+def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False, timeout: float = 5.0,
+            retries: int = 3, retain_history: int | None = None, archive: Any = None,
+            cache_max_age: float = MAX_AGE, **redis_kwargs: Any) -> AsyncBackplane:
+    """An AsyncBackplane for ``url``: the schemes and arguments of ``redgov.connect``.
+
+    Does no I/O itself: an embedded server is started (in a thread) by the first call.
+    """
     optimistic = redis_kwargs.pop("optimistic_concurrency", True)
-    retain = redis_kwargs.pop("retain_history", None)
-    archive = redis_kwargs.pop("archive", None)
-    client, on_close = open_async_client(url, cache=cache, **redis_kwargs)
-    return AsyncBackplane(client, prefix=prefix, optimistic_concurrency=optimistic, retain_history=retain,
-                          archive=archive, on_close=on_close)
+    scheme = scheme_of(url)
+    _check_cache(cache, scheme)
+    client, server = open_async_client(url, timeout=timeout, retries=retries, **redis_kwargs)
+    state_cache = None
+    if cache and scheme != "memory":
+        state_cache = StateCache(stream_connector(url, timeout, redis_kwargs, server.socket if server else None),
+                                 max_age=cache_max_age)
+    return AsyncBackplane(client, prefix=prefix, optimistic_concurrency=optimistic, retain_history=retain_history,
+                          archive=archive, cache=state_cache, server=server)
 
 
 class AsyncBackplane:
-    """The persistence interface over a redis.asyncio client."""
+    """The persistence interface over a ``redis.asyncio`` client: every Backplane method, awaited.
+
+    See ``redgov.Backplane`` for what each method does, its atomicity and errors.
+    """
 
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
                  archive: Archive | None = None, retain_history: int | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 cache: StateCache | None = None, server: EmbeddedServer | None = None) -> None:
         self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
                          retain_history=retain_history)
         self.client = client
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(spec.text) for name, spec in self.core.specs.items()
         }
-        self._on_close = on_close
+        self._cluster = type(client).__name__ == "RedisCluster"
+        self._server = server
+        self._server_open = False
+        self.socket_timeout = socket_timeout(client)
+        self.cache = cache
 
     @property
     def prefix(self) -> str:
+        """The key prefix: every key this backplane writes starts with it."""
         return self.core.prefix
 
+    # -- running calls ----------------------------------------------------------------
+
+    async def _ready(self) -> None:
+        if self._server is not None and not self._server_open:
+            await asyncio.to_thread(self._server.open)
+            self._server_open = True
+
+    async def _send(self, call: Call[Any]) -> Any:
+        if call.batch:
+            if not call.args:
+                return []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for command in call.args:
+                    pipe.execute_command(*command)
+                return await pipe.execute(raise_on_error=False)
+        if call.script is None:
+            return await self.client.execute_command(*call.args)
+        return await self._scripts[call.script](keys=call.keys, args=call.args)
+
+    async def _execute(self, call: Call[Any]) -> Any:
+        await self._ready()
+        if not self._cluster:
+            return await self._send(call)
+        deadline = asyncio.get_running_loop().time() + SLOT_SETTLE_SECONDS
+        delay = 0.02
+        while True:  # redis-py's async Retry has no is_retryable hook: the same policy as slot_retry()
+            try:
+                return await self._send(call)
+            except (TryAgainError, ClusterError) as exc:
+                if not slot_moving(exc) or asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
     async def run(self, call: Call[T]) -> T:
+        """Run one Call (see ``Backplane.run``)."""
+        if call.scope is not None:
+            await self._check_access(call)
         try:
-            if call.script is None:
-                reply = await self.client.execute_command(*call.args)
-            else:
-                reply = await self._scripts[call.script](keys=call.keys, args=call.args)
+            reply = await self._execute(call)
         except ResponseError as exc:
             return call.failed(exc)
-        trim = self.core.after_write(call)
-        if trim is not None:
-            await self.client.execute_command(*trim.args)
+        except (TryAgainError, ClusterError) as exc:
+            if slot_moving(exc):
+                raise UnavailableError(f"the Cluster slot of {call.keys[0]} kept moving for {SLOT_SETTLE_SECONDS:g} s "
+                                       f"(resharding); nothing was written: {exc}") from exc
+            raise
+        finally:
+            if call.state_key is not None and self.cache is not None:
+                self.cache.wrote(call.state_key)
         return call.parse(reply)
+
+    async def _check_access(self, call: Call[Any]) -> None:
+        scope = call.scope
+        if scope is None or scope.tag in self.core.checked_scopes:
+            return
+        probe = access_probe(self.core, scope)
+        try:
+            reply = await self._execute(probe)
+        except ResponseError as exc:
+            probe.failed(exc)
+        else:
+            probe.parse(reply)
+        self.core.checked_scopes.add(scope.tag)
+
+    async def drive(self, plan: Plan[T]) -> T:
+        """Run a plan (see ``Backplane.drive``); archive reads run in a worker thread."""
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    if isinstance(step, Call):
+                        result = await self.run(step)
+                    else:
+                        result = await asyncio.to_thread(step.run)
+                except BaseException as exc:
+                    step = plan.throw(exc)
+                else:
+                    step = plan.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
     async def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
         """Run Calls in one pipelined round trip (one by one on a Cluster)."""
         if not calls:
             return []
-        if self.client.__class__.__name__ == "RedisCluster":
+        if self._cluster:
             return [await self._settle(call) for call in calls]
+        for call in calls:
+            await self._check_access(call)
         async with self.client.pipeline(transaction=False) as pipe:
             for call in calls:
                 if call.script is None:
                     pipe.execute_command(*call.args)
                 else:
                     await self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
-            replies = await pipe.execute(raise_on_error=False)
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            finally:
+                if self.cache is not None:
+                    self.cache.wrote(*(call.state_key for call in calls))
         return [settle(call, reply) for call, reply in zip(calls, replies)]
 
     async def _settle(self, call: Call[Any]) -> Any:
@@ -110,13 +197,16 @@ class AsyncBackplane:
             return error
 
     async def close(self) -> None:
+        """Close the client, cache and archive; release an embedded server (in a thread)."""
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.close)
         await self.client.aclose()
         archive_close = getattr(self.core.archive, "close", None)
         if archive_close is not None:
-            archive_close()
-        if self._on_close is not None:
-            self._on_close()
-            self._on_close = None
+            await asyncio.to_thread(archive_close)
+        if self._server is not None and self._server_open:
+            self._server_open = False
+            await asyncio.to_thread(self._server.close)
 
     async def __aenter__(self) -> AsyncBackplane:
         return self
@@ -125,95 +215,114 @@ class AsyncBackplane:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<AsyncBackplane prefix={self.prefix!r} client={self.client!r}>"
+        return f"<AsyncBackplane prefix={self.prefix!r}{' cache=on' if self.cache else ''}>"
 
-    # -- state --------------------------------------------------------------
+    # -- state --------------------------------------------------------------------------
 
     async def get_state(self, experiment: str, *, tenant: str | None = None,
                         environment: str | None = None) -> ExperimentState | None:
-        return await self.run(self.core.get_state(experiment, tenant, environment))
+        """See ``Backplane.get_state``."""
+        cache = self.cache
+        if cache is None:
+            return await self.run(self.core.get_state(experiment, tenant, environment))
+        scope, exp = self.core.keys(experiment, tenant, environment)
+        found = cache.lookup(exp.state)
+        if found is not MISS:
+            return found  # type: ignore[no-any-return]
+        await self._ready()  # an embedded server starts before the cache's stream tries to reach it
+        fetch = cache.begin(exp.state, scope.state_prefix)
+        try:
+            state = await self.run(self.core.get_state(experiment, tenant, environment))
+        except BaseException:
+            cache.abandon(fetch)
+            raise
+        cache.finish(fetch, state)
+        return state
 
     async def save_state(self, state: ExperimentState, *, expected_etag: str | None = None) -> SaveResult:
+        """See ``Backplane.save_state``."""
         return await self.run(self.core.save_state(state, expected_etag))
 
     async def state_writes(self, experiment: str, *, tenant: str | None = None,
                            environment: str | None = None) -> list[ExperimentState]:
-        return await self.run(self.core.state_writes(experiment, tenant, environment))
+        """See ``Backplane.state_writes``."""
+        return await self.drive(self.core.state_writes(experiment, tenant, environment))
 
-    # -- history ------------------------------------------------------------
+    # -- history --------------------------------------------------------------------------
 
     async def append_transition(self, t: StateTransition) -> StateTransition:
+        """See ``Backplane.append_transition``."""
         return await self.run(self.core.append_transition(t))
 
-    async def transitions(self, experiment: str, *, tenant: str | None = None,
-                          environment: str | None = None) -> list[StateTransition]:
-        return await self.run(self.core.transitions(experiment, tenant, environment))
+    async def transitions(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
+                          limit: int | None = None, newest_first: bool = False) -> list[StateTransition]:
+        """See ``Backplane.transitions``."""
+        return await self.drive(self.core.transitions(experiment, tenant, environment, limit=limit,
+                                                      newest_first=newest_first))
 
     async def append_approval(self, a: ApprovalRecord) -> ApprovalRecord:
+        """See ``Backplane.append_approval``."""
         return await self.run(self.core.append_approval(a))
 
-    async def approvals(self, experiment: str, *, tenant: str | None = None,
-                        environment: str | None = None) -> list[ApprovalRecord]:
-        return await self.run(self.core.approvals(experiment, tenant, environment))
+    async def approvals(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
+                        limit: int | None = None, newest_first: bool = False) -> list[ApprovalRecord]:
+        """See ``Backplane.approvals``."""
+        return await self.drive(self.core.approvals(experiment, tenant, environment, limit=limit,
+                                                    newest_first=newest_first))
 
     async def approvals_for_transition(self, transition_id: str, *, tenant: str | None = None,
                                        environment: str | None = None) -> list[ApprovalRecord]:
-        return await self.run(self.core.approvals_for_transition(transition_id, tenant, environment))
+        """See ``Backplane.approvals_for_transition``."""
+        return await self.drive(self.core.approvals_for_transition(transition_id, tenant, environment))
 
     async def append_version(self, v: ConfigurationVersion) -> ConfigurationVersion:
+        """See ``Backplane.append_version``."""
         return await self.run(self.core.append_version(v))
 
     async def version(self, experiment: str, number: int, *, tenant: str | None = None,
                       environment: str | None = None) -> ConfigurationVersion | None:
-        return await self.run(self.core.version(experiment, number, tenant, environment))
+        """See ``Backplane.version``."""
+        return await self.drive(self.core.version(experiment, number, tenant, environment))
 
     async def latest_version(self, experiment: str, *, tenant: str | None = None,
                              environment: str | None = None) -> ConfigurationVersion | None:
-        return await self.run(self.core.latest_version(experiment, tenant, environment))
+        """See ``Backplane.latest_version``."""
+        return await self.drive(self.core.latest_version(experiment, tenant, environment))
 
-    async def versions(self, experiment: str, *, tenant: str | None = None,
-                       environment: str | None = None) -> list[ConfigurationVersion]:
-        return await self.run(self.core.versions(experiment, tenant, environment))
+    async def versions(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
+                       limit: int | None = None, newest_first: bool = False) -> list[ConfigurationVersion]:
+        """See ``Backplane.versions``."""
+        return await self.drive(self.core.versions(experiment, tenant, environment, limit=limit,
+                                                   newest_first=newest_first))
 
     async def append_policy_evaluation(self, e: PolicyEvaluation) -> PolicyEvaluation:
+        """See ``Backplane.append_policy_evaluation``."""
         return await self.run(self.core.append_policy_evaluation(e))
 
     async def policy_evaluations(self, experiment: str, *, tenant: str | None = None,
-                                 environment: str | None = None) -> list[PolicyEvaluation]:
-        return await self.run(self.core.policy_evaluations(experiment, tenant, environment))
+                                 environment: str | None = None, limit: int | None = None,
+                                 newest_first: bool = False) -> list[PolicyEvaluation]:
+        """See ``Backplane.policy_evaluations``."""
+        return await self.drive(self.core.policy_evaluations(experiment, tenant, environment, limit=limit,
+                                                             newest_first=newest_first))
 
     async def latest_policy_evaluation(self, experiment: str, policy: str, *, tenant: str | None = None,
                                        environment: str | None = None) -> PolicyEvaluation | None:
-        return await self.run(self.core.latest_policy_evaluation(experiment, policy, tenant, environment))
+        """See ``Backplane.latest_policy_evaluation``."""
+        return await self.drive(self.core.latest_policy_evaluation(experiment, policy, tenant, environment))
 
 
-class AsyncGovernance:
-    """The asyncio twin of ``redgov.Governance``: every method a coroutine."""
+class AsyncGovernance(GovernanceBase[AsyncBackplane]):
+    """The asyncio twin of ``redgov.Governance``: every method a coroutine (``watch`` an async iterator).
 
-    def __init__(
-        self,
-        backplane: AsyncBackplane,
-        *,
-        rules: Rules | Mapping[str, Iterable[str]] | None = None,
-        gates: Sequence[Gate] = (),
-        policies: Sequence[Policy] = (),
-        initial_state: LifecycleState | str = LifecycleState.DRAFT,
-        auto_versioning: bool = True,
-        clock: Callable[[], datetime] | None = None,
-        idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
-    ) -> None:
-        if not isinstance(backplane, AsyncBackplane):
-            raise ValidationError(f"AsyncGovernance needs a redgov.aio.AsyncBackplane, got {type(backplane).__name__}")
-        self.backplane = backplane
-        self.core = GovernanceCore(backplane.core, rules=rules, gates=gates, policies=policies,
-                                   initial_state=initial_state, auto_versioning=auto_versioning, clock=clock,
-                                   idempotency_window=idempotency_window)
+    See ``redgov.Governance`` for the arguments, what each method does, its
+    atomicity and its errors.
+    """
 
-    @property
-    def rules(self) -> Rules:
-        return self.core.rules
+    _backplane_type = AsyncBackplane
 
     async def close(self) -> None:
+        """Close the backplane."""
         await self.backplane.close()
 
     async def __aenter__(self) -> AsyncGovernance:
@@ -224,13 +333,15 @@ class AsyncGovernance:
 
     async def create(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                      actor: str | None = None, configuration: Mapping[str, Any] | None = None,
-                     metadata: Mapping[str, Any] | None = None) -> ExperimentState:
+                     metadata: Mapping[str, Any] | None = None, idempotency_key: str | None = None) -> ExperimentState:
+        """See ``Governance.create``."""
         return await self.backplane.run(self.core.create(
             experiment, tenant=tenant, environment=environment, actor=actor, configuration=configuration,
-            metadata=metadata))
+            metadata=metadata, idempotency_key=idempotency_key))
 
     async def state(self, experiment: str, *, tenant: str | None = None,
                     environment: str | None = None) -> ExperimentState | None:
+        """See ``Governance.state``."""
         return await self.backplane.get_state(experiment, tenant=tenant, environment=environment)
 
     async def transition(self, experiment: str, to: LifecycleState | str, *, actor: str | None = None,
@@ -238,11 +349,13 @@ class AsyncGovernance:
                          telemetry: Mapping[str, Any] | None = None, tenant: str | None = None,
                          environment: str | None = None, expected_etag: str | None = None,
                          idempotency_key: str | None = None) -> StateTransition:
+        """See ``Governance.transition``."""
         return await self.backplane.run(self.core.transition(
             experiment, to, actor=actor, reason=reason, metadata=metadata, telemetry=telemetry, tenant=tenant,
             environment=environment, expected_etag=expected_etag, idempotency_key=idempotency_key))
 
     async def transition_many(self, requests: Iterable[TransitionRequest]) -> list[StateTransition | RedgovError]:
+        """See ``Governance.transition_many``."""
         calls = [self.core.transition(r.experiment, r.to, actor=r.actor, reason=r.reason, metadata=r.metadata,
                                       telemetry=r.telemetry, tenant=r.tenant, environment=r.environment,
                                       expected_etag=r.expected_etag, idempotency_key=r.idempotency_key)
@@ -250,74 +363,79 @@ class AsyncGovernance:
         return await self.backplane.run_many(calls)
 
     async def approve(self, experiment: str, to: LifecycleState | str, *, approver: str, reason: str | None = None,
-                      approved: bool = True, tenant: str | None = None,
-                      environment: str | None = None) -> ApprovalRecord:
+                      approved: bool = True, tenant: str | None = None, environment: str | None = None,
+                      idempotency_key: str | None = None) -> ApprovalRecord:
+        """See ``Governance.approve``."""
         return await self.backplane.run(self.core.approve(
             experiment, to, approver=approver, reason=reason, approved=approved, tenant=tenant,
-            environment=environment))
+            environment=environment, idempotency_key=idempotency_key))
 
     async def allowed_transitions(self, experiment: str, *, tenant: str | None = None,
                                   environment: str | None = None) -> list[LifecycleState]:
-        current = await self.state(experiment, tenant=tenant, environment=environment)
-        return self.rules.allowed(current.state if current else self.core.initial_state)
+        """See ``Governance.allowed_transitions``."""
+        return await self.backplane.drive(self.core.allowed_transitions(experiment, tenant=tenant,
+                                                                        environment=environment))
 
-    async def history(self, experiment: str, *, tenant: str | None = None,
-                      environment: str | None = None) -> list[StateTransition]:
-        return await self.backplane.transitions(experiment, tenant=tenant, environment=environment)
+    async def history(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
+                      limit: int | None = None, newest_first: bool = False) -> list[StateTransition]:
+        """See ``Governance.history``."""
+        return await self.backplane.transitions(experiment, tenant=tenant, environment=environment, limit=limit,
+                                                newest_first=newest_first)
+
+    async def experiments(self, *, tenant: str | None = None, environment: str | None = None,
+                          state: LifecycleState | str | None = None) -> list[ExperimentState]:
+        """See ``Governance.experiments``."""
+        return await self.backplane.drive(self.core.experiments(tenant=tenant, environment=environment,
+                                                                state=state))
 
     async def create_version(self, experiment: str, configuration: Mapping[str, Any], *, actor: str | None = None,
                              description: str | None = None, tenant: str | None = None,
-                             environment: str | None = None) -> ConfigurationVersion:
+                             environment: str | None = None, idempotency_key: str | None = None) -> ConfigurationVersion:
+        """See ``Governance.create_version``."""
         return await self.backplane.run(self.core.create_version(
             experiment, configuration, actor=actor, description=description, tenant=tenant,
-            environment=environment))
+            environment=environment, idempotency_key=idempotency_key))
 
     async def rollback(self, experiment: str, to_version: int, *, actor: str | None = None,
-                       tenant: str | None = None, environment: str | None = None) -> ConfigurationVersion:
-        number = check_version_number(to_version, "to_version")
-        found = await self.backplane.version(experiment, number, tenant=tenant, environment=environment)
-        old = require_version(found, experiment, number)
-        return await self.backplane.run(self.core.create_version(
-            experiment, old.configuration, actor=actor, description=f"rollback to version {number}",
-            tenant=tenant, environment=environment, is_rollback=True, rolled_back_from=number))
+                       tenant: str | None = None, environment: str | None = None,
+                       idempotency_key: str | None = None) -> ConfigurationVersion:
+        """See ``Governance.rollback``."""
+        return await self.backplane.drive(self.core.rollback(
+            experiment, to_version, actor=actor, tenant=tenant, environment=environment,
+            idempotency_key=idempotency_key))
 
     async def diff(self, experiment: str, from_version: int, to_version: int, *, tenant: str | None = None,
                    environment: str | None = None) -> list[Change]:
-        versions = []
-        for number in (check_version_number(from_version, "from_version"),
-                       check_version_number(to_version, "to_version")):
-            found = await self.backplane.version(experiment, number, tenant=tenant, environment=environment)
-            versions.append(require_version(found, experiment, number))
-        return diff(versions[0].configuration, versions[1].configuration)
+        """See ``Governance.diff``."""
+        return await self.backplane.drive(self.core.diff(experiment, from_version, to_version, tenant=tenant,
+                                                         environment=environment))
 
     async def evaluate_policies(self, experiment: str, *, telemetry: Mapping[str, Any] | None = None,
                                 target: LifecycleState | str | None = None, tenant: str | None = None,
                                 environment: str | None = None) -> list[PolicyEvaluation]:
-        members = self.core.conflict_group_members(experiment)
-        states = await self.backplane.run(self.core.states_of(members, tenant, environment))
-        return await self.backplane.run(self.core.evaluate_policies(
-            experiment, telemetry=telemetry, target=target, tenant=tenant, environment=environment,
-            current=states.get(experiment), others=states))
+        """See ``Governance.evaluate_policies``."""
+        return await self.backplane.drive(self.core.evaluate_policies(
+            experiment, telemetry=telemetry, target=target, tenant=tenant, environment=environment))
 
     async def replay(self, experiment: str, *, until: datetime | None = None, tenant: str | None = None,
                      environment: str | None = None) -> ExperimentState | None:
-        return await self.backplane.run(self.core.replay(experiment, until=until, tenant=tenant,
-                                                         environment=environment))
+        """See ``Governance.replay``."""
+        return await self.backplane.drive(self.core.replay(experiment, until=until, tenant=tenant,
+                                                           environment=environment))
 
     async def verify(self, experiment: str, *, tenant: str | None = None,
                      environment: str | None = None) -> list[str]:
-        replayed = await self.replay(experiment, tenant=tenant, environment=environment)
-        return compare(replayed, await self.state(experiment, tenant=tenant, environment=environment))
+        """See ``Governance.verify``."""
+        return await self.backplane.drive(self.core.verify(experiment, tenant=tenant, environment=environment))
 
     async def watch(self, *, tenant: str | None = None, environment: str | None = None,
                     experiments: Iterable[str] | None = None, from_id: str = "$", block_ms: int = 1000,
                     timeout: float | None = None) -> AsyncIterator[GovernanceEvent]:
-        """Async iterator over the scope's events; see ``Governance.watch``."""
-        cursor = WatchCursor(self.core, tenant=tenant, environment=environment, experiments=experiments,
+        """See ``Governance.watch``."""
+        cursor = WatchCursor(self.backplane.core, tenant=tenant, environment=environment, experiments=experiments,
                              from_id=from_id, block_ms=block_ms, timeout=timeout)
-        start = cursor.start()
-        if start is not None:
-            cursor.last = await self.backplane.run(start)
+        await self.backplane.drive(cursor.start())
         while cursor.active():
-            for event in cursor.accept(await self.backplane.run(cursor.next_read())):
+            for event in cursor.accept(await self.backplane.run(cursor.next_read(self.backplane.socket_timeout))):
                 yield event
+

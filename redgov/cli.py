@@ -138,13 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("export", "copy the live state and history to SQL")
     p.add_argument("--to", dest="to_url", help="SQL url (default $REDGOV_EXPORT_URL, else the config's export url)")
     p.add_argument("--follow", action="store_true", help="keep tailing the logs until SIGINT/SIGTERM")
-    p.add_argument("--trim", action="store_true", help="trim each log up to what was exported")
+    p.add_argument("--trim", action="store_true",
+                   help="then remove the exported history from Redis, experiment by experiment")
     p.add_argument("--keep", type=float, help="seconds of recent entries trimming keeps")
     p = command("restore", "rebuild Redis from a SQL copy")
     p.add_argument("--from", required=True, dest="from_url")
     p.add_argument("--force", action="store_true")
     p.add_argument("--source-prefix", dest="source_prefix")
-    p = command("trim", "trim streams up to what the SQL copy holds")
+    p = command("trim", "remove from Redis the history the SQL copy holds (per experiment, never beyond it)")
     p.add_argument("--to", dest="to_url", help="SQL url of the copy (default $REDGOV_EXPORT_URL)")
     p.add_argument("--keep", type=float, help="seconds of recent entries to keep")
     p = command("bench", "run the benchmarks briefly and print their ratio tables")
@@ -244,10 +245,8 @@ class Context:
         kwargs: dict[str, Any] = {}
         if self._config is not None and not self._config.optimistic_concurrency:
             kwargs["optimistic_concurrency"] = False
-        if self._config is not None and not self._config.retain_history:
-            from .config import UNRETAINED_LOG_LENGTH
-
-            kwargs["retain_history"] = UNRETAINED_LOG_LENGTH
+        if self._config is not None and self._config.retain_history is not None:
+            kwargs["retain_history"] = self._config.retain_history
         return connect(self.url, prefix=self.prefix, **kwargs)
 
     @property
@@ -361,8 +360,7 @@ def cmd_verify(ctx: Context) -> int:
         if ctx.args.experiment:
             names = [ctx.args.experiment]
         else:
-            index = gov.core.core.scope(ctx.tenant, ctx.environment).index
-            names = sorted(k.decode() for k in gov.backplane.client.hkeys(index))
+            names = [state.experiment for state in gov.experiments(**ctx.scope)]
         problems = {name: gov.verify(name, **ctx.scope) for name in names}
     bad = {k: v for k, v in problems.items() if v}
     lines = [f"{name}: {'ok' if not diffs else '; '.join(diffs)}" for name, diffs in problems.items()]

@@ -17,8 +17,8 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
-from datetime import time, timedelta
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeAlias
 from urllib.parse import quote, urlencode
@@ -152,7 +152,8 @@ class ExportConfig(_Config, frozen=True, kw_only=True):
 class _PersistenceConfig(_Config, tag_field="type", frozen=True, kw_only=True):
     key_prefix: Name | None = None
     optimistic_concurrency: bool = True
-    retain_history: bool = True
+    #: true: keep every history entry; false: about the newest 10,000 of each experiment; N: about N
+    retain_history: bool | Annotated[int, _meta("true, false or a number of entries >= 1", ge=1)] = True
     #: informational (the seed names a database provider here)
     provider: str | None = None
     export: ExportConfig | None = None
@@ -220,8 +221,14 @@ class GovernanceConfig(_Config, frozen=True, kw_only=True):
         return True if self.persistence is None else self.persistence.optimistic_concurrency
 
     @property
-    def retain_history(self) -> bool:
-        return True if self.persistence is None else self.persistence.retain_history
+    def retain_history(self) -> int | None:
+        """History entries kept per experiment (None: all): ``retainHistory`` true, false (10,000) or N."""
+        value = True if self.persistence is None else self.persistence.retain_history
+        if value is True:
+            return None
+        if value is False:
+            return UNRETAINED_LOG_LENGTH
+        return int(value)
 
     @property
     def export_url(self) -> str | None:
@@ -655,6 +662,13 @@ def _describe(kind: Any) -> str:
     if isinstance(kind, mi.UnionType):
         options = [t for t in kind.types if not isinstance(t, mi.NoneType)]
         kind = options[0] if len(options) == 1 else kind
+        if isinstance(kind, mi.UnionType):  # scalars side by side: the option that explains itself, or all
+            told = [str(t.extra["expected"]) for t in options
+                    if isinstance(t, mi.Metadata) and t.extra and "expected" in t.extra]
+            if told:
+                return told[0]
+            if not any(isinstance(t, mi.StructType) for t in options):
+                return " or ".join(_describe(t) for t in options)
     if isinstance(kind, mi.Metadata) and kind.extra and "expected" in kind.extra:
         return str(kind.extra["expected"])
     choices = _choices(kind)
@@ -723,12 +737,12 @@ def _check(config: GovernanceConfig, root: str) -> None:
 
 # -- Governance from a configuration --------------------------------------------------
 
-#: ``retainHistory: false`` keeps about this many entries per scope log (older ones are trimmed).
+#: ``retainHistory: false`` keeps about this many history entries per experiment (older ones are removed).
 UNRETAINED_LOG_LENGTH = 10_000
 
 
 def from_config(source_or_config: GovernanceConfig | str | os.PathLike[str] | Mapping[str, Any], *,
-                client: Any = None) -> Governance:
+                client: Any = None, clock: Callable[[], datetime] | None = None) -> Governance:
     """A Governance built from a configuration (loaded first unless it is a GovernanceConfig).
 
     Without ``client`` it connects to ``config.url()``; with one (a redis.Redis
@@ -736,7 +750,7 @@ def from_config(source_or_config: GovernanceConfig | str | os.PathLike[str] | Ma
     """
     config = (source_or_config if isinstance(source_or_config, GovernanceConfig)
               else load_config(source_or_config))
-    retain = None if config.retain_history else UNRETAINED_LOG_LENGTH
+    retain = config.retain_history
     if client is not None:
         backplane = Backplane(client, prefix=config.prefix, optimistic_concurrency=config.optimistic_concurrency,
                               retain_history=retain)
@@ -750,7 +764,7 @@ def from_config(source_or_config: GovernanceConfig | str | os.PathLike[str] | Ma
             raise ConfigError(f"persistence: {exc}") from None
     try:
         return Governance(backplane, gates=config.gates(), policies=config.policies(),
-                          initial_state=config.initial_state, auto_versioning=config.auto_versioning)
+                          initial_state=config.initial_state, auto_versioning=config.auto_versioning, clock=clock)
     except BaseException as exc:
         if client is None:
             backplane.close()

@@ -1,9 +1,11 @@
 """URL scheme -> client: redis, rediss, unix, redis+cluster, memory, embedded.
 
-``cache=True`` gives the Backplane a ``StateCache`` (see cache.py) on its own
-RESP2 connections to the same server: redis://, rediss://, unix:// and
-embedded://. memory:// ignores it (fakeredis answers in-process already);
-redis+cluster:// and the asyncio client refuse it.
+Every real client gets the socket timeout ``timeout`` and redis-py's ``Retry``
+with jittered exponential backoff for ``retries`` re-sends of a command whose
+connection broke or timed out; redgov's scripts make each re-sent write apply
+once. ``cache=True`` adds a ``StateCache`` with its own connection (redis://,
+rediss://, unix://, embedded://); memory:// ignores it and redis+cluster://
+refuses it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from .backplane import Backplane
-from .cache import StateCache
+from .cache import MAX_AGE, StateCache
 from .embedded import EmbeddedServer
 from .errors import ValidationError
 
-__all__ = ["connect", "open_client", "open_async_client"]
+__all__ = ["connect", "open_async_client", "open_client"]
 
 SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "memory", "embedded")
 
@@ -29,7 +33,7 @@ _memory_servers: dict[str, Any] = {}
 _memory_lock = threading.Lock()
 
 
-def _scheme(url: str) -> str:
+def scheme_of(url: str) -> str:
     if not isinstance(url, str):
         raise ValidationError(f"url must be a string, got {type(url).__name__}")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -38,7 +42,7 @@ def _scheme(url: str) -> str:
     return scheme
 
 
-def _memory_server(url: str) -> Any:
+def memory_server(url: str) -> Any:
     """``memory://`` is private to this call; ``memory://name`` is shared in the process."""
     import fakeredis
 
@@ -52,11 +56,32 @@ def _memory_server(url: str) -> Any:
         return server
 
 
-def _embedded_path(url: str) -> str:
+def embedded_server(url: str) -> EmbeddedServer:
     path = unquote(url.split("://", 1)[1])
     if not path:
         raise ValidationError("embedded:// needs a data file path, e.g. embedded://.redgov/redgov.db")
-    return path
+    return EmbeddedServer(path)
+
+
+def retry_policy(retries: int) -> Retry:
+    """redis-py's Retry: ``retries`` re-sends after a broken or timed-out connection, backing off."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValidationError(f"retries must be an integer >= 0, got {retries!r}")
+    return Retry(ExponentialWithJitterBackoff(base=0.02, cap=1.0), retries)
+
+
+def client_options(timeout: float, retries: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The redis-py keyword arguments of a redgov client (the caller's win)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValidationError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    options = dict(kwargs)
+    options.setdefault("decode_responses", False)
+    if options["decode_responses"]:
+        raise ValidationError("redgov clients must not decode responses (decode_responses=False)")
+    options.setdefault("socket_timeout", timeout)
+    options.setdefault("socket_connect_timeout", timeout)
+    options.setdefault("retry", retry_policy(retries))
+    return options
 
 
 def _check_cache(cache: bool, scheme: str) -> None:
@@ -67,90 +92,101 @@ def _check_cache(cache: bool, scheme: str) -> None:
         )
 
 
-def open_client(url: str, *, cache: bool = False, **kwargs: Any) -> tuple[Any, Callable[[], None] | None]:
+def open_client(url: str, *, timeout: float = 5.0, retries: int = 3,
+                **kwargs: Any) -> tuple[Any, Callable[[], None] | None]:
     """A sync client for url, and what to call after closing it (or None)."""
-    scheme = _scheme(url)
-    kwargs.setdefault("decode_responses", False)
-    if kwargs["decode_responses"]:
-        raise ValidationError("redgov clients must not decode responses (decode_responses=False)")
-    _check_cache(cache, scheme)
+    scheme = scheme_of(url)
     if scheme == "memory":
         import fakeredis
 
-        return fakeredis.FakeRedis(server=_memory_server(url), **kwargs), None
+        kwargs.pop("socket_timeout", None)
+        return fakeredis.FakeRedis(server=memory_server(url), **kwargs), None
+    options = client_options(timeout, retries, kwargs)
     if scheme == "embedded":
-        server = EmbeddedServer(_embedded_path(url))
-        socket = server.open()
-        client = redis.Redis(unix_socket_path=socket, **kwargs)
+        server = embedded_server(url)
+        path = server.open()
+        client = redis.Redis(unix_socket_path=path, **options)
         return client, _closer(client, server)
     if scheme.endswith("+cluster"):
         from redis.cluster import RedisCluster
 
-        real = url.replace("+cluster", "", 1)
-        return RedisCluster.from_url(real, **kwargs), None
-    return redis.Redis.from_url(url, **kwargs), None
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **options), None
+    return redis.Redis.from_url(url, **options), None
 
 
-def open_async_client(url: str, *, cache: bool = False, **kwargs: Any) -> tuple[Any, Callable[[], None] | None]:
-    """An asyncio client for url, and what to call after closing it (or None)."""
+def open_async_client(url: str, *, timeout: float = 5.0, retries: int = 3,
+                      **kwargs: Any) -> tuple[Any, EmbeddedServer | None]:
+    """An asyncio client for url, and the embedded server behind it (started by its first use)."""
     import redis.asyncio as aredis
+    from redis.asyncio.retry import Retry as AsyncRetry
 
-    scheme = _scheme(url)
-    kwargs.setdefault("decode_responses", False)
-    if cache:
-        raise ValidationError(
-            "cache=True is available on the sync client only (redgov.connect); "
-            "redgov.aio.connect reads every state from Redis"
-        )
+    scheme = scheme_of(url)
     if scheme == "memory":
         import fakeredis
 
-        return fakeredis.FakeAsyncRedis(server=_memory_server(url), **kwargs), None
+        kwargs.pop("socket_timeout", None)
+        return fakeredis.FakeAsyncRedis(server=memory_server(url), **kwargs), None
+    options = client_options(timeout, retries, kwargs)
+    if isinstance(options.get("retry"), Retry):
+        options["retry"] = AsyncRetry(ExponentialWithJitterBackoff(base=0.02, cap=1.0), retries)
     if scheme == "embedded":
-        server = EmbeddedServer(_embedded_path(url))
-        socket = server.open()
-        client = aredis.Redis(unix_socket_path=socket, **kwargs)
-        return client, _closer(client, server)
+        server = embedded_server(url)
+        return aredis.Redis(unix_socket_path=server.socket, **options), server
     if scheme.endswith("+cluster"):
         from redis.asyncio.cluster import RedisCluster
 
-        return RedisCluster.from_url(url.replace("+cluster", "", 1), **kwargs), None
-    return aredis.Redis.from_url(url, **kwargs), None
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **options), None
+    return aredis.Redis.from_url(url, **options), None
 
 
 def _closer(client: Any, server: EmbeddedServer) -> Callable[[], None]:
     # If the caller never closes, release the server when the client is collected
     # or the interpreter exits, so the last opener still saves and stops it.
-    finalizer = weakref.finalize(client, server.close)
-    return finalizer
+    return weakref.finalize(client, server.close)
 
 
-def _cache_client(url: str, scheme: str, client: Any, kwargs: dict[str, Any]) -> redis.Redis:
-    """A second client of the server behind ``client``, RESP2, for the StateCache alone."""
-    options = {**kwargs, "protocol": 2}
-    for own in ("cache_config", "single_connection_client"):  # the cache's client pools its own connections
-        options.pop(own, None)
-    if scheme == "embedded":
-        return redis.Redis(unix_socket_path=client.connection_pool.connection_kwargs["path"], **options)
-    return redis.Redis.from_url(url, **options)
+def stream_connector(url: str, timeout: float, kwargs: dict[str, Any],
+                     socket_path: str | None = None) -> Callable[[], Any]:
+    """Makes the StateCache's own RESP2 connections to the server of url (new ones each call)."""
+    options = {k: v for k, v in kwargs.items() if k not in ("retry", "cache_config", "single_connection_client",
+                                                            "decode_responses", "protocol")}
+    options.setdefault("socket_timeout", timeout)
+    options.setdefault("socket_connect_timeout", timeout)
+    if socket_path is not None:
+        pool = redis.ConnectionPool(connection_class=redis.UnixDomainSocketConnection, path=socket_path,
+                                    protocol=2, **options)
+    else:
+        pool = redis.ConnectionPool.from_url(url, protocol=2, **options)
+    return pool.make_connection
 
 
-def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False, **redis_kwargs: Any) -> Backplane:
-    """A Backplane for url (see the scheme table in README).
+def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False, timeout: float = 5.0,
+            retries: int = 3, retain_history: int | None = None, archive: Any = None,
+            cache_max_age: float = MAX_AGE, **redis_kwargs: Any) -> Backplane:
+    """A Backplane for ``url`` (see the scheme table in README).
 
-    ``cache=True`` serves ``get_state`` from a local cache that the server
-    invalidates (see ``redgov.cache``); memory:// ignores it.
+    ``prefix`` starts every key (no ``{`` or ``}``). ``timeout`` is every command's
+    socket timeout (seconds); ``retries`` how often a command whose connection
+    broke or timed out is sent again (redis-py Retry with backoff; writes apply
+    once). ``retain_history=N`` keeps about the newest N history entries of each
+    experiment. ``archive`` (``SqlArchive``) reads history removed from Redis.
+    ``cache=True`` serves ``get_state`` from a local cache the server invalidates,
+    never older than ``cache_max_age`` seconds (memory:// ignores it).
+    ``optimistic_concurrency=False`` makes save_state last-writer-wins; other
+    keywords go to the redis-py client. Raises ValidationError for a bad url or
+    argument, redis ConnectionError when the server cannot be reached (embedded:
+    RedgovError when it cannot start).
     """
     optimistic = redis_kwargs.pop("optimistic_concurrency", True)
-    retain = redis_kwargs.pop("retain_history", None)
-    archive = redis_kwargs.pop("archive", None)
-    client, on_close = open_client(url, cache=cache, **redis_kwargs)
+    scheme = scheme_of(url)
+    _check_cache(cache, scheme)
+    client, on_close = open_client(url, timeout=timeout, retries=retries, **redis_kwargs)
     state_cache = None
     try:
-        scheme = _scheme(url)
         if cache and scheme != "memory":
-            state_cache = StateCache(_cache_client(url, scheme, client, redis_kwargs))
-        return Backplane(client, prefix=prefix, optimistic_concurrency=optimistic, retain_history=retain,
+            socket_path = client.connection_pool.connection_kwargs["path"] if scheme == "embedded" else None
+            state_cache = StateCache(stream_connector(url, timeout, redis_kwargs, socket_path), max_age=cache_max_age)
+        return Backplane(client, prefix=prefix, optimistic_concurrency=optimistic, retain_history=retain_history,
                          archive=archive, on_close=on_close, cache=state_cache)
     except BaseException:
         if state_cache is not None:

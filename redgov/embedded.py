@@ -101,7 +101,8 @@ class EmbeddedServer:
         self._users_path = run / f"{digest}.users"
         self._log_path = run / f"{digest}.log"
         self._open = False
-        self._handle = f"{os.getpid()}:{uuid.uuid4().hex}"
+        self._pid = os.getpid()
+        self._handle = f"{self._pid}:{uuid.uuid4().hex}"
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -143,6 +144,8 @@ class EmbeddedServer:
 
     def open(self) -> str:
         """Start or attach to the server; returns its unix socket path."""
+        self._pid = os.getpid()
+        self._handle = f"{self._pid}:{uuid.uuid4().hex}"
         self.data_file.parent.mkdir(parents=True, exist_ok=True)
         with self._locked():
             if not self._ping():
@@ -187,8 +190,12 @@ class EmbeddedServer:
         raise EmbeddedError(f"redis-server for {self.data_file} did not answer within {START_TIMEOUT}s\n{log}")
 
     def close(self) -> None:
-        """Unregister this process; the last opener saves and stops the server."""
-        if not self._open:
+        """Unregister this handle; the last opener saves and stops the server.
+
+        In a process forked from the opener this does nothing: the handle, and the
+        server, belong to the parent.
+        """
+        if not self._open or os.getpid() != self._pid:
             return
         self._open = False
         with self._locked():

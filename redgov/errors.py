@@ -1,9 +1,16 @@
-"""The exception tree, and the one table mapping server refusals onto it.
+"""The exception tree, and the one place mapping server refusals onto it.
 
 Scripts refuse with ``redis.error_reply('REDGOV_<CODE> <detail>')``. redis-py
 raises that as ``ResponseError`` (inside a pipeline with a prefix such as
 "Command # 1 (...) of pipeline caused error: "), so the code is searched for
-anywhere in the message. This module is the only place that knows the codes.
+anywhere in the message. Other server refusals are mapped here too: an ACL
+refusal (``NOPERM``, or a script's "user executing the script can't ...") is
+``AccessDeniedError``, a wrong key type ``CorruptDataError``, a server that
+cannot take writes now (out of memory, read-only replica, loading, a Cluster
+slot moving) ``UnavailableError``, and a failure inside a script that is not
+a refusal (a Lua runtime error) ``CorruptDataError`` naming the keys the call
+touched. Connection and timeout errors are not refusals: they propagate as
+redis-py raised them (after the client's retries).
 """
 
 from __future__ import annotations
@@ -12,20 +19,23 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from redis.exceptions import ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 if TYPE_CHECKING:
     from .records import PolicyEvaluation
 
 __all__ = [
+    "AccessDeniedError",
     "ApprovalRequiredError",
     "ConfigError",
     "ConflictError",
     "CorruptDataError",
+    "HistoryTrimmedError",
     "InvalidTransitionError",
     "NotFoundError",
     "PolicyViolationError",
     "RedgovError",
+    "UnavailableError",
     "ValidationError",
     "map_reply_error",
 ]
@@ -36,7 +46,8 @@ class RedgovError(Exception):
 
 
 class ConflictError(RedgovError):
-    """The etag or state changed underneath; duplicate create; duplicate version."""
+    """The etag or state changed underneath; duplicate create; duplicate version; an idempotency key
+    reused for another operation."""
 
 
 class InvalidTransitionError(RedgovError):
@@ -60,7 +71,12 @@ class ConfigError(RedgovError):
 
 
 class NotFoundError(RedgovError):
-    """An unknown version, experiment or record."""
+    """An unknown experiment, version or record."""
+
+
+class HistoryTrimmedError(NotFoundError):
+    """The history asked for was removed from Redis (retention, ``redgov trim``) and no archive is
+    attached: pass ``archive=SqlArchive(url)`` to read it from the SQL copy."""
 
 
 class ValidationError(RedgovError, ValueError):
@@ -68,7 +84,16 @@ class ValidationError(RedgovError, ValueError):
 
 
 class CorruptDataError(RedgovError):
-    """A key holds the wrong Redis type or data redgov cannot decode."""
+    """A key holds the wrong Redis type or data redgov cannot decode; the message names the key."""
+
+
+class AccessDeniedError(RedgovError):
+    """The server's ACL refused a command; the message names the command or key. Nothing was written."""
+
+
+class UnavailableError(RedgovError):
+    """The server cannot serve the call now (out of memory, a read-only replica, loading, a Cluster
+    slot being migrated for longer than redgov waits). Nothing was written."""
 
 
 _CODES: dict[str, type[RedgovError]] = {
@@ -77,18 +102,24 @@ _CODES: dict[str, type[RedgovError]] = {
     "REDGOV_APPROVAL_REQUIRED": ApprovalRequiredError,
     "REDGOV_POLICY_VIOLATION": PolicyViolationError,
     "REDGOV_NOT_FOUND": NotFoundError,
-    "REDGOV_INVALID": ValidationError,
     "REDGOV_CORRUPT": CorruptDataError,
+    "REDGOV_DENIED": AccessDeniedError,
 }
 _CODE_RE = re.compile(r"(REDGOV_[A-Z_]+)\s*(.*)", re.DOTALL)
+_DENIED = ("NOPERM", "user executing the script can't", "NOAUTH", "WRONGPASS")
+_UNAVAILABLE = ("OOM ", "READONLY", "LOADING", "BUSY ", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS",
+                "MISCONF")
+_SCRIPT_FAILURE = ("Error running script", "user_script:", "@user_script", "script:", "Script attempted")
 
 
-def map_reply_error(exc: ResponseError, keys: Sequence[object] = ()) -> Exception:
+def map_reply_error(exc: ResponseError, keys: Sequence[object] = (), *, script: str | None = None) -> Exception:
     """The exception a server error reply stands for.
 
-    REDGOV_ codes map through the table (an unknown code gives RedgovError);
-    WRONGTYPE becomes CorruptDataError naming the keys the call touched; any
-    other reply is returned unchanged for the caller to re-raise.
+    REDGOV_ codes map through the table (an unknown code gives RedgovError); ACL
+    refusals give AccessDeniedError; WRONGTYPE and failures inside a script give
+    CorruptDataError naming the keys the call touched; server states that refuse
+    writes give UnavailableError. Any other reply is returned unchanged for the
+    caller to re-raise.
     """
     message = str(exc)
     match = _CODE_RE.search(message)
@@ -96,14 +127,22 @@ def map_reply_error(exc: ResponseError, keys: Sequence[object] = ()) -> Exceptio
         code, detail = match.group(1), match.group(2).strip()
         cls = _CODES.get(code, RedgovError)
         return cls(detail or code)
+    names = ", ".join(_show(k) for k in keys) or "none"
+    if isinstance(exc, (NoPermissionError, AuthenticationError)) or any(marker in message for marker in _DENIED):
+        what = f"script {script}" if script else "the command"
+        return AccessDeniedError(f"the server's ACL refused {what} on keys {names}: {message}; nothing was written")
     if "WRONGTYPE" in message:
-        names = ", ".join(_show(k) for k in keys)
         return CorruptDataError(f"a key holds the wrong Redis type (keys: {names}): {message}")
+    if any(message.startswith(marker) or f" {marker}" in message[:40] for marker in _UNAVAILABLE):
+        return UnavailableError(f"the server refused the call now: {message}")
+    if script is not None and any(marker in message for marker in _SCRIPT_FAILURE):
+        return CorruptDataError(f"script {script} failed on keys {names} (their data is not what redgov wrote): "
+                                f"{message}")
     return exc
 
 
-def raise_for_reply(exc: ResponseError, keys: Sequence[object] = ()) -> NoReturn:
-    mapped = map_reply_error(exc, keys)
+def raise_for_reply(exc: ResponseError, keys: Sequence[object] = (), *, script: str | None = None) -> NoReturn:
+    mapped = map_reply_error(exc, keys, script=script)
     if mapped is exc:
         raise exc
     raise mapped from exc

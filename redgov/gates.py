@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .core import check_state
+from .validate import check_state
 from .errors import ValidationError
 from .records import LifecycleState
 

@@ -1,44 +1,64 @@
 """The key schema: the only module that formats a Redis key.
 
-Every key of one scope (prefix, tenant, environment) starts with the same
-Redis Cluster hash tag, so one script can touch all of them, even on a
-Cluster::
+Every key begins with the installation's prefix, literally, followed by the
+scope's Redis Cluster hash tag, so ``ACL SETUSER ... ~<prefix>*`` and
+``SCAN MATCH <prefix>*`` cover one installation, and every key of one scope
+(prefix, tenant, environment) lives in one hash slot::
 
-    {<prefix>:<tenant>:<environment>}:<suffix>
+    <prefix>{<tenant>:<environment>}:<suffix>
 
-Each component is percent-encoded for ``{ } : % ~`` and ``None`` is written
-as a bare ``~``. An encoded string never contains ``{``, ``}`` or ``:`` and
-never equals ``~``, so the encoding is injective: two distinct
-(prefix, tenant, environment, experiment) tuples never share a key. The
-experiment name and transition ids are encoded the same way.
+The prefix may not contain ``{`` or ``}`` (the first ``{`` ends it). Tenant,
+environment, experiment names and idempotency keys are percent-encoded for
+``{ } : % ~`` and ``None`` is written as a bare ``~``. An encoded part never
+contains ``{``, ``}`` or ``:`` and never equals ``~``, so the encoding is
+injective: two distinct (prefix, tenant, environment, experiment) tuples never
+share a key.
 
-| key                                  | type   | holds                                            |
-|--------------------------------------|--------|--------------------------------------------------|
-| ``{T}:log``                          | stream | every event of the scope, in order (the truth)   |
-| ``{T}:index``                        | hash   | experiment name -> current state name            |
-| ``{T}:tid``                          | hash   | transition id -> log entry id                    |
-| ``{T}:x:<exp>:state``                | hash   | current state: s v t b m e r fields              |
-| ``{T}:x:<exp>:states``               | list   | log ids of the experiment's state writes         |
-| ``{T}:x:<exp>:transitions``          | list   | log ids of its transitions                       |
-| ``{T}:x:<exp>:approvals``            | list   | log ids of its approvals                         |
-| ``{T}:x:<exp>:versions``             | zset   | log ids of its versions, scored by number        |
-| ``{T}:x:<exp>:policies``             | list   | log ids of its policy evaluations                |
-| ``{T}:x:<exp>:policy``               | hash   | policy name -> log id of its latest evaluation   |
-| ``{T}:x:<exp>:pending``              | hash   | '<from>><to>' -> log id of an unused approval    |
-| ``{T}:x:<exp>:links``                | hash   | approval log id -> transition id that used it    |
-| ``{T}:tr:<transition id>:approvals`` | list   | log ids of the approvals linked to a transition  |
-| ``{T}:x:<exp>:idem:<key>``          | string | '<target>|<log id>' of the transition a key made |
+``{T}`` below is ``<prefix>{<tenant>:<environment>}``; ``<exp>`` an encoded name.
+
+| key                     | type   | holds                                                               |
+|-------------------------|--------|---------------------------------------------------------------------|
+| ``{T}:log``             | stream | every event of the scope, in order (the truth; watched, exported)   |
+| ``{T}:index``           | zset   | the scope's experiment names (score 0: read in name order, in pages)|
+| ``{T}:links``           | hash   | ``t:<transition id>`` -> linked approval entry ids (space-separated); |
+|                         |        | ``a:<approval entry id>`` -> id of the transition that consumed it; |
+|                         |        | ``x:<transition id>`` -> entry id of a transition without a state   |
+|                         |        | write (create's, appended ones: their ids are unique per scope)     |
+| ``{T}:ops:<minute>``    | hash   | operation id -> first reply of that write (expires: re-send dedupe) |
+| ``{T}:s:<exp>``         | hash   | current state ``s v t b m e r``; pending approvals ``p:<from>><to>`` |
+|                         |        | (and their count ``pn``)                                            |
+| ``{T}:h:<exp>``         | list   | ``<code><entry id>`` of every entry of the experiment, in order     |
+|                         |        | (codes: S state, T/t transition with/without a state write,         |
+|                         |        | A approval, V/v version with/without, P policy evaluation)          |
+| ``{T}:a:<exp>``         | list   | entry ids of its approvals                                          |
+| ``{T}:p:<exp>``         | list   | entry ids of its policy evaluations                                 |
+| ``{T}:v:<exp>``         | zset   | entry ids of its configuration versions, scored by number           |
+| ``{T}:l:<exp>``         | hash   | policy name -> entry id of its latest evaluation                    |
+| ``{T}:b:<exp>``         | hash   | retention: the state at the cut (where replay starts), entries      |
+|                         |        | removed per list, the last removed entry id                         |
+| ``{T}:i:<exp>:<key>``   | string | an idempotency key's first outcome (expires)                        |
+| ``{T}:k:<exp>``         | hash   | the experiment's lease: owner, fencing token, expiry                |
 """
 
 from __future__ import annotations
 
 import re
+import time
+from functools import lru_cache
 
-__all__ = ["Scope", "encode_part", "decode_part", "scope_pattern"]
+from .errors import ValidationError
+
+__all__ = ["ExperimentKeys", "Scope", "check_prefix", "decode_part", "encode_part", "parse_log_key",
+           "scope_pattern"]
 
 _ESCAPES = {"%": "%25", "{": "%7B", "}": "%7D", ":": "%3A", "~": "%7E"}
 _SPECIAL = re.compile("[%{}:~]")
+_ENCODED = re.compile("%(25|7B|7D|3A|7E)")
+_UNESCAPE = {v: k for k, v in _ESCAPES.items()}
 _NONE = "~"
+_GLOB = frozenset("*?[]\\")
+#: Seconds per bucket of the re-send dedupe hashes (``{T}:ops:<minute>``).
+OPS_BUCKET_SECONDS = 60
 
 
 def encode_part(value: str | None) -> str:
@@ -51,44 +71,70 @@ def encode_part(value: str | None) -> str:
 
 
 def decode_part(text: str) -> str | None:
+    """The component ``encode_part`` made ``text`` from."""
     if text == _NONE:
         return None
-    out = text
-    for plain, escaped in _ESCAPES.items():
-        if plain != "%":
-            out = out.replace(escaped, plain)
-    return out.replace("%25", "%")
+    return _ENCODED.sub(lambda m: _UNESCAPE["%" + m.group(1)], text)
+
+
+def check_prefix(prefix: object) -> str:
+    """A valid key prefix: a non-empty string without ``{`` or ``}`` (ValidationError otherwise)."""
+    if not isinstance(prefix, str):
+        raise ValidationError(f"prefix must be a string, got {type(prefix).__name__} {prefix!r}")
+    if not prefix:
+        raise ValidationError("prefix must not be empty")
+    if "{" in prefix or "}" in prefix:
+        raise ValidationError(f"prefix {prefix!r} may not contain '{{' or '}}': keys are <prefix>{{<scope>}}:..., "
+                              "and the scope's braces are the Redis Cluster hash tag")
+    if len(prefix) > 256:
+        raise ValidationError(f"prefix is {len(prefix)} characters long; the limit is 256")
+    if any(ord(c) < 32 or ord(c) == 127 for c in prefix):
+        raise ValidationError(f"prefix {prefix!r} contains a control character")
+    return prefix
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    return "".join("\\" + c if c in _GLOB else c for c in text)
 
 
 def scope_pattern(prefix: str) -> str:
-    """A SCAN MATCH pattern for the log stream of every scope under prefix."""
-    glob_escaped = "".join("\\" + c if c in "*?[]\\" else c for c in encode_part(prefix))
-    return "{" + glob_escaped + ":*:*}:log"
+    """A SCAN MATCH pattern for the log stream of every scope under prefix (and no other prefix)."""
+    return glob_escape(prefix) + "{*:*}:log"
+
+
+def prefix_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for every key of prefix (and no other prefix)."""
+    return glob_escape(prefix) + "{*"
 
 
 def parse_log_key(key: str) -> tuple[str, str | None, str | None]:
     """(prefix, tenant, environment) of a ``{T}:log`` key."""
-    if not (key.startswith("{") and key.endswith("}:log")):
+    brace = key.find("{")
+    if brace < 1 or not key.endswith("}:log"):
         raise ValueError(f"not a redgov log key: {key!r}")
-    prefix, tenant, environment = key[1:-5].split(":")
-    decoded_prefix = decode_part(prefix)
-    assert decoded_prefix is not None
-    return decoded_prefix, decode_part(tenant), decode_part(environment)
+    parts = key[brace + 1:-5].split(":")
+    if len(parts) != 2 or "{" in key[brace + 1:-5] or "}" in key[brace + 1:-5]:
+        raise ValueError(f"not a redgov log key: {key!r}")
+    return key[:brace], decode_part(parts[0]), decode_part(parts[1])
 
 
 class Scope:
     """The key space of one (prefix, tenant, environment); key names computed once."""
 
-    __slots__ = ("environment", "index", "log", "prefix", "tag", "tenant", "tids")
+    __slots__ = ("_bucket", "environment", "index", "links", "log", "prefix", "state_prefix", "tag", "tenant")
 
     def __init__(self, prefix: str, tenant: str | None = None, environment: str | None = None) -> None:
         self.prefix = prefix
         self.tenant = tenant
         self.environment = environment
-        self.tag = "{%s:%s:%s}" % (encode_part(prefix), encode_part(tenant), encode_part(environment))
+        self.tag = "%s{%s:%s}" % (prefix, encode_part(tenant), encode_part(environment))
         self.log = self.tag + ":log"
         self.index = self.tag + ":index"
-        self.tids = self.tag + ":tid"
+        self.links = self.tag + ":links"
+        #: every state hash of the scope starts with this (client-side caching tracks it)
+        self.state_prefix = self.tag + ":s:"
+        self._bucket: tuple[int, str] = (-1, "")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Scope) and self.tag == other.tag
@@ -99,56 +145,56 @@ class Scope:
     def __repr__(self) -> str:
         return f"Scope(prefix={self.prefix!r}, tenant={self.tenant!r}, environment={self.environment!r})"
 
-    def experiment(self, name: str) -> ExperimentKeys:
-        return ExperimentKeys(self.tag + ":x:" + encode_part(name))
+    def ops(self, now: float | None = None) -> str:
+        """The re-send dedupe hash of the current minute (by this process's clock)."""
+        minute = int((time.time() if now is None else now) // OPS_BUCKET_SECONDS)
+        bucket = self._bucket
+        if bucket[0] != minute:
+            bucket = self._bucket = (minute, f"{self.tag}:ops:{minute}")
+        return bucket[1]
 
-    def transition_approvals(self, transition_id: str) -> str:
-        return self.tag + ":tr:" + encode_part(transition_id) + ":approvals"
+    def experiment(self, name: str) -> ExperimentKeys:
+        """The keys of one experiment of this scope (cached)."""
+        return _experiment_keys(self.tag, name)
 
 
 class ExperimentKeys:
-    """The keys of one experiment in a scope."""
+    """The keys of one experiment in a scope.
 
-    __slots__ = ("base",)
+    ``standard`` holds the keys every per-experiment write script takes, in its
+    order (lua/lib/common.lua): state, log, history, approvals, policies,
+    versions, latest, base, links, index; the scope's ops bucket is inserted
+    after history (4th).
+    """
 
-    def __init__(self, base: str) -> None:
-        self.base = base
+    __slots__ = ("approvals", "base", "encoded", "history", "index", "latest", "links", "log", "policies",
+                 "standard", "state", "tag", "versions")
 
-    @property
-    def state(self) -> str:
-        return self.base + ":state"
-
-    @property
-    def states(self) -> str:
-        return self.base + ":states"
-
-    @property
-    def transitions(self) -> str:
-        return self.base + ":transitions"
-
-    @property
-    def approvals(self) -> str:
-        return self.base + ":approvals"
-
-    @property
-    def versions(self) -> str:
-        return self.base + ":versions"
-
-    @property
-    def policies(self) -> str:
-        return self.base + ":policies"
-
-    @property
-    def policy_latest(self) -> str:
-        return self.base + ":policy"
-
-    @property
-    def pending(self) -> str:
-        return self.base + ":pending"
-
-    @property
-    def links(self) -> str:
-        return self.base + ":links"
+    def __init__(self, tag: str, name: str) -> None:
+        self.tag = tag
+        self.encoded = encoded = encode_part(name)
+        self.state = f"{tag}:s:{encoded}"
+        self.log = tag + ":log"
+        self.history = f"{tag}:h:{encoded}"
+        self.approvals = f"{tag}:a:{encoded}"
+        self.policies = f"{tag}:p:{encoded}"
+        self.versions = f"{tag}:v:{encoded}"
+        self.latest = f"{tag}:l:{encoded}"
+        self.base = f"{tag}:b:{encoded}"
+        self.index = tag + ":index"
+        self.links = tag + ":links"
+        self.standard: tuple[str, ...] = (self.state, self.log, self.history, self.approvals, self.policies,
+                                          self.versions, self.latest, self.base, self.links, self.index)
 
     def idempotency(self, key: str) -> str:
-        return self.base + ":idem:" + encode_part(key)
+        """The key of one idempotency key's record."""
+        return f"{self.tag}:i:{self.encoded}:{encode_part(key)}"
+
+    def lease(self) -> str:
+        """The experiment's lease hash (owner, token, expiry)."""
+        return f"{self.tag}:k:{self.encoded}"
+
+
+@lru_cache(maxsize=8192)
+def _experiment_keys(tag: str, name: str) -> ExperimentKeys:
+    return ExperimentKeys(tag, name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
 
-from .core import check_name
+from .validate import check_name
 from .errors import ValidationError
 from .records import LifecycleState, Severity
 

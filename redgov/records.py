@@ -3,7 +3,9 @@
 Every record is a frozen ``msgspec.Struct``. Times are timezone-aware UTC
 datetimes (a naive datetime fails on decode). Encoders and decoders are built
 once here; the rest of the package uses them instead of calling
-``msgspec.json.encode``/``decode`` per call.
+``msgspec.json.encode``/``decode`` per call. Records encode without the fields
+that hold their default (``omit_defaults``), which keeps the stored history
+small; ``to_builtins(record, full=True)`` gives every field for display.
 """
 
 from __future__ import annotations
@@ -59,11 +61,18 @@ class Severity(enum.StrEnum):
     CRITICAL = "Critical"
 
 
-class _Record(msgspec.Struct, frozen=True, kw_only=True):
+class _Record(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Fields every record shares. New fields get defaults and go last."""
 
 
 class ExperimentState(_Record, frozen=True, kw_only=True):
+    """The current state of one experiment.
+
+    ``revision`` grows by exactly one per state write (a fencing token); ``etag``
+    is new on every write and never reused for the experiment. Both are decided
+    by the write, not by the caller.
+    """
+
     experiment: str
     state: LifecycleState
     config_version: int = 0
@@ -77,6 +86,14 @@ class ExperimentState(_Record, frozen=True, kw_only=True):
 
 
 class StateTransition(_Record, frozen=True, kw_only=True):
+    """One move of an experiment's lifecycle state.
+
+    ``revision`` and ``etag`` are those of the state the transition wrote
+    (0 and "" for a transition appended to the history without a state write),
+    so a caller holding the returned transition can guard its next write with
+    ``expected_etag=transition.etag`` without reading the state again.
+    """
+
     experiment: str
     to_state: LifecycleState
     from_state: LifecycleState | None = None
@@ -87,9 +104,13 @@ class StateTransition(_Record, frozen=True, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     tenant: str | None = None
     environment: str | None = None
+    revision: int = 0
+    etag: str = ""
 
 
 class ApprovalRecord(_Record, frozen=True, kw_only=True):
+    """An approval (or rejection) of a move; ``transition_id`` names the transition it was used by."""
+
     experiment: str
     to_state: LifecycleState
     approved: bool
@@ -106,6 +127,8 @@ class ApprovalRecord(_Record, frozen=True, kw_only=True):
 
 
 class ConfigurationVersion(_Record, frozen=True, kw_only=True):
+    """An immutable configuration of an experiment, numbered from 1."""
+
     experiment: str
     version: int
     configuration: dict[str, Any]
@@ -122,6 +145,8 @@ class ConfigurationVersion(_Record, frozen=True, kw_only=True):
 
 
 class PolicyEvaluation(_Record, frozen=True, kw_only=True):
+    """One policy's verdict on an experiment (and the move it was asked about)."""
+
     experiment: str
     policy: str
     compliant: bool
@@ -137,6 +162,8 @@ class PolicyEvaluation(_Record, frozen=True, kw_only=True):
 
 
 class SaveResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of ``save_state``: the stored state and its etag, or the conflict that refused it."""
+
     ok: bool
     state: ExperimentState | None = None
     etag: str | None = None
@@ -164,3 +191,15 @@ KIND_OF: dict[type[Any], str] = {
     PolicyEvaluation: "policy",
 }
 METADATA_DECODER = msgspec.json.Decoder(dict[str, Any])
+
+
+def to_builtins(value: Any) -> Any:
+    """``value`` as plain Python data (dicts, lists, strings, numbers), records with every field
+    (also those left out of their encoding because they hold the default)."""
+    if isinstance(value, msgspec.Struct):
+        return {name: to_builtins(getattr(value, name)) for name in value.__struct_fields__}
+    if isinstance(value, dict):
+        return {str(k): to_builtins(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_builtins(v) for v in value]
+    return msgspec.to_builtins(value)

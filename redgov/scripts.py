@@ -1,8 +1,9 @@
 """Finds ``lua/*.lua``, inlines ``-- @include lib/<name>.lua`` and parses headers.
 
 Each script opens with a ``--[[ name: summary`` header listing ``KEYS[n]``
-and ``ARGV[n]`` lines; the number of ``KEYS[n]`` lines is the script's fixed
-key count and a ``KEYS[n..]`` line marks a variadic tail.
+and ``ARGV[n]`` lines: ``KEYS[n]`` one key, ``KEYS[a..b]`` a fixed range of keys
+and ``KEYS[n..]`` a variadic tail; the fixed ones, numbered 1..n without gaps,
+are the script's key count.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __all__ = ["ScriptSpec", "load_scripts", "lua_root"]
 
 _INCLUDE = re.compile(r"^-- @include (lib/[a-z_]+\.lua)\s*$", re.MULTILINE)
 _HEADER = re.compile(r"\A--\[\[ ([a-z_]+): (.*?)\n(.*?)\]\]", re.DOTALL)
-_KEY_LINE = re.compile(r"^KEYS\[(\d+)(\.\.)?\]", re.MULTILINE)
+_KEY_LINE = re.compile(r"^KEYS\[(\d+)(?:(\.\.)(\d+)?)?\]", re.MULTILINE)
 _ARG_LINE = re.compile(r"^ARGV\[(\d+)(\.\.)?\]", re.MULTILINE)
 
 
@@ -52,9 +53,16 @@ def _parse(name: str, source: str, root: Traversable) -> ScriptSpec:
     if header.group(1) != name:
         raise ValueError(f"lua/{name}.lua header names {header.group(1)!r}")
     body = header.group(3)
-    key_numbers = [int(m.group(1)) for m in _KEY_LINE.finditer(body)]
-    variadic = any(m.group(2) for m in _KEY_LINE.finditer(body))
-    fixed = [n for n, m in zip(key_numbers, _KEY_LINE.finditer(body)) if not m.group(2)]
+    fixed: list[int] = []
+    variadic = False
+    key_numbers = []
+    for m in _KEY_LINE.finditer(body):
+        first = int(m.group(1))
+        key_numbers.append(first)
+        if m.group(2) and m.group(3) is None:
+            variadic = True
+        else:
+            fixed.extend(range(first, int(m.group(3) or first) + 1))
     if fixed != list(range(1, len(fixed) + 1)):
         raise ValueError(f"lua/{name}.lua header KEYS are not numbered 1..n: {key_numbers}")
     arg_numbers = [int(m.group(1)) for m in _ARG_LINE.finditer(body)]

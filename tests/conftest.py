@@ -55,7 +55,10 @@ def new_prefix() -> str:
 
 
 def delete_prefix(client: redis.Redis, prefix: str) -> None:
-    keys = list(client.scan_iter(match="{" + prefix + ":*", count=1000))
+    """Delete every key of ``prefix`` (keys are ``<prefix>{<tenant>:<environment>}:...``)."""
+    from redgov.keys import prefix_pattern
+
+    keys = list(client.scan_iter(match=prefix_pattern(prefix), count=1000))
     for start in range(0, len(keys), 500):
         client.delete(*keys[start : start + 500])
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,14 +25,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def redis7_server() -> str:
+    """A redis-server >= 7.0 (for what older servers cannot do: ACL checks inside scripts): the one on PATH."""
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("no redis-server >= 7.0 on PATH (apt install redis-server)")
+    version = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"v=(\d+)\.", version)
+    if match is None or int(match.group(1)) < 7:
+        raise RuntimeError(f"{found} is not Redis >= 7.0: {version.strip()}")
+    return found
+
+
 class RedisProcess:
     """One redis-server on 127.0.0.1:<port>, no persistence unless asked."""
 
-    def __init__(self, port: int | None = None, *args: str, directory: str | None = None) -> None:
+    def __init__(self, port: int | None = None, *args: str, directory: str | None = None,
+                 binary: str | None = None) -> None:
         self.port = port or free_port()
         self.dir = directory or tempfile.mkdtemp(prefix="redgov-test-")
         command = [
-            find_redis_server(),
+            binary or find_redis_server(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",

@@ -12,6 +12,7 @@ import redgov.aio
 
 NAMES = """
 connect Backplane Governance load_config from_config GovernanceConfig GovernanceEvent Change
+AccessDeniedError UnavailableError HistoryTrimmedError CorruptDataError ValidationError
 LifecycleState Severity ExperimentState StateTransition ApprovalRecord ConfigurationVersion
 PolicyEvaluation SaveResult RedgovError ConflictError InvalidTransitionError ApprovalRequiredError
 PolicyViolationError ConfigError NotFoundError AutomaticGate ManualGate RoleGate TrafficLimit ErrorRate
@@ -22,16 +23,16 @@ BACKPLANE = {
     "get_state": "(experiment, *, tenant=None, environment=None)",
     "save_state": "(state, *, expected_etag=None)",
     "append_transition": "(t)",
-    "transitions": "(experiment, *, tenant=None, environment=None)",
+    "transitions": "(experiment, *, tenant=None, environment=None, limit=None, newest_first=False)",
     "append_approval": "(a)",
-    "approvals": "(experiment, *, tenant=None, environment=None)",
+    "approvals": "(experiment, *, tenant=None, environment=None, limit=None, newest_first=False)",
     "approvals_for_transition": "(transition_id, *, tenant=None, environment=None)",
     "append_version": "(v)",
     "version": "(experiment, number, *, tenant=None, environment=None)",
     "latest_version": "(experiment, *, tenant=None, environment=None)",
-    "versions": "(experiment, *, tenant=None, environment=None)",
+    "versions": "(experiment, *, tenant=None, environment=None, limit=None, newest_first=False)",
     "append_policy_evaluation": "(e)",
-    "policy_evaluations": "(experiment, *, tenant=None, environment=None)",
+    "policy_evaluations": "(experiment, *, tenant=None, environment=None, limit=None, newest_first=False)",
     "latest_policy_evaluation": "(experiment, policy, *, tenant=None, environment=None)",
 }
 
@@ -87,3 +88,27 @@ def test_errors_subclass_redgov_error() -> None:
                  "ConfigError", "NotFoundError"):
         assert issubclass(getattr(redgov, name), redgov.RedgovError)
     assert redgov.PolicyViolationError("x", []).evaluations == ()
+
+
+def test_additions_of_2026_12_signatures() -> None:
+    connect = plain(redgov.connect)
+    for part in ("timeout=5.0", "retries=3", "retain_history=None", "archive=None", "cache_max_age=1.0"):
+        assert part in connect, part
+    assert plain(redgov.aio.connect) == connect
+    for method in ("create", "transition", "approve", "create_version", "rollback"):
+        assert "idempotency_key=None" in plain(getattr(redgov.Governance, method)), method
+    assert "auto_create=False" in plain(redgov.Governance)
+    assert plain(redgov.Governance.experiments) == "(*, tenant=None, environment=None, state=None)"
+    assert plain(redgov.Governance.history).endswith("limit=None, newest_first=False)")
+
+
+def test_the_asyncio_twins_have_every_method_with_the_same_signature() -> None:
+    for sync_class, async_class in ((redgov.Backplane, redgov.aio.AsyncBackplane),
+                                    (redgov.Governance, redgov.aio.AsyncGovernance)):
+        for name, member in inspect.getmembers(sync_class, inspect.isfunction):
+            if name.startswith("_") or name in ("close", "run", "drive", "run_many"):
+                continue
+            twin = getattr(async_class, name, None)
+            assert twin is not None, f"{async_class.__name__}.{name} is missing"
+            assert inspect.iscoroutinefunction(twin) or inspect.isasyncgenfunction(twin), name
+            assert plain(twin) == plain(member), name

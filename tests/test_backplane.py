@@ -280,24 +280,6 @@ def test_async_every_operation(url: str, prefix: str) -> None:
     asyncio.run(body())
 
 
-def test_retain_history_trims_the_scope_log(url: str, prefix: str) -> None:
-    from redgov.core import TRIM_EVERY
-
-    with redgov.connect(url, prefix=prefix, retain_history=10) as bp:
-        try:
-            for i in range(TRIM_EVERY * 3):
-                bp.append_transition(StateTransition(experiment="exp", to_state=S.DRAFT, reason=str(i)))
-            log = bp.core.scope(None, None).log
-            assert bp.client.xlen(log) < TRIM_EVERY * 2  # approximate trimming (MAXLEN ~)
-            kept = bp.transitions("exp")  # trimmed entries are skipped, the newest remain
-            assert kept and kept[-1].reason == str(TRIM_EVERY * 3 - 1)
-        finally:
-            if not url.startswith("memory"):
-                delete_prefix(bp.client, prefix)
-    with pytest.raises(redgov.ValidationError, match="retain_history"):
-        redgov.connect("memory://", retain_history=0)
-
-
 def test_unix_socket_url(tmp_path: pytest.TempPathFactory) -> None:
     from .servers import RedisProcess
 

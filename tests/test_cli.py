@@ -126,13 +126,13 @@ def test_usage_errors_exit_2_without_traceback(tmp_path: Path) -> None:
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "redgov", "--debug", "--url", "memory://", "transition", "e",
                            "Running"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and "Traceback" in done.stderr and "InvalidTransitionError" in done.stderr
+    assert done.returncode != 0 and "Traceback" in done.stderr and "NotFoundError" in done.stderr
 
 
 def test_json_refusal_is_an_object(tmp_path: Path) -> None:
     done = CLI(tmp_path, "memory://", "gov", "--json")("transition", "e", "Running", code=1)
     body = json.loads(done.stdout)
-    assert body["error"] == "InvalidTransitionError" and body["exit"] == 1 and "Draft -> Running" in body["message"]
+    assert body["error"] == "NotFoundError" and body["exit"] == 1 and "e does not exist" in body["message"]
 
 
 def test_demo_on_a_fresh_directory(tmp_path: Path) -> None:

@@ -329,9 +329,8 @@ def all_scope_keys(prefix: str, tenant: str | None, environment: str | None, exp
                    transition_id: str) -> list[str]:
     scope = Scope(prefix, tenant, environment)
     exp = scope.experiment(experiment)
-    return [scope.log, scope.index, scope.tids, scope.transition_approvals(transition_id),
-            exp.state, exp.states, exp.transitions, exp.approvals, exp.versions, exp.policies,
-            exp.policy_latest]
+    return [scope.log, scope.index, scope.links, scope.ops(), *exp.standard, exp.idempotency(transition_id),
+            exp.lease()]
 
 
 SCENARIO_SCRIPTS = {
@@ -472,3 +471,104 @@ def test_async_scripts_reload_after_script_flush(cluster: Cluster, cluster_prefi
             await bp.close()
 
     asyncio.run(main())
+
+
+# -- a slot being migrated ---------------------------------------------------------------
+
+
+def _node_id(node: RedisProcess) -> str:
+    with node.client() as client:
+        return _text(client.execute_command("CLUSTER", "MYID"))
+
+
+def _migrate(cluster: Cluster, slot: int, keys: list[str], source: int, target: int) -> None:
+    with cluster.nodes[source].client() as client:
+        client.execute_command("MIGRATE", "127.0.0.1", cluster.nodes[target].port, "", 0, 5000, "KEYS", *keys)
+
+
+def _finish(cluster: Cluster, slot: int, target: int) -> None:
+    """CLUSTER SETSLOT <slot> NODE <target> on every node: the migration is over."""
+    target_id = _node_id(cluster.nodes[target])
+    for node in [cluster.nodes[target]] + [n for i, n in enumerate(cluster.nodes) if i != target]:
+        with node.client() as client:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    low, high = cluster.ranges[target]
+    cluster.ranges.append((slot, slot))  # owner() now finds the new owner first for this slot
+    cluster.ranges[:] = [(slot, slot)] + [r for r in cluster.ranges if r != (slot, slot)]
+    _owners[slot] = target
+
+
+_owners: dict[int, int] = {}
+
+
+def _owner(cluster: Cluster, slot: int) -> int:
+    return _owners.get(slot, cluster.owner(slot))
+
+
+def _start_migration(cluster: Cluster, scope: Scope) -> tuple[int, int, int, list[str]]:
+    slot = key_slot(scope.tag.encode())
+    source = _owner(cluster, slot)
+    target = (source + 1) % MASTERS
+    with cluster.nodes[target].client() as client:
+        client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", _node_id(cluster.nodes[source]))
+    with cluster.nodes[source].client() as client:
+        client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", _node_id(cluster.nodes[target]))
+        keys = sorted(_text(k) for k in client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000))
+    return slot, source, target, keys
+
+
+def test_a_write_during_a_slot_migration_waits_for_it_and_applies_once(cluster: Cluster,
+                                                                       cluster_prefix: str) -> None:
+    gov = redgov.Governance(redgov.connect(cluster.url, prefix=cluster_prefix))
+    try:
+        gov.create("moving")
+        gov.transition("moving", LifecycleState.PENDING_APPROVAL)
+        scope = gov.backplane.core.scope(None, None)
+        slot, source, target, keys = _start_migration(cluster, scope)
+        exp = scope.experiment("moving")
+        first = [exp.history, scope.log]  # these move now: the script's keys are split across two nodes
+        _migrate(cluster, slot, first, source, target)
+
+        def finish_later() -> None:
+            time.sleep(0.8)
+            _migrate(cluster, slot, [k for k in keys if k not in first], source, target)
+            _finish(cluster, slot, target)
+
+        import threading
+
+        mover = threading.Thread(target=finish_later)
+        started = time.monotonic()
+        mover.start()
+        moved = gov.transition("moving", LifecycleState.APPROVED)  # TRYAGAIN until the slot settles
+        mover.join(10)
+        assert time.monotonic() - started >= 0.7
+        assert moved.from_state is LifecycleState.PENDING_APPROVAL
+        history = gov.history("moving")
+        assert [t.to_state for t in history] == [LifecycleState.DRAFT, LifecycleState.PENDING_APPROVAL,
+                                                 LifecycleState.APPROVED]
+        assert gov.state("moving").revision == 3 and gov.verify("moving") == []  # type: ignore[union-attr]
+    finally:
+        gov.close()
+
+
+def test_a_slot_that_never_settles_gives_a_named_error_and_writes_nothing(
+        cluster: Cluster, cluster_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redgov.backplane
+
+    monkeypatch.setattr(redgov.backplane, "SLOT_RETRIES", 3)
+    gov = redgov.Governance(redgov.connect(cluster.url, prefix=cluster_prefix + "-stuck"))
+    try:
+        gov.create("stuck")
+        scope = gov.backplane.core.scope(None, None)
+        slot, source, target, keys = _start_migration(cluster, scope)
+        exp = scope.experiment("stuck")
+        _migrate(cluster, slot, [exp.history], source, target)
+        with pytest.raises(redgov.UnavailableError, match="slot"):
+            gov.transition("stuck", LifecycleState.PENDING_APPROVAL)
+        _migrate(cluster, slot, [k for k in keys if k != exp.history], source, target)
+        _finish(cluster, slot, target)
+        assert [t.to_state for t in gov.history("stuck")] == [LifecycleState.DRAFT]  # nothing was written
+        assert gov.state("stuck").revision == 1  # type: ignore[union-attr]
+        gov.transition("stuck", LifecycleState.PENDING_APPROVAL)  # and it works once the slot settled
+    finally:
+        gov.close()

@@ -88,7 +88,7 @@ def test_sample_11_redis(samples: dict[str, Path], seed_env: None) -> None:
     assert config.url() == "redis://127.0.0.1:6379/0"
     assert config.prefix == "prod:governance:"
     assert config.optimistic_concurrency is True
-    assert config.retain_history is True
+    assert config.retain_history is None  # retainHistory: true keeps every entry
     assert config.export_url is None
     assert config.gates() == [
         AutomaticGate(from_state=S.DRAFT, to_state=S.PENDING_APPROVAL),
@@ -181,6 +181,7 @@ def test_from_config_policies_are_enforced(samples: dict[str, Path], seed_env: N
     text = samples["redis"].read_text().replace("type: redis\n", "type: inMemory\n").replace(
         "      connectionString: ${REDIS_CONNECTION}\n", "")
     with from_config(text) as gov:
+        gov.create("e")
         gov.transition("e", S.PENDING_APPROVAL)
         with pytest.raises(PolicyViolationError):
             gov.transition("e", S.APPROVED, telemetry={"errorRate": 0.5})
@@ -224,6 +225,7 @@ def test_from_config_wraps_a_given_client() -> None:
         assert gov.backplane.client is client
         assert gov.backplane.prefix == "app"
         assert gov.backplane.core.optimistic_concurrency is False
+        gov.create("e")
         with pytest.raises(ApprovalRequiredError):
             gov.transition("e", S.PENDING_APPROVAL)
         gov.approve("e", S.PENDING_APPROVAL, approver="lead")
@@ -244,6 +246,7 @@ def test_from_config_programmatic_config() -> None:
                               persistence=InMemoryPersistenceConfig(key_prefix="p"))
     with from_config(config) as gov:
         assert gov.core.initial_state is S.APPROVED
+        gov.create("e")
         assert gov.transition("e", S.RUNNING).from_state is S.APPROVED
 
 
@@ -599,3 +602,15 @@ def test_config_schema_accepts_the_samples(samples: dict[str, Path]) -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     for key in ("memory", "example"):
         jsonschema.validate(yaml.safe_load(samples[key].read_text()), schema)
+
+
+def test_retain_history_is_true_false_or_a_number_per_experiment() -> None:
+    def retained(value: str) -> int | None:
+        return load_config(f"governance: {{persistence: {{type: inMemory, retainHistory: {value}}}}}").retain_history
+
+    assert retained("true") is None and retained("false") == 10_000 and retained("250") == 250
+    for bad in ("0", "-3", "1.5", "maybe"):
+        with pytest.raises(ConfigError, match=r"retainHistory: expected true, false or a number of entries >= 1"):
+            retained(bad)
+    with from_config("governance: {persistence: {type: inMemory, retainHistory: 25}}") as gov:
+        assert gov.backplane.core.retain_history == 25

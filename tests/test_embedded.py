@@ -244,8 +244,9 @@ def test_two_openers_in_one_process_share_and_release(data_file: Path) -> None:
     pid = server_pid(data_file)
 
     async def main() -> ExperimentState | None:
-        second = redgov.aio.connect(url, prefix="p")
+        second = redgov.aio.connect(url, prefix="p")  # no I/O yet: the first call opens (in a thread)
         try:
+            assert await second.get_state("shared") is None
             assert first.save_state(draft("shared", "sync")).ok
             first.close()  # the asyncio opener still holds the server
             assert running(pid), "closing one opener stopped the server another opener in this process holds"
@@ -393,8 +394,15 @@ def test_bad_redis_server_binary_raises_clearly(kind: str, tmp_path: Path, data_
     message = str(info.value)
     assert str(bad) in message and str(data_file) in message
 
+    async def first_call() -> None:
+        backplane = redgov.aio.connect(url, prefix="p")  # does no I/O: the first call starts the server
+        try:
+            await backplane.get_state("anything")
+        finally:
+            await backplane.close()
+
     with pytest.raises(RedgovError) as async_info:
-        redgov.aio.connect(url, prefix="p")
+        asyncio.run(first_call())
     assert str(bad) in str(async_info.value)
 
     # the failure leaves nothing behind: a good binary opens the same path afterwards

@@ -97,8 +97,20 @@ def test_create_starts_at_initial_state_with_a_history_entry(gov: Governance) ->
         gov.create("exp")
 
 
-def test_transition_without_create_starts_from_initial_state(make: Callable[..., Governance]) -> None:
-    gov = make(initial_state=S.APPROVED)
+def test_writes_to_an_experiment_never_created_are_not_found(make: Callable[..., Governance]) -> None:
+    gov = make(gates=[ManualGate(to_state=S.APPROVED)])
+    for write in (lambda: gov.transition("ghost", S.PENDING_APPROVAL), lambda: gov.transition("ghost", S.RUNNING),
+                  lambda: gov.approve("ghost", S.PENDING_APPROVAL, approver="lead"),
+                  lambda: gov.create_version("ghost", {"a": 1}), lambda: gov.rollback("ghost", 1),
+                  lambda: gov.evaluate_policies("ghost"), lambda: gov.allowed_transitions("ghost")):
+        with pytest.raises(NotFoundError, match="ghost"):
+            write()
+    assert gov.state("ghost") is None and gov.history("ghost") == [] and gov.experiments() == []
+    assert gov.backplane.approvals("ghost") == [] and gov.backplane.versions("ghost") == []
+
+
+def test_auto_create_starts_a_missing_experiment_from_the_initial_state(make: Callable[..., Governance]) -> None:
+    gov = make(initial_state=S.APPROVED, auto_create=True)
     moved = gov.transition("exp", S.RUNNING)
     assert moved.from_state is S.APPROVED
     state = gov.state("exp")
@@ -383,6 +395,7 @@ def test_versions_rollback_and_diff(gov: Governance, backplane: Backplane) -> No
 
 
 def test_config_hash_is_canonical(gov: Governance) -> None:
+    gov.create("x")
     a = gov.create_version("x", {"a": 1, "b": [1, 2]})
     b = gov.create_version("x", {"b": [1, 2], "a": 1})
     assert a.configuration_hash == b.configuration_hash
@@ -429,7 +442,8 @@ def test_idempotent_retry_writes_once(gov: Governance) -> None:
     assert state is not None and state.revision == 2 and len(gov.history("exp")) == 2
     gov.create("other")
     assert gov.transition("other", S.PENDING_APPROVAL, idempotency_key="req-1").experiment == "other"
-    with pytest.raises(ConflictError, match="idempotency key was used for a move to PendingApproval"):
+    with pytest.raises(ConflictError, match="idempotency key was used for a transition to PendingApproval, "
+                                            "not a transition to Draft"):
         gov.transition("exp", S.DRAFT, idempotency_key="req-1")
 
 
@@ -473,7 +487,7 @@ def test_batch_transitions(gov: Governance) -> None:
         (lambda g: g.approve("exp", S.APPROVED, approver=""), "approver"),
         (lambda g: g.create_version("exp", ["not", "a", "dict"]), "configuration must be a mapping"),
         (lambda g: g.rollback("exp", 0), "to_version"),
-        (lambda g: g.create("exp", metadata={"x": object()}), "cannot be encoded"),
+        (lambda g: g.create("exp", metadata={"x": object()}), "cannot be stored"),
     ],
 )
 def test_bad_input_writes_nothing(gov: Governance, call: Callable[[Governance], object], message: str) -> None:
@@ -544,3 +558,24 @@ def test_async_governance_end_to_end(url: str, prefix: str) -> None:
     asyncio.run(body())
 
 
+
+
+def test_a_key_whose_first_call_was_refused_repeats_the_refusal_with_the_stored_evaluations(
+        make: Callable[..., Governance]) -> None:
+    gov = make(policies=[ConflictPrevention("a", "b")])
+    for name in ("a", "b"):
+        gov.create(name, idempotency_key=f"create-{name}")
+        gov.transition(name, S.PENDING_APPROVAL)
+        gov.transition(name, S.APPROVED)
+    gov.transition("a", S.RUNNING)
+    with pytest.raises(PolicyViolationError) as first:
+        gov.transition("b", S.RUNNING, idempotency_key="start-b")
+    stored = gov.backplane.policy_evaluations("b")
+    gov.transition("a", S.PAUSED)  # the conflict is gone, but the key's outcome is final
+    with pytest.raises(PolicyViolationError) as again:
+        gov.transition("b", S.RUNNING, idempotency_key="start-b")
+    assert again.value.evaluations == first.value.evaluations
+    assert [e.evaluation_id for e in again.value.evaluations][-1] == stored[-1].evaluation_id
+    assert gov.backplane.policy_evaluations("b") == stored  # nothing written by the repeat
+    assert gov.state("b").state is S.APPROVED  # type: ignore[union-attr]
+    assert gov.create("a", idempotency_key="create-a").experiment == "a"  # a create repeated: its result

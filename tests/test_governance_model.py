@@ -217,6 +217,7 @@ class GovernanceMachine(RuleBasedStateMachine):
                    AutomaticGate(to_state="PendingApproval")],
             policies=[ErrorRate(0.1), TrafficLimit(50), ConflictPrevention("a", "b")],
             clock=self.clock,
+            auto_create=True,  # the model's experiments exist from the start, in the initial state
         )
         self.model = {x: MExperiment() for x in EXPERIMENTS}
 

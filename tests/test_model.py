@@ -66,7 +66,9 @@ places = st.none() | st.tuples(scopes, experiments)
 lifecycle = st.sampled_from(list(LifecycleState))
 maybe_lifecycle = st.none() | lifecycle
 short_text = st.text(max_size=8)
-maybe_name = st.none() | st.text(min_size=1, max_size=8)
+# names: no control characters, not blank (both refused with a ValidationError)
+maybe_name = st.none() | st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1,
+                                 max_size=8).filter(lambda s: not s.isspace())
 json_scalars = (
     st.none()
     | st.booleans()

@@ -17,7 +17,7 @@ from redgov import (
     StateTransition,
     ValidationError,
 )
-from redgov.core import MAX_RECORD_BYTES
+from redgov.codec import MAX_RECORD_BYTES
 
 
 def nothing_written(bp: Backplane) -> bool:
@@ -30,7 +30,7 @@ def nothing_written(bp: Backplane) -> bool:
         (lambda: ExperimentState(experiment="", state=LifecycleState.DRAFT), "experiment must not be empty"),
         (lambda: ExperimentState(experiment=5, state=LifecycleState.DRAFT), "experiment"),  # type: ignore[arg-type]
         (lambda: ExperimentState(experiment="e", state="Bogus"), "Bogus"),  # type: ignore[arg-type]
-        (lambda: ExperimentState(experiment="e", state=LifecycleState.DRAFT, metadata={"x": object()}), "cannot be encoded"),
+        (lambda: ExperimentState(experiment="e", state=LifecycleState.DRAFT, metadata={"x": object()}), "cannot be stored"),
         (lambda: ExperimentState(experiment="e", state=LifecycleState.DRAFT, last_modified=datetime(2026, 1, 1)), "timezone"),
         (lambda: ExperimentState(experiment="e", state=LifecycleState.DRAFT, tenant=7), "tenant"),  # type: ignore[arg-type]
         (lambda: ExperimentState(experiment="e", state=LifecycleState.DRAFT, last_modified_by=""), "last_modified_by"),

@@ -1,0 +1,66 @@
+--[[ restore_index: index log entries already restored (with their original ids) for one experiment.
+KEYS[1..11] standard keys (lib/common.lua)
+ARGV[1] experiment name
+ARGV[2] the experiment's state as 'field value ...' pairs folded from its entries ('' = none):
+        its fields, '\n'-separated: s, v, t, b, m, e, r (written after the entries)
+ARGV[3..] the experiment's log entry ids, in log order
+Returns: the number of entries indexed
+Errors: REDGOV_CORRUPT <an entry that cannot be indexed>
+]]
+-- @include lib/common.lua
+-- @include lib/history.lua
+-- @include lib/retain.lua
+local experiment, state = ARGV[1], ARGV[2]
+local IDS = 3
+
+-- what each write script does to the indexes, entry by entry (the same functions as the writes)
+for i = IDS, #ARGV do
+  local id = ARGV[i]
+  local found = redis.call('XRANGE', log_key, id, id)[1]
+  if not found then return refuse('CORRUPT', 'log entry ' .. id .. ' of ' .. log_key .. ' is not in the log') end
+  local fields = found[2]
+  local kind, rev = retention().entry_field(fields, 'k'), retention().entry_field(fields, 'rev')
+  local code
+  if kind == 'state' then code = 'S'
+  elseif kind == 'transition' then if rev then code = 'T' else code = 't' end
+  elseif kind == 'approval' then code = 'A'
+  elseif kind == 'policy' then code = 'P'
+  elseif kind == 'version' then if rev then code = 'V' else code = 'v' end
+  else return refuse('CORRUPT', 'log entry ' .. id .. ' of ' .. log_key .. ' has kind ' .. tostring(kind)) end
+  local rec = nil
+  if code == 'A' or code == 'P' or code == 't' or (code == 'T' and retention().entry_field(fields, 'ap')) then
+    local err -- the record is read only where the write scripts used a field of it
+    rec, err = retention().decode_record(id, retention().entry_field(fields, 'r'))
+    if err then return err end
+  end
+  local detail = nil -- what index() needs beside the code: a policy's name, a version's number
+  if code == 'P' then detail = tostring(rec['policy'])
+  elseif code == 'V' or code == 'v' then detail = retention().entry_field(fields, 'v') end
+  hist().index(code, id, detail) -- exactly what the write that made the entry did to these indexes
+  if code == 'A' then
+    local from = retention().entry_field(fields, 'from')
+    if type(rec['transition_id']) == 'string' then
+      hist().link(rec['transition_id'], {id})
+    elseif from then -- approve.lua
+      local to = tostring(rec['to_state'])
+      hist().pend(from, to, id, rec['approved'] == true, redis.call('HEXISTS', state_key, 'p:' .. from .. '>' .. to) == 1)
+    end
+  elseif code == 't' then -- create.lua and append_transition.lua: their transition ids are unique per scope
+    redis.call('HSET', links_key, 'x:' .. tostring(rec['transition_id']), id)
+  elseif code == 'T' then
+    -- transition.lua: approvals of moves out of the state left lapse; a consumed one is linked
+    local from, count = retention().entry_field(fields, 'from'), redis.call('HGET', state_key, 'pn')
+    if from and count and count ~= '0' then hist().lapse(from) end
+    local consumed = retention().entry_field(fields, 'ap')
+    if consumed then
+      hist().consume(consumed, tostring(rec['transition_id']))
+      hist().link(tostring(rec['transition_id']), {consumed})
+    end
+  end
+end
+hist().register(experiment)
+if state ~= '' then
+  local parts = util().split(state, '\n')
+  redis.call('HSET', state_key, unpack(parts))
+end
+return #ARGV - IDS + 1
