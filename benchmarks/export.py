@@ -18,11 +18,13 @@ Throughput table (events/s = log entries / wall-clock seconds, median of
   schema per run): ``redgov.export.export`` of every scope, rows and cursors
   committed every 5,000 entries (target >= 20,000 events/s into SQLite);
 - ``restore`` from each into an empty prefix (``redgov.export.restore``: every
-  entry XADDed with its id, every index rebuilt, one MULTI/EXEC per scope).
+  entry XADDed with its id, every index rebuilt by the ``restore_index`` script,
+  one MULTI/EXEC per scope).
 
 Memory table: ``MEMORY USAGE <log> SAMPLES 0`` of every scope log divided by
-its XLEN (the history itself), and the same for every key of the prefix (the
-log plus the state hashes and the id lists, zsets and hashes that index it).
+its XLEN (the history itself), and the same for every key of the prefix
+(``<prefix>{...``: the log plus the state hashes and the history lists, zsets
+and hashes that index it).
 
 Everything lives under fresh prefixes and schemas that are deleted at the end.
 The exit status is 0 even when a target is missed: this is a report, not a test.
@@ -48,10 +50,10 @@ import redis
 import sqlalchemy as sa
 
 import redgov
-from benchmarks._util import delete_prefix, display_url, environment, format_grid, positive_int, table_dict
+from benchmarks._util import display_url, environment, format_grid, positive_int, table_dict
 from redgov import ErrorRate, LifecycleState, TrafficLimit, TransitionRequest
 from redgov.export import export, restore
-from redgov.keys import Scope
+from redgov.keys import Scope, prefix_pattern
 
 __all__ = ["main", "run"]
 
@@ -105,8 +107,22 @@ def _memory(client: redis.Redis, prefix: str, scopes: Sequence[tuple[str, str]])
     entries = sum(int(client.xlen(k)) for k in logs)
     log_bytes = sum(int(client.memory_usage(k, samples=0) or 0) for k in logs)
     all_bytes = sum(int(client.memory_usage(k, samples=0) or 0)
-                    for k in client.scan_iter(match="{" + prefix + ":*", count=1000))
+                    for k in client.scan_iter(match=prefix_pattern(prefix), count=1000))
     return log_bytes / entries, all_bytes / entries, entries
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> int:
+    """Unlink every key of a redgov prefix (``<prefix>{...``), 500 at a time; the number deleted."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=prefix_pattern(prefix), count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += int(client.unlink(*batch))
+            batch.clear()
+    if batch:
+        deleted += int(client.unlink(*batch))
+    return deleted
 
 
 class _Postgres:

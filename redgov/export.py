@@ -6,23 +6,32 @@ Python API::
     summary = export(backplane, "sqlite:///gov.db")          # every scope of the prefix
     follow(backplane, "sqlite:///gov.db")                     # until SIGINT/SIGTERM or stop.set()
     restore(other_backplane, "sqlite:///gov.db")              # into an empty prefix
-    trim(backplane, "sqlite:///gov.db")                       # XTRIM each log up to its cursor
+    trim(backplane, "sqlite:///gov.db")                       # each experiment's exported history
 
-Every scope of the backplane's prefix is found by ``SCAN MATCH {<prefix>:*:*}:log``
-(on a Cluster ``scan_iter`` covers every primary). Each scope's log is read after
-its cursor with XRANGE (snapshot) or XREAD BLOCK (follow) and written in batches;
-a batch's rows and the cursors it advances are ONE SQL transaction (see
-``sqlwrite``), so re-running adds nothing and an interrupted run resumes.
+Every scope of the backplane's prefix is found by ``SCAN MATCH <prefix>{*:*}:log``
+(``keys.scope_pattern``; on a Cluster ``scan_iter`` covers every primary). Each
+scope's log is read after its cursor with XRANGE (snapshot) or XREAD BLOCK
+(follow) and copied verbatim, entry by entry, in batches; a batch's rows and
+the cursors it advances are ONE SQL transaction (see ``sqlwrite``), so
+re-running adds nothing and an interrupted run resumes.
+
+Trimming is per experiment, like retention (``retain_history``): for each
+experiment of a scope (its ``index`` sorted set, read in pages) the ``trim``
+script removes the entries up to the scope's exported cursor, with everything
+that indexes them, and folds the state writes it removes into the experiment's
+retention base, so ``replay``/``verify`` still hold and ``SqlArchive`` reads the
+removed history back. An entry after the cursor (not exported) is never removed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -32,9 +41,12 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .backplane import Backplane
-from .govcore import _streams
-from .keys import parse_log_key, scope_pattern
-from .restore import RestoreSummary, restore
+from .codec import text
+from .core import Call
+from .errors import CorruptDataError
+from .events import streams as _streams
+from .keys import Scope, parse_log_key, scope_pattern
+from .restore import RestoreSummary, redis_refusals, restore
 from .sqlcopy import ScopeRow, SqlArchive, SqlCopy, SqlCopyError, progress_bar
 from .sqlschema import join_id, split_id
 from .sqlwrite import Batch, CursorMoved, Writer
@@ -50,6 +62,13 @@ BLOCK_MS = 500
 REDISCOVER_S = 5.0
 #: most scope logs read by one XREAD (more are polled)
 XREAD_STREAMS = 1000
+#: entries asked of one trim script call (it removes at most TRIM_MOST of lua/lib/retain.lua, read from
+#: the script when lower): a call that removes fewer has removed everything up to the cut
+TRIM_BATCH = 64
+_TRIM_MOST = re.compile(r"^local TRIM_MOST = (\d+)", re.MULTILINE)
+#: experiment names read per ZRANGEBYLEX page of a scope index (and trimmed per pipelined round)
+INDEX_PAGE = 200
+_MAX_SEQ = 2**53 - 1
 
 
 @dataclass(slots=True)
@@ -70,41 +89,43 @@ class ExportSummary:
     warnings: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        text = (f"exported {self.entries:,} new entries of {self.scopes:,} scope(s) ({self.experiments:,} "
-                f"experiment states) to {self.url} in {self.seconds:.2f} s ({self.rate:,.0f} entries/s)")
+        """The one-line summary the command line prints."""
+        out = (f"exported {self.entries:,} new entries of {self.scopes:,} scope(s) ({self.experiments:,} "
+               f"experiment states) to {self.url} in {self.seconds:.2f} s ({self.rate:,.0f} entries/s)")
         if self.trimmed:
-            text += f"; trimmed {self.trimmed:,} exported entries from Redis"
+            out += f"; trimmed {self.trimmed:,} exported entries from Redis"
         if self.stopped_by:
-            text += f"; stopped by {self.stopped_by}"
-        return text
+            out += f"; stopped by {self.stopped_by}"
+        return out
 
 
 @dataclass(slots=True)
 class TrimSummary:
+    """What a trim did: entries removed from Redis, and those left in the scope logs."""
+
     url: str
     prefix: str
     scopes: int = 0
+    experiments: int = 0
     trimmed: int = 0
     remaining: int = 0
 
     def line(self) -> str:
-        return (f"trimmed {self.trimmed:,} exported entries from {self.scopes:,} scope log(s) of prefix "
-                f"{self.prefix!r}; {self.remaining:,} entries remain in Redis")
+        """The one-line summary the command line prints."""
+        return (f"trimmed {self.trimmed:,} exported entries of {self.experiments:,} experiment(s) from "
+                f"{self.scopes:,} scope log(s) of prefix {self.prefix!r}; {self.remaining:,} entries remain "
+                "in Redis")
 
 
 def _is_cluster(client: Any) -> bool:
     return type(client).__name__ == "RedisCluster"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
 def discover(client: Any, prefix: str) -> list[str]:
     """The log key of every scope of prefix (SCAN; every primary of a Cluster)."""
     found = set()
     for raw in client.scan_iter(match=scope_pattern(prefix), count=1000, _type="STREAM"):
-        key = _text(raw)
+        key = text(raw)
         try:
             if parse_log_key(key)[0] == prefix:
                 found.add(key)
@@ -113,14 +134,100 @@ def discover(client: Any, prefix: str) -> list[str]:
     return sorted(found)
 
 
-def trim_log(client: Any, row: ScopeRow, keep_ms: int, now_ms: int | None) -> int:
-    """XTRIM MINID a scope log up to its exported cursor (never beyond), keeping entries newer than keep_ms."""
+# -- trimming ----------------------------------------------------------------------------
+
+
+def trim_cut(row: ScopeRow, keep_ms: int = 0, now_ms: int | None = None) -> str | None:
+    """The id up to which a scope's entries may be removed (None: none may): its exported cursor, or
+    with ``keep_ms`` the last id older than that many ms before ``now_ms`` when that is lower."""
     if row.last_ms == 0 and row.last_seq == 0:
-        return 0
-    cut = (row.last_ms, row.last_seq + 1)  # MINID removes ids < cut: exactly the exported ones
+        return None
+    cut = (row.last_ms, row.last_seq)
     if keep_ms > 0 and now_ms is not None:
-        cut = min(cut, (max(0, now_ms - keep_ms), 0))
-    return int(client.xtrim(row.log_key, minid=join_id(*cut), approximate=False))
+        if now_ms - keep_ms - 1 < 0:
+            return None
+        cut = min(cut, (now_ms - keep_ms - 1, _MAX_SEQ))
+    return join_id(*cut)
+
+
+def trim_batch(backplane: Backplane) -> int:
+    """The entries one trim script call is asked to remove: TRIM_BATCH, or the script's own limit if lower."""
+    found = _TRIM_MOST.search(backplane.core.specs["trim"].text)
+    return TRIM_BATCH if found is None else max(1, min(TRIM_BATCH, int(found.group(1))))
+
+
+def trim_call(backplane: Backplane, scope: Scope, experiment: str, cut: str,
+              most: int = TRIM_BATCH) -> Call[tuple[int, int]]:
+    """One call of the trim script: removes up to ``most`` of the experiment's entries at or below cut.
+
+    The standard keys with an ops bucket of the scope after the history key (as ``Core.write`` orders
+    them; the trim script does not dedupe). Returns (entries removed, entries left in its history).
+    """
+    exp = scope.experiment(experiment)
+    keys = exp.standard[:3] + (scope.ops(),) + exp.standard[3:]
+    backplane.core.specs["trim"].check_keys(len(keys))
+
+    def parse(reply: Any) -> tuple[int, int]:
+        try:
+            return int(reply[0]), int(reply[1])
+        except (IndexError, TypeError, ValueError) as exc:
+            raise CorruptDataError(f"trim of {exp.history}: unexpected reply {reply!r}: {exc!r}") from None
+
+    return Call(keys, (cut, most), parse, "trim", state_key=exp.state, scope=scope)
+
+
+def scope_experiments(backplane: Backplane, scope: Scope, page: int = INDEX_PAGE) -> Iterator[list[str]]:
+    """The names in a scope's index, page by page (ZRANGEBYLEX: no keyspace scan)."""
+    after = "-"
+    while True:
+        raw = backplane.client.zrangebylex(scope.index, after, "+", start=0, num=page)
+        names = [text(n) for n in raw]
+        if names:
+            yield names
+        if len(names) < page:
+            return
+        after = "(" + names[-1]
+
+
+def trim_experiments(backplane: Backplane, scope: Scope, names: Iterable[str], cut: str) -> int:
+    """Remove the given experiments' entries at or below cut (all of them, ``trim_batch`` per call, the
+    calls of a round pipelined); returns the number removed."""
+    pending = list(names)
+    most = trim_batch(backplane)
+    removed = 0
+    while pending:
+        results = backplane.run_many([trim_call(backplane, scope, name, cut, most) for name in pending])
+        again = []
+        for name, result in zip(pending, results):
+            if isinstance(result, BaseException):
+                raise result
+            count, _left = result
+            removed += count
+            if count >= most:
+                again.append(name)
+        pending = again
+    return removed
+
+
+def trim_scope(backplane: Backplane, row: ScopeRow, cut: str | None,
+               names: Iterable[str] | None = None) -> tuple[int, int]:
+    """Trim one scope (every experiment of its index, or only ``names``) up to cut.
+
+    Returns (entries removed, experiments looked at).
+    """
+    if cut is None:
+        return 0, 0
+    scope = backplane.core.scope(row.tenant, row.environment)
+    if scope.log != row.log_key:  # pragma: no cover - the copy's scopes of this prefix are read
+        raise SqlCopyError(f"{row.log_key} is not a scope log of prefix {backplane.prefix!r}")
+    removed = seen = 0
+    pages: Iterable[list[str]] = scope_experiments(backplane, scope) if names is None else [sorted(names)]
+    for page in pages:
+        for start in range(0, len(page), INDEX_PAGE):
+            chunk = page[start:start + INDEX_PAGE]
+            removed += trim_experiments(backplane, scope, chunk, cut)
+            seen += len(chunk)
+    return removed, seen
 
 
 def _server_ms(client: Any) -> int:
@@ -135,6 +242,7 @@ class Exporter:
                  keep: timedelta = timedelta(0), progress: bool = False, mode: str = "snapshot") -> None:
         if chunk < 1:
             raise SqlCopyError(f"chunk must be >= 1, got {chunk}")
+        self.backplane = backplane
         self.client = backplane.client
         self.prefix = backplane.prefix
         self.copy = copy
@@ -176,11 +284,18 @@ class Exporter:
         self.summary.experiments = len(self._experiments)
         if self.bar is not None:
             self.bar.update(done.entries)
-        if self.trim:
+        if self.trim and self.summary.mode == "follow":  # a snapshot trims every scope once, at its end
             now_ms = _server_ms(self.client) if self.keep_ms else None
-            for part in batch.parts.values():
-                self.summary.trimmed += trim_log(self.client, part.row, self.keep_ms, now_ms)
+            for scope_id, part in batch.parts.items():
+                cut = trim_cut(part.row, self.keep_ms, now_ms)
+                self.summary.trimmed += trim_scope(self.backplane, part.row, cut, batch.touched.get(scope_id, ()))[0]
         return True
+
+    def trim_all(self) -> None:
+        """Trim every known scope up to its cursor (every experiment of its index)."""
+        now_ms = _server_ms(self.client) if self.keep_ms else None
+        for row in sorted(self.known.values(), key=lambda r: r.log_key):
+            self.summary.trimmed += trim_scope(self.backplane, row, trim_cut(row, self.keep_ms, now_ms))[0]
 
     def _read(self, row: ScopeRow) -> Any:
         return self.client.xrange(row.log_key, min="(" + row.cursor, max="+", count=self.chunk)
@@ -227,7 +342,7 @@ class Exporter:
             info = self._info(row.log_key)
             if info is None:  # gone meanwhile
                 continue
-            ends[row.log_key] = _text(info["last-generated-id"])
+            ends[row.log_key] = text(info["last-generated-id"])
             self._gap(row, info)
             added = info.get("entries-added")
             total += max(0, int(added) - row.entries) if added is not None else int(info.get("length", 0))
@@ -246,10 +361,10 @@ class Exporter:
         first = info.get("first-entry")
         length, added = int(info.get("length", 0)), info.get("entries-added")
         missing = 0
-        if added is not None and (not first or split_id(_text(first[0])) > cursor):
+        if added is not None and (not first or split_id(text(first[0])) > cursor):
             missing = int(added) - row.entries - length
         deleted = info.get("max-deleted-entry-id")
-        if missing <= 0 and deleted is not None and split_id(_text(deleted)) > cursor:
+        if missing <= 0 and deleted is not None and split_id(text(deleted)) > cursor:
             missing = 1
         if missing > 0 and self._gaps.get(row.log_key) != (row.entries, missing):
             self._gaps[row.log_key] = (row.entries, missing)
@@ -258,6 +373,7 @@ class Exporter:
                 f"they were exported (retain_history, XTRIM or XDEL; about {missing:,}): the copy misses them")
 
     def check_gaps(self) -> None:
+        """Warn about entries removed from Redis before they were exported, in every known scope."""
         rows = list(self.known.values())
         if _is_cluster(self.client):
             infos = [self._info(r.log_key) for r in rows]
@@ -305,12 +421,13 @@ class Exporter:
                 per_stream = max(10, self.chunk // len(rows))
                 reply = self.client.xread({r.log_key: r.cursor for r in rows}, count=per_stream, block=block_ms)
                 for stream, items in _streams(reply):
-                    found = self.known.get(_text(stream))
+                    found = self.known.get(text(stream))
                     if found is not None:
                         batch.add(found, items)
             self.commit(batch)
 
     def finish(self) -> ExportSummary:
+        """Close the progress bar; the summary with its time and rate."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -325,13 +442,17 @@ def export(backplane: Backplane, url: str, *, progress: bool = True, chunk: int 
     """Copy every scope's history (and the experiments' current states) of the backplane's prefix to url.
 
     Idempotent: entries up to each scope's cursor are skipped, so re-running adds
-    nothing and an interrupted run resumes. ``trim=True`` then trims each log up to
-    its cursor (keeping entries newer than ``keep``).
+    nothing and an interrupted run resumes. ``trim=True`` then removes from Redis
+    every experiment's entries up to its scope's cursor (keeping entries newer than
+    ``keep``), as ``trim`` does.
     """
     with SqlCopy(url, create=True) as copy:
         exporter = Exporter(backplane, copy, chunk=chunk, trim=trim, keep=keep, progress=progress)
         try:
-            exporter.snapshot()
+            with redis_refusals(f"exporting prefix {backplane.prefix!r}"):
+                exporter.snapshot()
+                if trim:
+                    exporter.trim_all()
         finally:
             summary = exporter.finish()
     return summary
@@ -364,6 +485,7 @@ def follow(backplane: Backplane, url: str, *, progress: bool = True, chunk: int 
 
     At-least-once reads from Redis, exactly-once rows in SQL: each batch's rows and
     cursors commit together. New scopes are picked up every ``rediscover`` seconds.
+    ``trim=True`` trims, after each batch, the experiments the batch holds entries of.
     """
     event = stop if stop is not None else threading.Event()
     with SqlCopy(url, create=True) as copy:
@@ -374,7 +496,7 @@ def follow(backplane: Backplane, url: str, *, progress: bool = True, chunk: int 
 
         guard = _stop_on_signals(event, stopped_by) if handle_signals else nullcontext()
         try:
-            with guard:
+            with guard, redis_refusals(f"exporting prefix {backplane.prefix!r}"):
                 exporter.follow(event, block_ms=block_ms, rediscover=rediscover)
         except KeyboardInterrupt:
             exporter.summary.stopped_by = "KeyboardInterrupt"
@@ -386,23 +508,28 @@ def follow(backplane: Backplane, url: str, *, progress: bool = True, chunk: int 
 
 
 def trim(backplane: Backplane, url: str, *, keep: timedelta = timedelta(0)) -> TrimSummary:
-    """Trim each scope log of the backplane's prefix up to (never beyond) its exported cursor.
+    """Remove from Redis each experiment's entries up to (never beyond) its scope's exported cursor.
 
-    ``keep`` spares entries newer than that (e.g. the 24 h idempotency window, whose
-    replays read the log).
+    For every scope of the backplane's prefix in the copy, every experiment of the
+    scope's index is trimmed by the ``trim`` script, repeatedly until it removes
+    fewer entries than asked; the entries left in each scope log are counted.
+    ``keep`` spares entries newer than that (by the server's clock).
     """
     with SqlCopy(url, create=False) as copy:
         rows = copy.scopes(backplane.prefix)
     client = backplane.client
     summary = TrimSummary(url=copy.url, prefix=backplane.prefix)
     keep_ms = int(keep.total_seconds() * 1000)
-    now_ms = _server_ms(client) if keep_ms else None
-    for row in rows:
-        if not client.exists(row.log_key):
-            continue
-        summary.scopes += 1
-        summary.trimmed += trim_log(client, row, keep_ms, now_ms)
-        summary.remaining += int(client.xlen(row.log_key))
+    with redis_refusals(f"trimming prefix {backplane.prefix!r}"):
+        now_ms = _server_ms(client) if keep_ms else None
+        for row in rows:
+            if not client.exists(row.log_key):
+                continue
+            summary.scopes += 1
+            removed, seen = trim_scope(backplane, row, trim_cut(row, keep_ms, now_ms))
+            summary.trimmed += removed
+            summary.experiments += seen
+            summary.remaining += int(client.xlen(row.log_key))
     return summary
 
 

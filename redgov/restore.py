@@ -1,48 +1,58 @@
 """Restore: rebuild Redis from a SQL copy, every scope all-or-nothing.
 
-Each scope's entries are XADDed with their original ids and fields, and every
-index the scripts maintain is rebuilt by replaying, in log order, what each
-script does to it (see ``ScopeRebuild.add``): the state hash and the scope
-index from the fold of the state-writing entries (``core.fold_states``), the
-``states``/``transitions``/``approvals``/``policies`` id lists, the ``versions``
-zset, the ``policy`` latest hash, the ``tid`` hash, the ``tr:<tid>:approvals``
-lists, ``links`` (from each transition's ``ap``) and ``pending`` (approvals
-recorded by ``approve`` since the experiment's last ``transition``, less those
-withdrawn by a later rejection of the same move). Idempotency keys are not restored: they are
-a 24 h replay cache, not history.
+For each scope of the copy, every entry is XADDed to the scope log with its
+original id and fields, in log order; then the entries of each experiment are
+indexed by the ``restore_index`` script (``lua/restore_index.lua``), which does
+to the indexes, entry by entry, what the write scripts do: the history list,
+the approvals and policies lists, the versions zset, the latest-evaluation
+hash, the links hash, the pending approvals and the scope index. The state
+hash is written by the same call from the fold of the experiment's
+state-writing entries (``codec.fold_states``, done here in Python). A long
+history is indexed by several calls of at most ``INDEX_CHUNK`` entries, the
+state written by the last. Idempotency keys, leases and the re-send dedupe
+buckets are not restored: they are short-lived caches, not history.
 
-One scope is one MULTI/EXEC (its keys share one hash slot, so this holds on a
-Cluster too), under WATCH of its log: a failure or a concurrent write to the
-scope leaves nothing of it written.
+On a single server a scope is one MULTI/EXEC under WATCH of its log (redis-py
+loads the script before MULTI, so the script calls are queued with the XADDs):
+a failure, or a write to the scope meanwhile, leaves nothing of it written.
+On a Redis Cluster, whose pipelines cannot queue scripts, a scope's XADDs are
+sent first, then its script calls one by one: that is NOT atomic, and a
+failure midway deletes what was written of the scope before raising.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import WatchError
+import msgspec
+from redis.commands.core import Script
+from redis.exceptions import ResponseError, WatchError
 
 from .backplane import Backplane
-from .core import Entry, decode_fields, fold_states, to_micros
-from .keys import Scope, encode_part
-from .records import ENCODER, ApprovalRecord, ConfigurationVersion, PolicyEvaluation, StateTransition
+from .codec import Entry, decode_fields, fold_states, text, to_micros
+from .errors import CorruptDataError, RedgovError, map_reply_error
+from .keys import Scope, glob_escape, prefix_pattern
+from .records import DECODERS, ENCODER, ExperimentState
 from .sqlcopy import ScopeRow, SqlCopy, SqlCopyError, progress_bar
+from .sqlwrite import with_name
 
-__all__ = ["RestoreSummary", "ScopeRebuild", "restore"]
+__all__ = ["INDEX_CHUNK", "IndexCall", "RestoreSummary", "ScopeRebuild", "redis_refusals", "restore"]
 
-_GLOB = frozenset("*?[]\\")
-_ARGS_PER_COMMAND = 1000
-
-
-def glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in _GLOB else c for c in text)
+#: entry ids indexed by one restore_index call at most
+INDEX_CHUNK = 500
+#: commands sent per pipeline flush on a Cluster
+_CLUSTER_FLUSH = 1000
+#: the transition create.lua writes beside the state snapshot (restore_index.lua: '+<id>')
+_SCRIPT = "restore_index"
 
 
 @dataclass(slots=True)
 class RestoreSummary:
+    """What a restore did."""
+
     url: str
     prefix: str
     source_prefix: str
@@ -54,6 +64,7 @@ class RestoreSummary:
     rate: float = 0.0
 
     def line(self) -> str:
+        """The one-line summary the command line prints."""
         source = "" if self.source_prefix == self.prefix else f" (copied from prefix {self.source_prefix!r})"
         text = (f"restored {self.entries:,} entries of {self.scopes:,} scope(s) ({self.experiments:,} experiments) "
                 f"into prefix {self.prefix!r}{source} from {self.url} in {self.seconds:.2f} s "
@@ -63,106 +74,95 @@ class RestoreSummary:
         return text
 
 
+@dataclass(frozen=True, slots=True)
+class IndexCall:
+    """One ``restore_index`` call: the experiment's standard keys and the script's arguments."""
+
+    experiment: str
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+
 @dataclass(slots=True)
 class _Experiment:
+    ids: list[str] = field(default_factory=list)
     writes: list[Entry] = field(default_factory=list)
-    states: list[str] = field(default_factory=list)
-    transitions: list[str] = field(default_factory=list)
-    approvals: list[str] = field(default_factory=list)
-    policies: list[str] = field(default_factory=list)
-    versions: dict[str, int] = field(default_factory=dict)
-    policy: dict[str, str] = field(default_factory=dict)
-    pending: dict[str, str] = field(default_factory=dict)
-    links: dict[str, str] = field(default_factory=dict)
 
 
 class ScopeRebuild:
-    """The Redis commands that recreate one scope from its entries (given in log order)."""
+    """The Redis commands (and ``restore_index`` calls) that recreate one scope from its entries.
+
+    ``add`` takes the entries in log order; each is decoded completely first, so an
+    entry the scripts could not index is refused (CorruptDataError) before anything
+    of the scope is sent.
+    """
 
     def __init__(self, target: Scope, source_log: str) -> None:
         self.target = target
         self.source_log = source_log
         self.xadds: list[tuple[Any, ...]] = []
         self.experiments: dict[str, _Experiment] = {}
-        self.tids: dict[str, str] = {}
-        self.linked: dict[str, list[str]] = {}
 
-    def add(self, entry_id: str, fields: dict[str, bytes]) -> None:
-        entry = decode_fields(entry_id, fields, self.source_log)
+    def add(self, entry_id: str, fields: Mapping[str, bytes]) -> None:
+        """One entry of the scope (the next in log order), as stream fields."""
+        try:
+            kind, name = text(fields["k"]), text(fields["x"])
+        except (KeyError, UnicodeDecodeError) as exc:
+            raise CorruptDataError(f"log entry {entry_id} of {self.source_log} cannot be decoded: {exc!r}") from None
+        entry: Entry | None = None
+        if "rev" in fields:
+            entry = decode_fields(entry_id, fields, self.source_log)  # a state write: folded below
+        else:
+            _check(entry_id, kind, fields, self.source_log)
+        if kind == "version" and not fields.get("v", b"").isdigit():
+            raise CorruptDataError(f"log entry {entry_id} of {self.source_log} is a version without a number (v)")
         flat: list[Any] = ["XADD", self.target.log, entry_id]
-        for name, value in fields.items():
-            flat += [name, value]
+        for field_name, value in fields.items():
+            flat += [field_name, value]
         self.xadds.append(tuple(flat))
-        x = self.experiments.get(entry.experiment)
+        x = self.experiments.get(name)
         if x is None:
-            x = self.experiments[entry.experiment] = _Experiment()
-        record = entry.record
-        if entry.revision:
-            x.states.append(entry_id)
+            x = self.experiments[name] = _Experiment()
+        if entry is not None and "rev" in fields:
             x.writes.append(entry)
-        if isinstance(record, StateTransition):
-            x.transitions.append(entry_id)
-            self.tids[record.transition_id] = entry_id
-            if "rev" in fields:  # transition.lua: approvals of moves out of the state left lapse
-                x.pending.clear()
-            consumed = fields.get("ap")
-            if consumed is not None:  # transition.lua: the manual approval it used
-                approval = consumed.decode()
-                x.links[approval] = record.transition_id
-                self.linked.setdefault(record.transition_id, []).append(approval)
-        elif isinstance(record, ApprovalRecord):
-            x.approvals.append(entry_id)
-            if record.transition_id is not None:  # append_approval linked, or a role gate in transition.lua
-                self.linked.setdefault(record.transition_id, []).append(entry_id)
-            elif "from" in fields:  # approve.lua: records or withdraws a pending approval of the move
-                move = f"{fields['from'].decode()}>{record.to_state.value}"
-                if record.approved:
-                    x.pending[move] = entry_id
-                else:
-                    x.pending.pop(move, None)
-        elif isinstance(record, ConfigurationVersion):
-            x.versions[entry_id] = record.version
-        elif isinstance(record, PolicyEvaluation):
-            x.policies.append(entry_id)
-            x.policy[record.policy] = entry_id
+        x.ids.append(entry_id)
 
-    def commands(self) -> Iterator[tuple[Any, ...]]:
+    def state(self, name: str) -> ExperimentState | None:
+        """The experiment's current state, folded from its state-writing entries (None: it has none)."""
+        x = self.experiments[name]
+        if not x.writes:
+            return None
+        return fold_states(x.writes, name, self.target.tenant, self.target.environment)[-1]
+
+    def commands(self) -> Iterator[tuple[Any, ...] | IndexCall]:
+        """Every XADD (in log order), then each experiment's ``restore_index`` calls."""
         yield from self.xadds
-        index: dict[str, str] = {}
+        ops = self.target.ops()
         for name, x in self.experiments.items():
-            keys = self.target.experiment(name)
-            for key, ids in ((keys.states, x.states), (keys.transitions, x.transitions),
-                             (keys.approvals, x.approvals), (keys.policies, x.policies)):
-                yield from _chunked("RPUSH", key, ids)
-            if x.versions:
-                pairs = [v for entry_id, number in x.versions.items() for v in (number, entry_id)]
-                yield from _chunked("ZADD", keys.versions, pairs, 2)
-            for key, mapping in ((keys.policy_latest, x.policy), (keys.pending, x.pending), (keys.links, x.links)):
-                yield from _hset(key, mapping)
-            if x.writes:
-                state = fold_states(x.writes, name, self.target.tenant, self.target.environment)[-1]
-                fields: dict[str, Any] = {"s": state.state.value, "v": state.config_version,
-                                          "t": to_micros(state.last_modified), "m": ENCODER.encode(state.metadata),
-                                          "e": state.etag, "r": state.revision}
-                if state.last_modified_by:
-                    fields["b"] = state.last_modified_by
-                yield from _hset(keys.state, fields)
-                index[name] = state.state.value
-        yield from _hset(self.target.tids, self.tids)
-        yield from _hset(self.target.index, index)
-        for tid, ids in self.linked.items():
-            yield from _chunked("RPUSH", self.target.transition_approvals(tid), ids)
+            keys = self.target.experiment(name).standard
+            keys = keys[:3] + (ops,) + keys[3:]
+            state = self.state(name)
+            state_text = "" if state is None else _state_text(state)
+            for start in range(0, len(x.ids), INDEX_CHUNK):
+                last = start + INDEX_CHUNK >= len(x.ids)
+                yield IndexCall(name, keys, (name, state_text if last else "", *x.ids[start:start + INDEX_CHUNK]))
 
 
-def _chunked(command: str, key: str, values: list[Any], step: int = 1) -> Iterator[tuple[Any, ...]]:
-    size = _ARGS_PER_COMMAND - _ARGS_PER_COMMAND % step
-    for start in range(0, len(values), size):
-        yield (command, key, *values[start:start + size])
+def _check(entry_id: str, kind: str, fields: Mapping[str, bytes], log_key: str) -> None:
+    """An entry restore_index can index: a known kind and a record its decoder accepts."""
+    try:
+        DECODERS[kind].decode(with_name(fields["x"], fields["r"]))
+    except (KeyError, ValueError, msgspec.DecodeError) as exc:
+        raise CorruptDataError(f"log entry {entry_id} of {log_key} cannot be decoded: {exc!r}") from None
 
 
-def _hset(key: str, mapping: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
-    pairs = [v for item in mapping.items() for v in item]
-    yield from _chunked("HSET", key, pairs, 2)
+def _state_text(state: ExperimentState) -> str:
+    """The state hash fields restore_index writes ('\\n'-separated pairs; names and JSON hold no newline)."""
+    parts = ["s", state.state.value, "v", str(state.config_version), "t", str(to_micros(state.last_modified))]
+    if state.last_modified_by:
+        parts += ["b", state.last_modified_by]
+    parts += ["m", ENCODER.encode(state.metadata).decode("utf-8"), "e", state.etag, "r", str(state.revision)]
+    return "\n".join(parts)
 
 
 def _choose_prefix(rows: list[ScopeRow], wanted: str | None, target: str, url: str) -> str:
@@ -182,29 +182,38 @@ def _choose_prefix(rows: list[ScopeRow], wanted: str | None, target: str, url: s
                        "say which to restore (source_prefix=..., --source-prefix)")
 
 
+def _is_cluster(client: Any) -> bool:
+    return type(client).__name__ == "RedisCluster"
+
+
 def restore(backplane: Backplane, url: str, *, force: bool = False, progress: bool = True,
             source_prefix: str | None = None) -> RestoreSummary:
     """Rebuild the scopes of a SQL copy into the backplane's prefix.
 
     The copy's scopes of ``source_prefix`` (default: the backplane's prefix if the copy
-    has it, else the copy's only prefix) are restored under the backplane's prefix.
-    A non-empty target prefix is refused unless ``force``, which replaces the keys of
-    each restored scope (keys of other scopes stay). Each scope is written by one
-    MULTI/EXEC, so a failure leaves nothing of that scope written.
+    has it, else the copy's only prefix) are restored under the backplane's prefix,
+    with their original entry ids and every index. A non-empty target prefix is
+    refused unless ``force``, which replaces the keys of each restored scope (keys of
+    other scopes stay). On a single server each scope is one MULTI/EXEC, so a failure
+    leaves nothing of that scope written (on a Cluster, see the module docstring).
+    Raises SqlCopyError (the copy cannot be used, the target is not empty, a scope was
+    written to meanwhile), CorruptDataError (an entry in the copy cannot be decoded).
     """
     started = time.perf_counter()
     client = backplane.client
     target = backplane.prefix
+    script = client.register_script(backplane.core.specs[_SCRIPT].text)
     with SqlCopy(url, create=False) as copy:
         chosen = _choose_prefix(copy.scopes(), source_prefix, target, copy.url)
-        rows = [r for r in copy.scopes(chosen)]
+        rows = copy.scopes(chosen)
         summary = RestoreSummary(url=copy.url, prefix=target, source_prefix=chosen)
         if not force:
-            for key in client.scan_iter(match=glob_escape("{" + encode_part(target) + ":") + "*", count=1000):
-                shown = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else str(key)
-                raise SqlCopyError(f"the restore target prefix {target!r} is not empty (it has {shown}, ...): "
-                                   "restore into an empty prefix, or pass force=True (--force) to replace "
-                                   "the scopes the copy holds")
+            with redis_refusals(f"restoring into prefix {target!r}"):
+                for key in client.scan_iter(match=prefix_pattern(target), count=1000):
+                    shown = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else str(key)
+                    raise SqlCopyError(f"the restore target prefix {target!r} is not empty (it has {shown}, ...): "
+                                       "restore into an empty prefix, or pass force=True (--force) to replace "
+                                       "the scopes the copy holds")
         total = copy.count_entries([r.scope_id for r in rows])
         bar = progress_bar(progress, total, "restore")
         try:
@@ -217,7 +226,12 @@ def restore(backplane: Backplane, url: str, *, force: bool = False, progress: bo
                     count += 1
                 if not count:
                     continue
-                summary.replaced_keys += _write_scope(client, scope, rebuild, force)
+                with redis_refusals(f"restoring scope {scope!r}"):
+                    if _is_cluster(client):
+                        replaced = _write_scope_cluster(client, script, scope, rebuild, force)
+                    else:
+                        replaced = _write_scope(client, script, scope, rebuild, force)
+                summary.replaced_keys += replaced
                 summary.scopes += 1
                 summary.entries += count
                 summary.experiments += len(rebuild.experiments)
@@ -231,23 +245,112 @@ def restore(backplane: Backplane, url: str, *, force: bool = False, progress: bo
     return summary
 
 
-def _write_scope(client: Any, scope: Scope, rebuild: ScopeRebuild, force: bool) -> int:
+class redis_refusals:  # noqa: N801 - used as a context manager, like contextlib's
+    """Server error replies as redgov errors (ACL refusals, wrong types, ...) or a SqlCopyError naming
+    ``what``, so no bare redis ResponseError reaches a user of the SQL copy commands."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, ResponseError):
+            mapped = map_reply_error(exc)
+            if isinstance(mapped, RedgovError):
+                raise mapped from exc
+            raise SqlCopyError(f"{self.what}: the server refused: {exc}") from exc
+
+
+def _scope_keys(client: Any, scope: Scope) -> list[Any]:
+    return list(client.scan_iter(match=glob_escape(scope.tag) + ":*", count=1000))
+
+
+def _written_to(scope: Scope) -> SqlCopyError:
+    return SqlCopyError(f"scope {scope!r} was written to during the restore; nothing of it was restored "
+                        "(run restore again)")
+
+
+def _write_scope(client: Any, script: Script, scope: Scope, rebuild: ScopeRebuild, force: bool) -> int:
     """One MULTI/EXEC under WATCH of the scope log; returns the number of keys it replaced."""
     with client.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(scope.log)  # first: any script writing to the scope from now on aborts the EXEC
             existing: list[Any] = []
             if force:
-                existing = list(client.scan_iter(match=glob_escape(scope.tag) + ":*", count=1000))
+                existing = _scope_keys(client, scope)
             elif client.exists(scope.log):  # every write appends to the log: written since the emptiness check
-                raise SqlCopyError(f"scope {scope!r} was written to during the restore; nothing of it was restored")
+                raise _written_to(scope)
             pipe.multi()
             for start in range(0, len(existing), 500):
                 pipe.execute_command("DEL", *existing[start:start + 500])
-            for command in rebuild.commands():
-                pipe.execute_command(*command)
-            pipe.execute()
+            for step in rebuild.commands():
+                if isinstance(step, IndexCall):
+                    script(keys=step.keys, args=step.args, client=pipe)
+                else:
+                    pipe.execute_command(*step)
+            replies = pipe.execute(raise_on_error=False)
         except WatchError:
-            raise SqlCopyError(f"scope {scope!r} was written to during the restore; nothing of it was "
-                               "restored (run restore again)") from None
+            raise _written_to(scope) from None
+    failed = next((r for r in replies if isinstance(r, Exception)), None)
+    if failed is not None:  # validated before sending, so this is the server refusing (memory, ...)
+        _undo(client, scope)
+        raise _refused(scope, failed, force)
     return len(existing)
+
+
+def _write_scope_cluster(client: Any, script: Script, scope: Scope, rebuild: ScopeRebuild, force: bool) -> int:
+    """The XADDs in pipelined batches, then the script calls one by one (not atomic: a Cluster pipeline
+    cannot queue scripts); a failure deletes what was written of the scope."""
+    if not force and client.exists(scope.log):
+        raise _written_to(scope)
+    existing = _scope_keys(client, scope) if force else []
+    for start in range(0, len(existing), 500):
+        client.delete(*existing[start:start + 500])
+    try:
+        pipe = client.pipeline()
+        queued = 0
+        for step in rebuild.commands():
+            if isinstance(step, IndexCall):
+                if queued:
+                    _flush(pipe)
+                    queued = 0
+                script(keys=step.keys, args=step.args, client=client)
+                continue
+            pipe.execute_command(*step)
+            queued += 1
+            if queued >= _CLUSTER_FLUSH:
+                _flush(pipe)
+                queued = 0
+        if queued:
+            _flush(pipe)
+    except ResponseError as exc:
+        _undo(client, scope)
+        raise _refused(scope, exc, force) from exc
+    except BaseException:
+        _undo(client, scope)
+        raise
+    return len(existing)
+
+
+def _flush(pipe: Any) -> None:
+    for reply in pipe.execute(raise_on_error=False):
+        if isinstance(reply, ResponseError):
+            raise reply
+
+
+def _undo(client: Any, scope: Scope) -> None:
+    keys = _scope_keys(client, scope)
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start:start + 500])
+
+
+def _refused(scope: Scope, error: BaseException, force: bool) -> Exception:
+    """The error of a scope whose restore the server refused midway (what was written is deleted again)."""
+    outcome = "nothing of it was restored" + (", and its previous keys are gone (--force)" if force else "")
+    if isinstance(error, ResponseError):
+        mapped = map_reply_error(error, script=_SCRIPT)
+        if isinstance(mapped, RedgovError):
+            return type(mapped)(f"restoring scope {scope!r}: {mapped}; {outcome}")
+    return SqlCopyError(f"restoring scope {scope!r}: the server refused: {error}; {outcome}")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -27,16 +27,19 @@ try:
 except ImportError as _missing:  # the optional dependency: one clear error instead of a traceback
     raise ConfigError(f"the SQL copy needs SQLAlchemy: pip install 'redgov[sql]' ({_missing})") from None
 
-from .core import Entry
+from .codec import Entry
 from .keys import Scope, parse_log_key
 from .sqlschema import (
     SCHEMA_VERSION,
     approval_records,
+    configuration_versions,
     cursors,
     entry_fields,
+    experiment_key,
     join_id,
     log_entries,
     metadata,
+    policy_evaluations,
     schema_table,
     scope_key,
     scopes,
@@ -73,6 +76,7 @@ def _json_dumps(value: Any) -> str:
 
 
 def safe_url(url: str | sa.URL) -> str:
+    """The url as it may be shown: its password hidden."""
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
     except (sa_exc.ArgumentError, ValueError, TypeError):
@@ -150,6 +154,8 @@ def _reason(exc: BaseException) -> str:
 
 @dataclass(slots=True)
 class ScopeRow:
+    """One scope of the copy: its key parts, its log key and its export cursor (the last entry copied)."""
+
     scope_id: int
     prefix: str
     tenant: str | None
@@ -161,6 +167,7 @@ class ScopeRow:
 
     @property
     def cursor(self) -> str:
+        """The id of the last entry exported ('0-0': none)."""
         return join_id(self.last_ms, self.last_seq)
 
 
@@ -177,6 +184,7 @@ class SqlCopy:
             raise
 
     def close(self) -> None:
+        """Close the engine's connections."""
         self.engine.dispose()
 
     def __enter__(self) -> SqlCopy:
@@ -187,6 +195,7 @@ class SqlCopy:
 
     @property
     def dialect(self) -> str:
+        """The database's SQLAlchemy dialect name (sqlite, postgresql, ...)."""
         return str(self.engine.dialect.name)
 
     def _prepare(self, create: bool) -> None:
@@ -311,6 +320,7 @@ class SqlCopy:
                 row.last_ms, row.last_seq, row.entries = r.last_ms, r.last_seq, r.entries
 
     def count_entries(self, scope_ids: Sequence[int]) -> int:
+        """The number of entries the copy holds of these scopes."""
         with self.errors("read"), self.engine.connect() as conn:
             total = 0
             for start in range(0, len(scope_ids), 500):
@@ -320,8 +330,7 @@ class SqlCopy:
 
     def read_log(self, scope_id: int, *, page: int = 10_000) -> Iterator[tuple[str, dict[str, bytes]]]:
         """A scope's entries in log order, as (entry id, stream fields), read page by page."""
-        columns = [log_entries.c[name] for name in ("entry_ms", "entry_seq", "kind", "experiment", "record",
-                                                    "rev", "etag", "v", "from_state", "ap", "extra")]
+        columns = _entry_columns()
         last_ms, last_seq = -1, -1
         while True:
             query = (sa.select(*columns).where(log_entries.c.scope_id == scope_id)
@@ -341,26 +350,100 @@ class SqlCopy:
         wanted = {split_id(i): i for i in ids}
         by_ms = sorted({ms for ms, _ in wanted})
         out: dict[str, dict[str, bytes]] = {}
-        columns = [log_entries.c[name] for name in ("entry_ms", "entry_seq", "kind", "experiment", "record",
-                                                    "rev", "etag", "v", "from_state", "ap", "extra")]
-        joined = log_entries.outerjoin(approval_records, sa.and_(
-            approval_records.c.scope_id == log_entries.c.scope_id,
-            approval_records.c.entry_ms == log_entries.c.entry_ms,
-            approval_records.c.entry_seq == log_entries.c.entry_seq))
         with self.errors("read"), self.engine.connect() as conn:
             for start in range(0, len(by_ms), 500):
-                query = (sa.select(*columns, approval_records.c.transition_id).select_from(joined)
-                         .where(log_entries.c.scope_id == scope_id)
+                query = (_with_links().where(log_entries.c.scope_id == scope_id)
                          .where(log_entries.c.entry_ms.in_(by_ms[start:start + 500])))
                 for row in conn.execute(query).mappings():
                     entry_id = wanted.get((row["entry_ms"], row["entry_seq"]))
-                    if entry_id is None:
-                        continue
-                    fields = entry_fields(row)
-                    if row["transition_id"] is not None:
-                        fields["tid"] = row["transition_id"].encode("utf-8")
-                    out[entry_id] = fields
+                    if entry_id is not None:
+                        out[entry_id] = _linked_fields(row)
         return out
+
+    def history(self, scope_id: int, experiment: str, kinds: Sequence[str], *, before: str | None,
+                limit: int | None, newest_first: bool, state_writes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
+        """One experiment's entries of these kinds (with an id at or below ``before``), in log order or
+        newest first, at most ``limit``; ``state_writes`` keeps only those that wrote the state (a ``rev``)."""
+        if not kinds or limit == 0:
+            return []
+        c = log_entries.c
+        query = (_with_links().where(c.scope_id == scope_id).where(c.experiment == experiment)
+                 .where(c.kind.in_(sorted(set(kinds)))))
+        if state_writes:
+            query = query.where(c.rev.is_not(None))
+        if before is not None:
+            ms, seq = split_id(before)
+            query = query.where(sa.or_(c.entry_ms < ms, sa.and_(c.entry_ms == ms, c.entry_seq <= seq)))
+        if newest_first:
+            query = query.order_by(c.entry_ms.desc(), c.entry_seq.desc())
+        else:
+            query = query.order_by(c.entry_ms, c.entry_seq)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.errors("read"), self.engine.connect() as conn:
+            return [(join_id(r["entry_ms"], r["entry_seq"]), _linked_fields(r)) for r in conn.execute(query).mappings()]
+
+    def version(self, scope_id: int, experiment: str, number: int | None) -> tuple[str, dict[str, bytes]] | None:
+        """The entry of version ``number`` of an experiment (None: its highest-numbered version)."""
+        cv = configuration_versions
+        query = (sa.select(*_entry_columns()).select_from(log_entries.join(cv, _same_entry(cv)))
+                 .where(cv.c.scope_id == scope_id).where(cv.c.experiment_key == experiment_key(experiment)))
+        if number is not None:
+            query = query.where(cv.c.version == number)
+        query = query.order_by(cv.c.version.desc(), cv.c.entry_ms.desc(), cv.c.entry_seq.desc()).limit(1)
+        return self._one(query)
+
+    def latest_policy(self, scope_id: int, experiment: str, policy: str) -> tuple[str, dict[str, bytes]] | None:
+        """The entry of the latest (last in the log) evaluation of one policy of an experiment."""
+        pe = policy_evaluations
+        query = (sa.select(*_entry_columns()).select_from(log_entries.join(pe, _same_entry(pe)))
+                 .where(pe.c.scope_id == scope_id).where(pe.c.experiment == experiment).where(pe.c.policy == policy)
+                 .order_by(pe.c.entry_ms.desc(), pe.c.entry_seq.desc()).limit(1))
+        return self._one(query)
+
+    def linked_approvals(self, scope_id: int, transition_id: str) -> list[tuple[str, dict[str, bytes]]]:
+        """The approvals linked to a transition (by their record, or consumed by it: its ``ap``), in log order,
+        each with its ``tid``."""
+        ar = approval_records
+        query = (_with_links().where(ar.c.scope_id == scope_id).where(ar.c.transition_id == transition_id)
+                 .order_by(ar.c.entry_ms, ar.c.entry_seq))
+        with self.errors("read"), self.engine.connect() as conn:
+            return [(join_id(r["entry_ms"], r["entry_seq"]), _linked_fields(r)) for r in conn.execute(query).mappings()]
+
+    def _one(self, query: sa.Select[Any]) -> tuple[str, dict[str, bytes]] | None:
+        with self.errors("read"), self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else (join_id(row["entry_ms"], row["entry_seq"]), entry_fields(row))
+
+
+_ENTRY_COLUMNS = ("entry_ms", "entry_seq", "kind", "experiment", "record", "rev", "etag", "v", "from_state", "ap",
+                  "extra")
+
+
+def _entry_columns() -> list[sa.ColumnElement[Any]]:
+    """The ``log_entries`` columns ``entry_fields`` reads, with the entry key."""
+    return [log_entries.c[name] for name in _ENTRY_COLUMNS]
+
+
+def _same_entry(table: sa.Table) -> sa.ColumnElement[bool]:
+    """The join condition of an entity table with ``log_entries`` (the same entry)."""
+    return sa.and_(table.c.scope_id == log_entries.c.scope_id, table.c.entry_ms == log_entries.c.entry_ms,
+                   table.c.entry_seq == log_entries.c.entry_seq)
+
+
+def _with_links() -> sa.Select[Any]:
+    """Log entries with the transition each approval is linked to (NULL for other kinds)."""
+    return (sa.select(*_entry_columns(), approval_records.c.transition_id)
+            .select_from(log_entries.outerjoin(approval_records, _same_entry(approval_records))))
+
+
+def _linked_fields(row: Mapping[Any, Any]) -> dict[str, bytes]:
+    """An entry's stream fields; an approval linked to a transition gets ``tid``, as Redis reads give it."""
+    fields = entry_fields(row)
+    tid = row["transition_id"]
+    if tid is not None:
+        fields["tid"] = tid.encode("utf-8")
+    return fields
 
 
 def state_from_row(row: Mapping[Any, Any], tenant: str | None, environment: str | None) -> Entry:
@@ -376,11 +459,15 @@ def state_from_row(row: Mapping[Any, Any], tenant: str | None, environment: str 
 
 
 class SqlArchive:
-    """core.Archive over a SQL copy: where entries trimmed from a scope log are read.
+    """``core.Archive`` over a SQL copy: where history removed from Redis is read.
 
-    ``Backplane(client, prefix=..., archive=SqlArchive("sqlite:///gov.db"))`` keeps
-    ``transitions()``, ``history()``, ``replay()`` and the other history reads whole
-    after ``redgov trim``. Call ``close()`` (or use it as a context manager) when done.
+    ``redgov.connect(url, archive=SqlArchive("sqlite:///gov.db"))`` keeps
+    ``transitions()``, ``history()``, ``replay()``, ``verify()`` and the other history
+    reads whole after retention (``retain_history``) or ``redgov trim`` removed
+    entries from Redis, as long as an exporter copied them first. The reads ask the
+    copy for one experiment's entries up to the retention cut, or for single
+    entries (a version, a policy's latest evaluation, a transition's approvals).
+    Call ``close()`` (or use it as a context manager) when done.
     """
 
     def __init__(self, url: str) -> None:
@@ -390,6 +477,7 @@ class SqlArchive:
 
     @property
     def url(self) -> str:
+        """The copy's url, its password hidden."""
         return self._copy.url
 
     def _scope_id(self, log_key: str) -> int | None:
@@ -405,6 +493,7 @@ class SqlArchive:
         return None if found is None else int(found)
 
     def fetch(self, log_key: str, ids: Sequence[str]) -> dict[str, dict[str, bytes]]:
+        """The fields of each entry found, by entry id."""
         if not ids:
             return {}
         scope_id = self._scope_id(log_key)
@@ -412,7 +501,34 @@ class SqlArchive:
             return {}
         return self._copy.fetch(scope_id, ids)
 
+    def history(self, log_key: str, experiment: str, kinds: Sequence[str], *, before: str | None,
+                limit: int | None, newest_first: bool, state_writes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
+        """The experiment's entries of these kinds with an id at or below ``before`` (None: all), in log
+        order (``newest_first``: reversed), at most ``limit``; ``state_writes``: only those with a ``rev``."""
+        scope_id = self._scope_id(log_key)
+        if scope_id is None:
+            return []
+        return self._copy.history(scope_id, experiment, kinds, before=before, limit=limit,
+                                  newest_first=newest_first, state_writes=state_writes)
+
+    def version(self, log_key: str, experiment: str, number: int | None) -> tuple[str, dict[str, bytes]] | None:
+        """Version ``number`` of the experiment (None: the highest), or None."""
+        scope_id = self._scope_id(log_key)
+        return None if scope_id is None else self._copy.version(scope_id, experiment, number)
+
+    def latest_policy(self, log_key: str, experiment: str, policy: str) -> tuple[str, dict[str, bytes]] | None:
+        """The latest evaluation of ``policy`` for the experiment, or None."""
+        scope_id = self._scope_id(log_key)
+        return None if scope_id is None else self._copy.latest_policy(scope_id, experiment, policy)
+
+    def linked_approvals(self, log_key: str, transition_id: str) -> list[tuple[str, dict[str, bytes]]]:
+        """The approvals linked to a transition (role gates, the manual approval it consumed, approvals
+        appended with its id), in log order, each with its ``tid``."""
+        scope_id = self._scope_id(log_key)
+        return [] if scope_id is None else self._copy.linked_approvals(scope_id, transition_id)
+
     def close(self) -> None:
+        """Close the copy's connections (a Backplane closes its archive when it closes)."""
         self._copy.close()
 
     def __enter__(self) -> SqlArchive:
@@ -425,3 +541,8 @@ class SqlArchive:
         return f"SqlArchive({self.url!r})"
 
 
+if TYPE_CHECKING:
+    from .core import Archive
+
+    def _is_an_archive(archive: SqlArchive) -> Archive:  # mypy checks SqlArchive against the protocol
+        return archive

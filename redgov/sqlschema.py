@@ -21,7 +21,9 @@ can put in a unique index, so uniqueness per experiment goes through
 on names use a prefix length on MySQL. ``log_entries`` keeps each entry's record
 bytes verbatim (``record``) and the fields the scripts add (rev, etag, v, from,
 ap; any other field in ``extra``, a JSON object), which is what restore and the
-archive read; the five entity tables are the typed, queryable view of the same
+archive read; the record is stored as the scripts store it, without its
+``experiment`` field (the entry's ``x`` field, the ``experiment`` column, holds
+the name); the five entity tables are the typed, queryable view of the same
 entries. ``experiment_states`` is the fold of the exported entries, so it always
 matches the cursor it was committed with.
 """
@@ -53,7 +55,9 @@ __all__ = [
 ]
 
 #: Bumped on any change an older redgov could not read; another version is refused.
-SCHEMA_VERSION = 1
+#: 2: records are stored without their experiment field (the key layout of 2026-12); indexes for the
+#: archive's per-experiment reads.
+SCHEMA_VERSION = 2
 
 
 # -- schema -------------------------------------------------------------------------
@@ -126,7 +130,8 @@ log_entries = sa.Table(
     sa.Column("from_state", _STATE),
     sa.Column("ap", _ID),
     sa.Column("extra", _TEXT),
-    _name_index("ix_log_entries_experiment", "scope_id", "experiment"),
+    # the archive's history reads: one experiment's entries in log order, up to a cut
+    _name_index("ix_log_entries_experiment", "scope_id", "experiment", "entry_ms", "entry_seq"),
     sqlite_with_rowid=False,
 )
 
@@ -204,7 +209,8 @@ policy_evaluations = sa.Table(
     sa.Column("current_state", _STATE),
     sa.Column("target_state", _STATE),
     sa.Column("metadata", _JSON),
-    _name_index("ix_policy_evaluations_experiment", "scope_id", "experiment", "policy"),
+    # the latest evaluation of one policy: the last entry of (scope, experiment, policy)
+    _name_index("ix_policy_evaluations_experiment", "scope_id", "experiment", "policy", "entry_ms", "entry_seq"),
     sa.Index("ix_policy_evaluations_timestamp", "timestamp"),
     sqlite_with_rowid=False,
 )
@@ -245,15 +251,18 @@ def experiment_key(name: str) -> str:
 
 
 def scope_key(scope: Scope) -> str:
+    """The fixed-length key standing for a scope (its key tag) in the ``scopes`` table."""
     return hashlib.sha256(scope.tag.encode("utf-8")).hexdigest()
 
 
 def split_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ``<ms>-<seq>`` as two integers (a bare ``<ms>`` is ``<ms>-0``)."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
 
 def join_id(ms: int, seq: int) -> str:
+    """The stream entry id of (ms, seq)."""
     return f"{ms}-{seq}"
 
 
@@ -262,11 +271,9 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-_FIELD_ORDER = {
-    # the order each script writes its extra fields in, so a restored entry reads back the same
-    "transition": ("from_state", "rev", "etag", "ap"),
-}
-_DEFAULT_ORDER = ("v", "rev", "etag", "from_state", "ap")
+#: The order the scripts write an entry's extra fields in (transition: from rev etag ap; version:
+#: v from rev etag; state: rev etag; approval, policy: from), so a restored entry reads back the same.
+_FIELD_ORDER = ("v", "from_state", "rev", "etag", "ap")
 _FIELD_NAME = {"from_state": "from"}
 KNOWN_FIELDS = frozenset({"k", "x", "r", "rev", "etag", "v", "from", "ap"})
 
@@ -275,7 +282,7 @@ def entry_fields(row: Mapping[Any, Any]) -> dict[str, bytes]:
     """The stream fields of an entry, rebuilt from its ``log_entries`` row, in the scripts' order."""
     kind = row["kind"]
     fields = {"k": kind.encode(), "x": row["experiment"].encode("utf-8"), "r": row["record"].encode("utf-8")}
-    for column in _FIELD_ORDER.get(kind, _DEFAULT_ORDER):
+    for column in _FIELD_ORDER:
         value = row[column]
         if value is not None:
             fields[_FIELD_NAME.get(column, column)] = str(value).encode("utf-8")

@@ -15,15 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .core import Entry, decode_fields, fold_states
+from .codec import Entry, fold_states
 from .errors import CorruptDataError
-from .records import DECODERS
+from .records import DECODERS, ENCODER
 from .sqlcopy import ScopeRow, SqlCopy, state_from_row
 from .sqlschema import (
     ENTITY_TABLES,
@@ -36,7 +37,7 @@ from .sqlschema import (
     split_id,
 )
 
-__all__ = ["Batch", "CursorMoved", "Writer"]
+__all__ = ["Batch", "CursorMoved", "Writer", "with_name"]
 
 
 class CursorMoved(Exception):
@@ -49,7 +50,6 @@ class CursorMoved(Exception):
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
-
 
 
 @dataclass(slots=True)
@@ -98,6 +98,8 @@ class Batch:
     writes: dict[tuple[int, str], list[Entry]] = field(default_factory=dict)
     parts: dict[int, _ScopePart] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: the experiments each scope's entries in the batch belong to (what ``export --trim`` trims)
+    touched: dict[int, set[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.logs)
@@ -120,32 +122,42 @@ class Batch:
             part.count += 1
 
     def _entry(self, row: ScopeRow, entry_id: str, ms: int, seq: int, fields: dict[bytes, bytes]) -> None:
-        # Decoded here rather than by core.decode_fields (same rules: the script's fields override the
-        # record's) because this is the exporter's hot loop; state writes also go through decode_fields
-        # for the fold.
+        # Decoded here rather than by codec.decode_fields (same rules: the script's fields override the
+        # record's, the experiment is the entry's x field) because this is the exporter's hot loop.
         get = fields.get
-        kind_raw, name_raw, record_raw = get(b"k"), get(b"x"), get(b"r")
-        try:
-            assert kind_raw is not None and name_raw is not None and record_raw is not None, "k, x or r missing"
-            kind, name = kind_raw.decode(), name_raw.decode()
-            r = DECODERS[kind].decode(record_raw)
-        except (AssertionError, KeyError, UnicodeDecodeError, msgspec.DecodeError) as exc:
-            raise CorruptDataError(f"log entry {entry_id} of {row.log_key} cannot be decoded: {exc!r}") from None
         rev, etag, v, source, ap = get(b"rev"), get(b"etag"), get(b"v"), get(b"from"), get(b"ap")
-        revision = None if rev is None else int(rev)
-        origin = None if source is None else source.decode()
-        approval = None if ap is None else ap.decode()
+        try:
+            kind_raw, name_raw, record_raw = fields[b"k"], fields[b"x"], fields[b"r"]
+            kind, name = kind_raw.decode(), name_raw.decode()
+            r = DECODERS[kind].decode(with_name(name_raw, record_raw))
+            revision = None if rev is None else int(rev)
+            number = None if v is None else int(v)
+            origin = None if source is None else source.decode()
+            approval = None if ap is None else ap.decode()
+        except (KeyError, ValueError, msgspec.DecodeError) as exc:  # UnicodeDecodeError is a ValueError
+            raise CorruptDataError(f"log entry {entry_id} of {row.log_key} cannot be decoded: {exc!r}") from None
         extra = None
         if not _KNOWN.issuperset(fields):
             extra = msgspec.json.encode({_text(k): _text(val) for k, val in fields.items()
                                          if k not in _KNOWN}).decode()
         scope_id = row.scope_id
+        names = self.touched.get(scope_id)
+        if names is None:
+            names = self.touched[scope_id] = set()
+        names.add(name)
         self.logs.append((scope_id, ms, seq, kind, name, record_raw.decode(), revision,
-                          None if etag is None or rev is None else etag.decode(), None if v is None else int(v),
+                          None if etag is None or rev is None else etag.decode(), number,
                           origin, approval, extra))
-        if revision:  # a state write: the fold needs the entry as the reads decode it
-            entry = decode_fields(entry_id, {_text(k): val for k, val in fields.items()}, row.log_key)
-            self.writes.setdefault((scope_id, name), []).append(entry)
+        if revision:  # a state write: what the fold reads of the entry, as codec.decode_fields gives it
+            if etag is None:
+                raise CorruptDataError(f"log entry {entry_id} of {row.log_key} writes the state but has no etag")
+            tag = etag.decode()
+            folded = r
+            if kind == "state":
+                folded = msgspec.structs.replace(r, revision=revision, etag=tag)
+            elif kind == "version" and number is not None and number != r.version:
+                folded = msgspec.structs.replace(r, version=number)
+            self.writes.setdefault((scope_id, name), []).append(Entry(entry_id, kind, name, folded, revision, tag))
         tenant, environment = row.tenant, row.environment
         if kind == "transition":
             if origin is None and r.from_state is not None:
@@ -167,7 +179,7 @@ class Batch:
                 origin = r.lifecycle_state.value
             self.entities["version"].append((
                 scope_id, ms, seq, experiment_key(name), name, tenant, environment,
-                r.version if v is None else int(v), r.configuration, r.configuration_hash, r.created_at,
+                r.version if number is None else number, r.configuration, r.configuration_hash, r.created_at,
                 r.created_by, r.description, origin, r.is_rollback, r.rolled_back_from, r.metadata, revision))
         elif kind == "policy":
             if origin is None and r.current_state is not None:
@@ -181,9 +193,24 @@ class Batch:
 _KNOWN = frozenset(k.encode() for k in KNOWN_FIELDS)
 
 
+@lru_cache(maxsize=4096)
+def _name_head(name_raw: bytes) -> bytes:
+    return b'{"experiment":' + ENCODER.encode(name_raw.decode("utf-8")) + b","
+
+
+def with_name(name_raw: bytes, record_raw: bytes) -> bytes:
+    """A stored record (JSON without its experiment field, as the scripts store it) with the entry's
+    experiment name put back first: the JSON the record's decoder reads (codec.decode_fields does the same)."""
+    if not record_raw.startswith(b"{"):
+        raise ValueError("the record is not a JSON object")
+    if record_raw.rstrip() == b"{}":
+        return _name_head(name_raw)[:-1] + b"}"
+    return _name_head(name_raw) + record_raw[1:]
+
+
 def _fields(raw: Any) -> dict[bytes, bytes]:
     """An entry's fields keyed by bytes (redis-py's RESP2 shape is kept as it is)."""
-    if isinstance(raw, dict) and all(isinstance(k, bytes) for k in raw):
+    if isinstance(raw, dict) and isinstance(next(iter(raw), b""), bytes):  # one client decodes every key alike
         return raw
     pairs = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2])
     return {(k if isinstance(k, bytes) else str(k).encode()): v for k, v in pairs}
@@ -198,6 +225,8 @@ _LINK = (sa.update(approval_records)
 
 @dataclass(slots=True)
 class Committed:
+    """What one committed batch wrote: its entries, the experiments whose state it folded, warnings."""
+
     entries: int
     experiments: set[tuple[int, str]]
     warnings: list[str]
@@ -211,9 +240,14 @@ class Writer:
         self._states: dict[tuple[int, str], Entry] = {}
 
     def forget(self) -> None:
+        """Drop the remembered states (another exporter moved a cursor: read them from SQL again)."""
         self._states.clear()
 
     def commit(self, batch: Batch) -> Committed:
+        """Write the batch and move its scopes' cursors in ONE transaction.
+
+        Raises CursorMoved (nothing written) when another exporter moved a cursor first.
+        """
         if not batch.parts:
             return Committed(0, set(), [])
         now = datetime.now(UTC)

@@ -34,7 +34,8 @@ from redgov import (
     TrafficLimit,
 )
 from redgov.export import SqlArchive, SqlCopyError, export, follow, restore, trim
-from redgov.keys import Scope
+from redgov.restore import INDEX_CHUNK
+from redgov.keys import Scope, prefix_pattern, scope_pattern
 from redgov.records import (
     ApprovalRecord,
     ConfigurationVersion,
@@ -44,9 +45,9 @@ from redgov.records import (
     StateTransition,
 )
 from redgov.sqlcopy import SqlCopy
-from redgov.sqlschema import ENTITY_TABLES, experiment_states, log_entries, metadata, schema_table
+from redgov.sqlschema import ENTITY_TABLES, SCHEMA_VERSION, experiment_states, log_entries, metadata, schema_table
 
-from .conftest import delete_prefix, new_prefix
+from .conftest import new_prefix
 from .test_cluster import Cluster, cluster, spread_scopes  # noqa: F401 - the module's cluster fixture
 
 PG_BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -85,6 +86,17 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'copy.db'}"
+
+
+def delete_prefix(client: Any, prefix: str) -> None:
+    """Delete every key of a prefix (``<prefix>{...``)."""
+    keys = list(client.scan_iter(match=prefix_pattern(prefix), count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start:start + 500])
+
+
+def prefix_keys(client: Any, prefix: str) -> list[str]:
+    return sorted(k.decode() for k in client.scan_iter(match=prefix_pattern(prefix), count=1000))
 
 
 @pytest.fixture
@@ -156,16 +168,21 @@ def experiments(bp: redgov.Backplane, scopes: list[tuple[str | None, str | None]
     out = []
     for tenant, environment in scopes:
         index = Scope(bp.prefix, tenant, environment).index
-        out += [(tenant, environment, k.decode()) for k in sorted(bp.client.hkeys(index))]
+        out += [(tenant, environment, k.decode()) for k in bp.client.zrange(index, 0, -1)]
     return out
 
 
+#: keys that are caches, not history (restore does not write them): idempotency records, leases and
+#: the re-send dedupe buckets
+_NOT_RESTORED = ("i", "k", "ops")
+
+
 def dump(client: Any, prefix: str) -> dict[str, Any]:
-    """Every key of a prefix (idempotency keys aside) and its content, the prefix replaced by P."""
+    """Every key of a prefix (caches aside) and its content, the prefix replaced by P."""
     out: dict[str, Any] = {}
-    for raw in client.scan_iter(match="{" + prefix + ":*", count=1000):
+    for raw in client.scan_iter(match=prefix_pattern(prefix), count=1000):
         key = raw.decode()
-        if ":idem:" in key:
+        if key[key.index("}") + 2:].split(":")[0] in _NOT_RESTORED:
             continue
         kind = client.type(raw).decode()
         value: Any
@@ -179,7 +196,7 @@ def dump(client: Any, prefix: str) -> dict[str, Any]:
             value = client.zrange(raw, 0, -1, withscores=True)
         else:
             value = (kind, client.get(raw))
-        out["{P:" + key[len(prefix) + 2:]] = value
+        out["P" + key[len(prefix):]] = value
     return out
 
 
@@ -295,10 +312,44 @@ def _utc(moment: Any) -> Any:
 
 
 def _entries(bp: redgov.Backplane, scope: tuple[str | None, str | None]) -> list[Any]:
-    from redgov.core import decode_fields
+    from redgov.codec import decode_fields
 
     log = Scope(bp.prefix, *scope).log
     return [decode_fields(i.decode(), {k.decode(): v for k, v in f.items()}, log) for i, f in bp.client.xrange(log)]
+
+
+def test_restore_indexes_like_the_write_scripts(bp: redgov.Backplane, target: redgov.Backplane,
+                                               sqlite_url: str) -> None:
+    """Corner cases of the indexes: every key of the restored prefix equals the original, byte for byte."""
+    gov = Governance(bp, gates=[ManualGate(to_state=S.APPROVED)])
+    gov.create("withdrawn")
+    gov.transition("withdrawn", S.PENDING_APPROVAL)
+    gov.approve("withdrawn", S.APPROVED, approver="bob")
+    gov.approve("withdrawn", S.APPROVED, approver="bob", approved=False)  # no approval pending: a count of 0
+    gov.transition("withdrawn", S.REJECTED)  # leaves the count as it is
+    gov.transition("withdrawn", S.DRAFT)
+    # the seed interface right after a state write: an appended transition is indexed by its id
+    saved = bp.save_state(ExperimentState(experiment="seeded", state=S.DRAFT, last_modified_by="x"))
+    assert saved.state is not None
+    bp.append_transition(StateTransition(experiment="seeded", to_state=S.DRAFT, actor="x",
+                                         timestamp=saved.state.last_modified))
+    lenient = Governance(bp, gates=[ManualGate(to_state=S.APPROVED)], auto_create=True)
+    lenient.approve("never-created", S.PENDING_APPROVAL, approver="ann")  # approvals of a move from Draft
+    # a history longer than one restore_index call
+    for i in range(INDEX_CHUNK + 20):
+        bp.append_policy_evaluation(PolicyEvaluation(experiment="long", policy=f"p{i % 3}", compliant=True,
+                                                     severity=Severity.INFO))
+    gov.create("long")
+    export(bp, sqlite_url, progress=False)
+    done = restore(target, sqlite_url, progress=False)
+    assert done.experiments == 4
+    assert dump(target.client, target.prefix) == dump(bp.client, bp.prefix)
+    restored = Governance(target)
+    for _tenant, _environment, name in experiments(target, [(None, None)]):
+        assert restored.verify(name) == [], name
+    assert target.latest_policy_evaluation("long", "p1") == bp.latest_policy_evaluation("long", "p1")
+    with pytest.raises(redgov.ConflictError):  # the appended transition's id is known to the restored prefix
+        target.append_transition(bp.transitions("seeded")[-1])
 
 
 def test_interrupted_export_resumes(bp: redgov.Backplane, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -384,21 +435,43 @@ def test_restore_is_all_or_nothing_per_scope(bp: redgov.Backplane, target: redgo
     real = restore_module.ScopeRebuild.commands
     seen = {"scopes": 0}
 
-    def failing(self: restore_module.ScopeRebuild) -> Iterator[tuple[Any, ...]]:
+    def failing(self: restore_module.ScopeRebuild) -> Iterator[tuple[Any, ...] | restore_module.IndexCall]:
         seen["scopes"] += 1
-        for n, command in enumerate(real(self)):
-            if seen["scopes"] == 2 and n == 30:
+        calls = 0
+        for command in real(self):
+            calls += isinstance(command, restore_module.IndexCall)
+            if seen["scopes"] == 2 and calls == 2:  # every XADD and a restore_index call are queued
                 raise RuntimeError("lost the SQL connection")
             yield command
 
     monkeypatch.setattr(restore_module.ScopeRebuild, "commands", failing)
     with pytest.raises(RuntimeError):
         restore(target, sqlite_url, progress=False)
-    written = {k.decode().split("}")[0] for k in target.client.scan_iter(match="{" + target.prefix + ":*")}
+    written = {k.split("}")[0] for k in prefix_keys(target.client, target.prefix)}
     assert len(written) == 1  # the first scope whole, nothing at all of the second
     monkeypatch.setattr(restore_module.ScopeRebuild, "commands", real)
     restore(target, sqlite_url, progress=False, force=True)
     assert dump(target.client, target.prefix) == dump(bp.client, bp.prefix)
+
+
+def test_a_restore_the_server_refuses_midway_leaves_nothing_of_the_scope(
+        bp: redgov.Backplane, target: redgov.Backplane, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    build_history(bp, [(None, None)])
+    export(bp, sqlite_url, progress=False)
+    from redgov import restore as restore_module
+
+    real = restore_module.ScopeRebuild.commands
+
+    def refused(self: restore_module.ScopeRebuild) -> Iterator[tuple[Any, ...] | restore_module.IndexCall]:
+        for command in real(self):
+            if isinstance(command, restore_module.IndexCall) and command.experiment == "b":
+                command = restore_module.IndexCall("b", command.keys, (*command.args, "1-1"))  # not in the log
+            yield command
+
+    monkeypatch.setattr(restore_module.ScopeRebuild, "commands", refused)
+    with pytest.raises(redgov.CorruptDataError, match="nothing of it was restored"):
+        restore(target, sqlite_url, progress=False)
+    assert prefix_keys(target.client, target.prefix) == []  # the XADDs EXEC applied are deleted again
 
 
 def test_prefixes_stay_apart(bp: redgov.Backplane, redis_url: str, target: redgov.Backplane,
@@ -481,7 +554,7 @@ def test_incompatible_schema_version_is_refused(bp: redgov.Backplane, target: re
         with pytest.raises(SqlCopyError, match="schema version 99"):
             attempt()
     assert count_rows(sql_url) == before
-    assert list(target.client.scan_iter(match="{" + target.prefix + ":*")) == []
+    assert prefix_keys(target.client, target.prefix) == []
 
 
 def test_a_database_that_is_not_a_copy_is_refused(bp: redgov.Backplane, sqlite_url: str) -> None:
@@ -533,13 +606,24 @@ def test_trim_never_removes_an_unexported_entry(bp: redgov.Backplane, sql_url: s
     later = {sc: [i for i, _ in bp.client.xrange(Scope(bp.prefix, *sc).log)][len(exported[sc]):] for sc in SCOPES}
     assert all(later.values())
 
+    states = {(t, e, name): bp.get_state(name, tenant=t, environment=e) for t, e, name in experiments(bp)}
+
     kept = trim(bp, sql_url, keep=__import__("datetime").timedelta(hours=1))  # everything is younger
-    assert kept.trimmed == 0
+    assert kept.trimmed == 0 and kept.experiments == len(states)
     summary = trim(bp, sql_url)
     assert summary.trimmed == sum(len(v) for v in exported.values())
+    assert (summary.scopes, summary.experiments, summary.remaining) == (2, len(states),
+                                                                       sum(len(v) for v in later.values()))
     for sc in SCOPES:
         left = [i for i, _ in bp.client.xrange(Scope(bp.prefix, *sc).log)]
         assert left == later[sc]  # every unexported entry is still there, and only those
+    # what Redis holds still reads, indexed: the unexported transition, the pending approval
+    assert [t.to_state for t in gov.history("a")] == [S.PAUSED]
+    assert [a.approver for a in bp.approvals("c", tenant="acme", environment="prod")] == ["dora"]
+    for (tenant, environment, name), state in states.items():  # the state and its replay are untouched
+        assert bp.get_state(name, tenant=tenant, environment=environment) == state
+        assert gov.verify(name, tenant=tenant, environment=environment) == [], name
+    assert trim(bp, sql_url).trimmed == 0  # nothing more is exported
     # export again, then trim as part of the export
     done = export(bp, sql_url, progress=False, trim=True)
     assert done.entries == sum(len(v) for v in later.values()) and done.trimmed == done.entries
@@ -572,8 +656,117 @@ def test_trimmed_history_reads_whole_through_the_archive(bp: redgov.Backplane, r
                 assert agov.verify(name, **sc) == []
             tid = next(t for t in reads[(None, None, "a")][0] if t.to_state is S.APPROVED).transition_id
             assert [a.approver for a in archived.approvals_for_transition(tid)] == ["carl"]
+            ramp = next(t for t in reads[(None, None, "a")][0] if t.to_state is S.RAMPING).transition_id
+            assert [a.gate for a in archived.approvals_for_transition(ramp)] == ["roleBased:*->Ramping"]  # a role gate
+            assert archived.approvals_for_transition("no-such-transition") == []
+            # limit and newest_first, read from the archive alone
+            history, approvals, versions, evaluations = reads[(None, None, "a")][:4]
+            for limit in (None, 0, 1, 3, 100):
+                for newest in (False, True):
+                    def cut(items: list[Any]) -> list[Any]:
+                        ordered = items[::-1] if newest else items
+                        return ordered if limit is None else ordered[:limit]
+
+                    kw: dict[str, Any] = {"limit": limit, "newest_first": newest}
+                    assert agov.history("a", **kw) == cut(history)
+                    assert archived.approvals("a", **kw) == cut(approvals)
+                    assert archived.versions("a", **kw) == cut(versions)
+                    assert archived.policy_evaluations("a", **kw) == cut(evaluations)
         finally:
             archived.close()
+
+
+def test_retained_history_reads_whole_through_the_archive(redis_url: str, prefix: str, sql_url: str) -> None:
+    """retain_history=10 keeps about 10 entries per experiment in Redis; an exporter run often enough
+    copies every entry before retention removes it, and the archive gives the whole history back."""
+    from redgov.export import Exporter
+
+    bp = redgov.connect(redis_url, prefix=prefix, retain_history=10)
+    sc: dict[str, Any] = {"tenant": "acme", "environment": "prod"}
+    warnings: list[str] = []
+    sql = SqlCopy(sql_url, create=True)
+
+    def copy() -> None:  # export(bp, sql_url), without opening the database each time
+        exporter = Exporter(bp, sql)
+        exporter.snapshot()
+        warnings.extend(exporter.finish().warnings)
+
+    try:
+        gov = Governance(bp, gates=[ManualGate(to_state=S.RUNNING, from_state=S.PAUSED)], policies=[TrafficLimit(50)])
+        gov.create("busy", configuration={"round": 0}, actor="ana", **sc)
+        gov.create("quiet", actor="bob", **sc)  # one experiment's retention never evicts another's history
+        copy()
+        made = 1  # create wrote the first transition
+        moves = [S.PENDING_APPROVAL, S.APPROVED] + [S.RUNNING, S.PAUSED] * 200
+        while made < 401:
+            target = moves[made - 1]
+            if target is S.RUNNING and made > 3:
+                gov.approve("busy", S.RUNNING, approver=f"lead{made}", **sc)
+            gov.transition("busy", target, actor="ana", telemetry={"trafficPercentage": 10}, **sc)
+            made += 1
+            if made % 50 == 0:
+                gov.create_version("busy", {"round": made}, actor="ana", **sc)
+            if made % 2 == 0:  # at most 6 entries between two exports, while retention keeps 10
+                copy()
+        copy()
+        assert warnings == []
+        history_key = Scope(prefix, "acme", "prod").experiment("busy").history
+        assert bp.client.llen(history_key) <= 11  # Redis holds about 10 entries of the experiment
+        assert len(gov.history("busy", **sc)) < 20  # and without an archive the reads end there
+        assert len(gov.history("quiet", **sc)) == 1
+        assert gov.verify("busy", **sc) == []  # the fold starts from the state kept at the cut
+
+        archived = redgov.connect(redis_url, prefix=prefix, retain_history=10, archive=SqlArchive(sql_url))
+        try:
+            agov = Governance(archived)
+            history = agov.history("busy", **sc)
+            assert len(history) == 401 and archived.transitions("busy", **sc) == history
+            assert history[0].reason == "created" and history[0].from_state is None
+            assert all(a.to_state is b.from_state for a, b in zip(history[1:], history[2:]))
+            assert len({t.transition_id for t in history}) == 401
+            rows = [r for r in sql_rows(sql_url, ENTITY_TABLES["transition"]) if r["experiment"] == "busy"]
+            assert [t.transition_id for t in history] == [
+                r["transition_id"] for r in sorted(rows, key=lambda r: (r["entry_ms"], r["entry_seq"]))]
+            assert agov.verify("busy", **sc) == [] and agov.replay("busy", **sc) == agov.state("busy", **sc)
+            writes_seen = archived.state_writes("busy", **sc)
+            assert writes_seen[-1] == agov.state("busy", **sc)
+            assert [w.revision for w in writes_seen] == list(range(1, len(writes_seen) + 1))
+
+            approvals = archived.approvals("busy", **sc)
+            assert len(approvals) == 198 and all(a.transition_id for a in approvals)
+            by_tid = {t.transition_id: t for t in history}
+            for approval in approvals:  # each consumed by the Paused -> Running move after it
+                moved = by_tid[str(approval.transition_id)]
+                assert (moved.from_state, moved.to_state) == (S.PAUSED, S.RUNNING)
+            oldest = approvals[0]
+            assert archived.approvals_for_transition(str(oldest.transition_id), **sc) == [oldest]
+
+            evaluations = archived.policy_evaluations("busy", **sc)
+            assert len(evaluations) == 400  # one per transition
+            assert archived.latest_policy_evaluation("busy", "trafficLimit", **sc) == evaluations[-1]
+            versions = archived.versions("busy", **sc)
+            assert [v.version for v in versions] == list(range(1, 10))  # the first, then one every 50
+            assert archived.version("busy", 1, **sc) == versions[0]
+            assert archived.latest_version("busy", **sc) == versions[-1]
+
+            # limit and newest_first across the boundary between the archive and Redis
+            for limit in (None, 1, 5, 390, 395, 400, 401, 500):
+                for newest in (False, True):
+                    def cut(items: list[Any]) -> list[Any]:
+                        ordered = items[::-1] if newest else items
+                        return ordered if limit is None else ordered[:limit]
+
+                    kw: dict[str, Any] = {"limit": limit, "newest_first": newest, **sc}
+                    assert agov.history("busy", **kw) == cut(history), (limit, newest)
+                    assert archived.approvals("busy", **kw) == cut(approvals), (limit, newest)
+                    assert archived.policy_evaluations("busy", **kw) == cut(evaluations), (limit, newest)
+                    assert archived.versions("busy", **kw) == cut(versions), (limit, newest)
+        finally:
+            archived.close()
+    finally:
+        sql.close()
+        delete_prefix(bp.client, prefix)
+        bp.close()
 
 
 def test_trimmed_single_entry_reads_use_the_archive(bp: redgov.Backplane, redis_url: str, sqlite_url: str) -> None:
@@ -626,6 +819,37 @@ def test_follow_picks_up_new_scopes_and_stops(bp: redgov.Backplane, sql_url: str
     assert (summary.entries, summary.scopes, summary.mode, summary.stopped_by) == (5, 2, "follow", "stop")
     states = {r["experiment"]: r["state"] for r in sql_rows(sql_url, experiment_states)}
     assert states == {"x": "Draft", "y": "PendingApproval"}
+
+
+def test_follow_with_trim_removes_what_it_exported(bp: redgov.Backplane, redis_url: str, sqlite_url: str) -> None:
+    stop = threading.Event()
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(
+        follow(bp, sqlite_url, progress=False, stop=stop, block_ms=100, rediscover=0.2, handle_signals=False,
+               trim=True)))
+    gov = Governance(bp)
+    gov.create("x", actor="ana")
+    worker.start()
+    try:
+        for target in (S.PENDING_APPROVAL, S.APPROVED, S.RUNNING, S.PAUSED):
+            gov.transition("x", target, actor="ana")
+        deadline = time.monotonic() + 15
+        path = Path(sqlite_url[len("sqlite:///"):])
+        while time.monotonic() < deadline and (_exported(path) < 6 or log_length(bp) > 0):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        worker.join(10)
+    summary = result[0]
+    assert (summary.entries, summary.trimmed, log_length(bp)) == (6, 6, 0)
+    assert gov.history("x") == [] and gov.verify("x") == []
+    with SqlArchive(sqlite_url) as archive:
+        archived = redgov.connect(redis_url, prefix=bp.prefix, archive=archive)
+        try:
+            assert [t.to_state for t in Governance(archived).history("x")] == [
+                S.DRAFT, S.PENDING_APPROVAL, S.APPROVED, S.RUNNING, S.PAUSED]
+        finally:
+            archived.close()
 
 
 WRITER = textwrap.dedent("""
@@ -714,7 +938,7 @@ def test_follower_killed_at_random_moments_loses_and_doubles_nothing(bp: redgov.
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["mode"] == "follow" and summary["stopped_by"] == "SIGTERM"
 
-    logs = sorted(k.decode() for k in bp.client.scan_iter(match="{" + prefix + ":*:*}:log"))
+    logs = sorted(k.decode() for k in bp.client.scan_iter(match=scope_pattern(prefix)))
     assert len(logs) == 9  # the shared scope, and each writer's own and late one
     total = 0
     with SqlCopy(url, create=False) as copy:
@@ -764,7 +988,7 @@ def _caught_up(bp: redgov.Backplane, url: str) -> bool:
             rows = {r.log_key: r for r in copy.scopes()}
     except SqlCopyError:
         return False
-    for raw in bp.client.scan_iter(match="{" + bp.prefix + ":*:*}:log"):
+    for raw in bp.client.scan_iter(match=scope_pattern(bp.prefix)):
         log = raw.decode()
         last = bp.client.xrevrange(log, count=1)
         if log not in rows or (last and rows[log].cursor != last[0][0].decode()):
@@ -816,11 +1040,11 @@ def test_cli_export_restore_trim_and_exit_codes(bp: redgov.Backplane, target: re
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            conn.execute(sa.update(schema_table).values(version=2))
+            conn.execute(sa.update(schema_table).values(version=SCHEMA_VERSION + 1))
     finally:
         engine.dispose()
     done = _cli(tmp_path, redis_url, bp.prefix, "export", "--to", url, code=2)
-    assert "schema version 2" in done.stderr
+    assert f"schema version {SCHEMA_VERSION + 1}" in done.stderr
 
 
 # -- Redis Cluster ------------------------------------------------------------------------------------
@@ -866,6 +1090,6 @@ def test_cluster_export_follow_restore_trim(cluster: Cluster, sqlite_url: str) -
         assert trimmed.trimmed == grown and log_length(bp, scopes) == 0
     finally:
         for backplane, name in ((bp, source), (target, dest)):
-            for key in list(backplane.client.scan_iter(match="{" + name + ":*")):
+            for key in list(backplane.client.scan_iter(match=prefix_pattern(name))):
                 backplane.client.delete(key)
             backplane.close()
