@@ -1,56 +1,53 @@
 """StateCache: ``get_state`` served from process memory, kept fresh by the server.
 
 Redis's server-assisted client-side caching (``CLIENT TRACKING``, Redis >= 6.0)
-in the RESP2 redirect mode, so it works on every server redgov supports (>= 6.2)
-without redis-py's own cache (which needs RESP3 and Redis >= 7.4):
+in broadcasting mode, in RESP2, on every server redgov supports (>= 6.2):
 
-- a *stream* connection runs ``CLIENT ID`` and ``SUBSCRIBE __redis__:invalidate``;
-  a daemon thread reads it with bounded blocking reads and drops the entries
-  whose keys the server names (a nil payload, sent on FLUSHDB/FLUSHALL, drops
-  everything);
-- every miss sends ``CLIENT TRACKING ON REDIRECT <stream id>`` and ``HGETALL``
-  pipelined on one connection of the cache's own pool. The server then
-  remembers that key for that client and, on the next change to it by anyone,
-  sends the key name to the stream. Re-enabling tracking on every miss costs
-  no round trip and makes each miss self-sufficient: a pooled connection that
-  redis-py silently reconnected is tracked again before it reads.
-
-Freshness. A hit is never staler than the server's delivery of the
-invalidation to this process:
-
-- a key is registered as *in flight* before its HGETALL is sent; an
-  invalidation (or a local write, flush or stream loss) arriving before the
-  reply is stored marks the fetch stale and its result is returned but not
-  stored (the race between a read and a concurrent write);
-- two overlapping fetches of one key may complete in either order: the store
-  keeps the higher ``revision`` (a fencing token that only grows), so no thread
-  reads a state older than one it has already seen;
-- when the stream connection drops, goes silent (an idle PING every
-  ``health_interval`` s, given up after three intervals without a reply) or the
-  process forks, every entry is dropped and nothing is stored until the stream
-  is subscribed again under its new client id (invalidations sent while it was
-  down are lost, so nothing read before may be trusted);
-- writes made through the owning Backplane evict every entry of the written
-  scope as soon as their reply arrives (``wrote``), so a process reads its own
-  writes without waiting for the invalidation to come round.
-
-Entries are the decoded ``ExperimentState`` (immutable) or ``None`` for a
-missing experiment, keyed by (prefix, experiment, tenant, environment), at
-most ``max_entries`` (least recently used evicted first). One StateCache
-belongs to one Backplane, which closes it.
+- one *stream* connection, owned by a daemon thread, runs ``CLIENT ID``,
+  ``CLIENT SETNAME redgov-cache`` (unless the caller named its connections),
+  ``CLIENT TRACKING ON REDIRECT <its own id> BCAST PREFIX <p>...`` (one prefix
+  per scope read: ``<prefix>{<tenant>:<env>}:s:``, which only state hashes start
+  with) and ``SUBSCRIBE __redis__:invalidate``. From then on the server sends the
+  name of every state hash of those scopes that anyone changes. The tracking and
+  the stream live on the same connection, so they are lost together: when the
+  connection goes (a server ``timeout``, ``CLIENT KILL``, a restart, a proxy's idle
+  cut, three health intervals without an answer to PING) every entry is dropped,
+  the generation is bumped (fetches in flight are not stored) and nothing is
+  cached until a new stream is subscribed;
+- the first read of a new scope asks the thread for a stream that also covers
+  it. The new connection is subscribed before the old one is retired, and the
+  old one is drained up to the reply of a PING sent after that, so no change goes
+  unseen; until then that scope is read through, not cached. If the new
+  connection cannot be made the old one goes on being read, and the thread tries
+  again with backoff;
+- misses are ordinary reads on the Backplane's own client (sync or asyncio),
+  registered with ``begin`` before they are sent. A fetch invalidated (or evicted
+  by a local write, or overtaken by a stream loss) before ``finish`` stores its
+  reply is returned to its caller but not stored. What a fetch returns also
+  evicts an older cached state of its key and keeps older results of
+  overlapping fetches out, so no thread reads a state older than one it has
+  read (revisions only grow). ``lookup``, ``begin``, ``finish`` and ``abandon``
+  do no I/O and are thread-safe;
+- every entry is also bounded in age: a hit is served only within ``max_age``
+  seconds (``connect(cache_max_age=...)``, default 1.0) of the moment its fetch
+  was *registered* (before the read was sent), whatever failed;
+- writes through the owning Backplane evict the state they wrote as soon as
+  their reply arrives, so a process reads its own writes at once;
+- a process forked from the owner starts with an empty cache and no stream; its
+  first miss starts its own thread and stream. The parent's stream socket is
+  closed in the child without a shutdown, so the parent is not disturbed.
 
 Not supported: Redis Cluster (tracking is per node; ``connect`` refuses
-``cache=True`` there) and asyncio (``redgov.aio.connect(cache=True)`` refuses).
-``memory://`` ignores ``cache=True``: fakeredis runs in-process already.
+``cache=True`` there). ``memory://`` ignores ``cache=True``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -58,29 +55,39 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import ResponseError
 
-from .core import Call, Core
 from .errors import RedgovError, ValidationError
 from .records import ExperimentState
 
-__all__ = ["CacheStats", "StateCache"]
+__all__ = ["CacheStats", "MISS", "StateCache"]
 
 log = logging.getLogger(__name__)
 
 INVALIDATE_CHANNEL = b"__redis__:invalidate"
+#: the client name of the stream connection (CLIENT LIST), unless the caller gave its own
+STREAM_NAME = "redgov-cache"
+THREAD_NAME = "redgov-cache-invalidations"
 MAX_ENTRIES = 10_000
-HEALTH_INTERVAL = 1.0
-#: silence on the stream (in health intervals, a PING sent after the first) that counts as a lost connection
+MAX_AGE = 1.0
+HEALTH_INTERVAL = 0.5
+#: silence on the stream (health intervals, with a PING sent after the first) that counts as a loss
 DEAD_AFTER = 3
+#: how often the stream thread looks for new scopes to cover and for close (seconds)
+POLL = 0.02
 RECONNECT_MIN = 0.05
-RECONNECT_MAX = 2.0
-
-EntryKey = tuple[str, str, str | None, str | None]  # (prefix, experiment, tenant, environment)
+RECONNECT_MAX = 1.0
+#: failed attempts in a row (about 0.35 s) before a stream that cannot be made is logged as a warning
+WARN_AFTER = 3
+#: how long close() waits for the stream thread (it ends by itself later if it is stuck connecting)
+JOIN_TIMEOUT = 2.0
+#: a sentinel: the cache has no usable entry
+MISS: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
+    """Counters of a StateCache."""
+
     hits: int
     misses: int
     #: invalidation messages received (a flush counts once)
@@ -88,224 +95,159 @@ class CacheStats:
     #: times the invalidation stream was lost (and the cache dropped)
     resets: int
     size: int
+    #: whether results are being cached (a stream is subscribed)
     active: bool
 
 
 class _Entry:
-    __slots__ = ("key", "log", "state")
+    __slots__ = ("at", "prefix", "state")
 
-    def __init__(self, state: ExperimentState | None, key: bytes, log: str) -> None:
+    def __init__(self, state: ExperimentState | None, prefix: str, at: float) -> None:
         self.state = state
+        self.prefix = prefix
+        #: when the fetch that read it was registered: the state is at least this fresh
+        self.at = at
+
+
+class Fetch:
+    """One miss in flight: stored only if nothing may have changed its key since it was sent."""
+
+    __slots__ = ("at", "floor", "generation", "key", "prefix", "stale")
+
+    def __init__(self, key: str, prefix: str, generation: int, at: float) -> None:
         self.key = key
-        self.log = log
-
-
-class _Fetch:
-    """One miss in flight.
-
-    ``stale`` once anything may have changed its key since it was sent;
-    ``floor`` the highest revision an overlapping fetch of the key returned
-    meanwhile (a lower result was read earlier and must not be stored).
-    """
-
-    __slots__ = ("floor", "key", "log", "stale")
-
-    def __init__(self, key: bytes, log: str) -> None:
-        self.key = key
-        self.log = log
+        self.prefix = prefix
+        self.generation = generation
+        self.at = at
         self.stale = False
+        #: the highest revision another fetch of the key returned meanwhile: an older result is not stored
         self.floor = 0
 
 
 def _revision(state: ExperimentState | None) -> int:
+    """Revisions of a key only grow (from 1); absence counts as 0."""
     return 0 if state is None else state.revision
 
 
 class StateCache:
-    """A local, invalidated cache of ``get_state`` over a dedicated RESP2 ``redis.Redis``.
+    """A local, server-invalidated cache of experiment states, keyed by their state-hash key.
 
-    ``client`` is used by the cache alone (its pool serves the misses and the
-    invalidation stream) and is closed by ``close``. Construction subscribes
-    the stream and checks that the server accepts ``CLIENT TRACKING``; it
-    raises when it cannot.
+    ``connect`` makes a new RESP2 ``redis.Connection`` to the server each call
+    (the cache owns them; see ``connect.stream_connector``). The cache starts its
+    stream thread on the first miss. ``lookup``, ``begin``, ``finish`` and
+    ``abandon`` do no I/O and are thread-safe, so the sync and the asyncio
+    Backplane share it.
     """
 
-    def __init__(self, client: redis.Redis, *, max_entries: int = MAX_ENTRIES,
+    def __init__(self, connect: Callable[[], Any], *, max_entries: int = MAX_ENTRIES, max_age: float = MAX_AGE,
                  health_interval: float = HEALTH_INTERVAL) -> None:
-        if client.__class__.__name__ == "RedisCluster" or not isinstance(client, redis.Redis):
-            raise ValidationError(
-                f"StateCache needs a redis.Redis client (not {type(client).__name__}): "
-                "client-side caching is not supported on Redis Cluster"
-            )
-        options = client.connection_pool.connection_kwargs
-        if str(options.get("protocol") or 2) != "2":
-            raise ValidationError("StateCache needs a RESP2 client (protocol=2): invalidations arrive by pub/sub")
-        if options.get("decode_responses"):
-            raise ValidationError("StateCache needs a client that does not decode responses")
+        if not callable(connect):
+            raise ValidationError(f"connect must make a new redis Connection when called, got {connect!r}")
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ValidationError(f"max_entries must be a positive integer, got {max_entries!r}")
-        if not health_interval > 0:
-            raise ValidationError(f"health_interval must be > 0 seconds, got {health_interval!r}")
-        self._client: Any = client  # redis-py's command methods are untyped
-        self._encode: Callable[[str], bytes] = client.connection_pool.get_encoder().encode
+        if isinstance(max_age, bool) or not isinstance(max_age, int | float) or not max_age > 0:
+            raise ValidationError(f"cache_max_age must be a number of seconds > 0, got {max_age!r}")
+        if isinstance(health_interval, bool) or not isinstance(health_interval, int | float) or not health_interval > 0:
+            raise ValidationError(f"health_interval must be a number of seconds > 0, got {health_interval!r}")
+        self._connect = connect
         self.max_entries = max_entries
+        self.max_age = float(max_age)
         self.health_interval = float(health_interval)
         self._lock = threading.Lock()
-        self._entries: OrderedDict[EntryKey, _Entry] = OrderedDict()
-        self._keys: dict[bytes, EntryKey] = {}
-        self._scopes: dict[str, set[EntryKey]] = {}
-        self._inflight: dict[bytes, list[_Fetch]] = {}
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._inflight: dict[str, list[Fetch]] = {}
+        #: scope prefixes asked for (``_asked`` counts additions), and those the current stream covers
+        self._wanted: set[str] = set()
+        self._asked = 0
+        self._live: frozenset[str] = frozenset()
+        #: bumped whenever the stream is lost: entries and fetches of an older generation are void
+        self._generation = 0
         self._hits = self._misses = self._invalidations = self._resets = 0
-        #: CLIENT ID of the subscribed stream connection; None while caching is off
-        self._redirect: int | None = None
+        #: the current stream connection and its CLIENT ID (set by the stream thread)
         self._stream: Any = None
+        self._stream_id: int | None = None
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._closed = False
         self._pid = os.getpid()
-        self._restart_lock = threading.Lock()
-        try:
-            conn = self._subscribe()
-            self._check_tracking()
-        except BaseException:
-            self._lost(self._stream)
-            client.close()
-            client.connection_pool.disconnect()
-            raise
-        self._thread = self._start(conn)
         _caches.add(self)
 
-    # -- reads ----------------------------------------------------------------
+    # -- reads (no I/O) -----------------------------------------------------------------
 
-    def get_state(self, core: Core, experiment: str, tenant: str | None,
-                  environment: str | None) -> ExperimentState | None:
-        """The cached state (or cached absence), else one tracked HGETALL."""
-        entry_key = (core.prefix, experiment, tenant, environment)
+    def lookup(self, key: str) -> ExperimentState | None:
+        """The cached state of a state-hash key (None: cached absence), or ``MISS``."""
         with self._lock:
-            try:
-                entry = self._entries[entry_key]
-            except (KeyError, TypeError):  # TypeError: an unhashable name, refused by core below
-                entry = None
-            else:
-                self._entries.move_to_end(entry_key)
-                self._hits += 1
-        if entry is not None:
+            entry = self._entries.get(key)
+            if entry is None or entry.prefix not in self._live or time.monotonic() - entry.at > self.max_age:
+                return MISS  # type: ignore[no-any-return]
+            self._entries.move_to_end(key)
+            self._hits += 1
             return entry.state
-        return self._miss(core, entry_key)
 
-    def _miss(self, core: Core, entry_key: EntryKey) -> ExperimentState | None:
-        _, experiment, tenant, environment = entry_key
-        call = core.get_state(experiment, tenant, environment)  # validates the names
-        fetch = _Fetch(self._encode(call.keys[0]), core.scope(tenant, environment).log)
+    def begin(self, key: str, prefix: str) -> Fetch | None:
+        """Register a miss of ``key`` (in the scope whose state keys start with ``prefix``) before
+        it is read. While no stream covers the scope yet, its result is not stored (but still
+        keeps older states out, see ``finish``); None once the cache is closed."""
         if self._pid != os.getpid():
-            self._restart_after_fork()
+            self._after_fork()
         with self._lock:
+            if self._closed:
+                return None
             self._misses += 1
-            redirect = self._redirect
-            if redirect is not None:
-                self._inflight.setdefault(fetch.key, []).append(fetch)
-        if redirect is None:  # the stream is down: read through, store nothing
-            return self._read(call)
-        state: ExperimentState | None = None
-        parsed = cacheable = False
-        try:
-            tracked, reply = self._tracked_read(redirect, call.args)
-            if isinstance(reply, ResponseError):
-                return call.failed(reply)
-            state = call.parse(reply)
-            parsed = True
-            cacheable = tracked
-        finally:
-            # one critical section: an invalidation either marked this fetch stale or comes after the store
-            with self._lock:
-                self._unregister(fetch)
-                if parsed:
-                    self._settle(entry_key, fetch, state, cacheable and redirect == self._redirect)
-        return state
+            if prefix not in self._wanted:
+                self._wanted.add(prefix)
+                self._asked += 1
+            if self._thread is None:
+                self._start()
+            fetch = Fetch(key, prefix, self._generation, time.monotonic())
+            fetch.stale = prefix not in self._live  # read through until a stream covers the scope
+            self._inflight.setdefault(key, []).append(fetch)
+            return fetch
 
-    def _tracked_read(self, redirect: int, args: tuple[Any, ...]) -> tuple[bool, Any]:
-        """CLIENT TRACKING ON REDIRECT + the read, pipelined on one pooled connection (retried as redis-py does).
+    def finish(self, fetch: Fetch | None, state: ExperimentState | None) -> None:
+        """A fetch's result: stored unless something may have changed its key meanwhile."""
+        if fetch is None:
+            return
+        revision = _revision(state)
+        with self._lock:
+            self._forget(fetch)
+            # What this fetch read is returned to its caller, stored or not. So that no thread reads
+            # an older state after it (a state read by a fetch that began earlier, whose
+            # invalidation is still on its way), nothing older stays cached or is stored after it.
+            old = self._entries.get(fetch.key)
+            if old is not None and _revision(old.state) < revision:
+                del self._entries[fetch.key]
+                old = None
+            for other in self._inflight.get(fetch.key, ()):
+                other.floor = max(other.floor, revision)
+            if fetch.stale or fetch.generation != self._generation or fetch.prefix not in self._live \
+                    or revision < fetch.floor or time.monotonic() - fetch.at > self.max_age:
+                return
+            if old is not None and _revision(old.state) > revision:
+                return  # an overlapping fetch read a newer state already
+            self._entries[fetch.key] = _Entry(state, fetch.prefix, fetch.at)
+            self._entries.move_to_end(fetch.key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
-        (whether the read was tracked, its raw reply or the ResponseError it got)
-        """
-        pool = self._client.connection_pool
-        conn: Any = pool.get_connection()
-        packed = conn.pack_commands([("CLIENT", "TRACKING", "ON", "REDIRECT", redirect), args])
+    def abandon(self, fetch: Fetch | None) -> None:
+        """A fetch that failed: forget it."""
+        if fetch is None:
+            return
+        with self._lock:
+            self._forget(fetch)
 
-        def exchange() -> tuple[bool, Any]:
-            conn.send_packed_command(packed)
-            tracked = True
-            try:
-                conn.read_response()
-            except ResponseError:  # e.g. the redirect target is gone: the read is not tracked
-                tracked = False
-            try:
-                return tracked, conn.read_response()
-            except ResponseError as exc:
-                return tracked, exc
-
-        try:
-            result: tuple[bool, Any] = conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect())
-            return result
-        finally:
-            pool.release(conn)
-
-    def _read(self, call: Call[ExperimentState | None]) -> ExperimentState | None:
-        try:
-            reply = self._client.execute_command(*call.args)
-        except ResponseError as exc:
-            return call.failed(exc)
-        return call.parse(reply)
-
-    def _unregister(self, fetch: _Fetch) -> None:
+    def _forget(self, fetch: Fetch) -> None:
         fetches = self._inflight.get(fetch.key)
-        if fetches is not None and fetch in fetches:
-            fetches.remove(fetch)
+        if fetches is not None:
+            for i, other in enumerate(fetches):
+                if other is fetch:
+                    del fetches[i]
+                    break
             if not fetches:
                 del self._inflight[fetch.key]
 
-    def _settle(self, entry_key: EntryKey, fetch: _Fetch, state: ExperimentState | None, cacheable: bool) -> None:
-        """A fetch returned ``state`` to its caller: raise the floor of the overlapping ones; store it if sound.
-
-        Fetches of one key on different connections reach the server in any
-        order, so a fetch sent earlier may have read an older state than one
-        that already returned; the floor, and dropping an entry older than
-        what this one read, keep every later read at or above what any caller
-        has seen (monotonic reads).
-        """
-        revision = _revision(state)
-        for other in self._inflight.get(fetch.key, ()):
-            if other.floor < revision:
-                other.floor = revision
-        if cacheable and not fetch.stale and revision >= fetch.floor:
-            self._store(entry_key, fetch, state)
-            return
-        old = self._entries.get(entry_key)
-        if old is not None and _revision(old.state) < revision:  # stored by a fetch that read earlier
-            self._drop(entry_key)
-
-    def _store(self, entry_key: EntryKey, fetch: _Fetch, state: ExperimentState | None) -> None:
-        old = self._entries.get(entry_key)
-        if old is not None:
-            self._entries.move_to_end(entry_key)
-            if _revision(old.state) > _revision(state):  # an overlapping fetch read later
-                return
-            old.state = state
-            return
-        self._entries[entry_key] = _Entry(state, fetch.key, fetch.log)
-        self._keys[fetch.key] = entry_key
-        self._scopes.setdefault(fetch.log, set()).add(entry_key)
-        while len(self._entries) > self.max_entries:
-            self._drop(next(iter(self._entries)))
-
-    def _drop(self, entry_key: EntryKey) -> None:
-        entry = self._entries.pop(entry_key)
-        del self._keys[entry.key]
-        members = self._scopes[entry.log]
-        members.discard(entry_key)
-        if not members:
-            del self._scopes[entry.log]
-
-    # -- invalidation -----------------------------------------------------------
+    # -- invalidation -------------------------------------------------------------------
 
     def invalidate(self, keys: Iterable[bytes | str] | None) -> None:
         """Drop the entries of these Redis keys (None: drop everything), as an invalidation message does."""
@@ -314,26 +256,21 @@ class StateCache:
             if keys is None:
                 self._clear()
                 return
-            for key in keys:
-                raw = self._encode(key) if isinstance(key, str) else key
-                entry_key = self._keys.get(raw)
-                if entry_key is not None:
-                    self._drop(entry_key)
-                for fetch in self._inflight.get(raw, ()):
-                    fetch.stale = True
+            for raw in keys:
+                key = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+                self._drop(key)
 
-    def wrote(self, *logs: str | None) -> None:
-        """A write to these scope logs returned: drop the scopes' entries (read-your-writes)."""
+    def wrote(self, *keys: str | None) -> None:
+        """Writes to these state keys returned: drop them (read-your-writes)."""
         with self._lock:
-            for scope_log in logs:
-                if scope_log is None:
-                    continue
-                for entry_key in self._scopes.get(scope_log, set()).copy():
-                    self._drop(entry_key)
-                for fetches in self._inflight.values():
-                    for fetch in fetches:
-                        if fetch.log == scope_log:
-                            fetch.stale = True
+            for key in keys:
+                if key is not None:
+                    self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+        for fetch in self._inflight.get(key, ()):
+            fetch.stale = True
 
     def clear(self) -> None:
         """Drop every entry; fetches in flight will not be stored."""
@@ -342,182 +279,226 @@ class StateCache:
 
     def _clear(self) -> None:
         self._entries.clear()
-        self._keys.clear()
-        self._scopes.clear()
         for fetches in self._inflight.values():
             for fetch in fetches:
                 fetch.stale = True
 
-    # -- the invalidation stream --------------------------------------------------
+    # -- the stream thread ------------------------------------------------------------------
 
-    def _subscribe(self) -> Any:
-        """A pooled connection subscribed to the invalidation channel, published as the redirect target."""
-        conn: Any = self._client.connection_pool.get_connection()
+    def _start(self) -> None:
+        """Start the stream thread (the lock held)."""
+        if self._thread is None and not self._closed:
+            self._stop = threading.Event()
+            thread = threading.Thread(target=self._run, args=(self._stop,), name=THREAD_NAME, daemon=True)
+            self._thread = thread
+            thread.start()
+
+    def _open(self, prefixes: frozenset[str]) -> tuple[Any, int]:
+        """A new connection tracking ``prefixes`` in broadcast mode and subscribed to the invalidations."""
+        conn = self._connect()
         try:
-            conn.send_command("CLIENT", "ID")
+            conn.connect()
+            named = not getattr(conn, "client_name", None)
+            conn.send_command("CLIENT", "ID", check_health=False)
+            if named:
+                conn.send_command("CLIENT", "SETNAME", STREAM_NAME, check_health=False)
             client_id = int(conn.read_response())
-            conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
+            if named:
+                try:
+                    conn.read_response()
+                except redis.ResponseError:
+                    pass  # not allowed to name itself (an ACL): it goes unnamed
+            args: list[Any] = ["CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST"]
+            for prefix in sorted(prefixes):
+                args += ["PREFIX", prefix]
+            conn.send_command(*args, check_health=False)
+            conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL, check_health=False)
+            conn.read_response()  # OK (an error reply raises)
             reply = conn.read_response()
             if not (isinstance(reply, list) and reply[:2] == [b"subscribe", INVALIDATE_CHANNEL]):
                 raise RedgovError(f"unexpected reply to SUBSCRIBE {INVALIDATE_CHANNEL!r}: {reply!r}")
         except BaseException:
-            self._release(conn)
+            conn.disconnect()
             raise
-        with self._lock:
-            self._stream = conn
-            if not self._stop.is_set():
-                self._redirect = client_id
-        return conn
+        return conn, client_id
 
-    def _check_tracking(self) -> None:
-        try:
-            self._client.execute_command("CLIENT", "TRACKING", "ON", "REDIRECT", self._redirect)
-        except ResponseError as exc:
-            raise RedgovError(
-                f"cache=True needs server-assisted client-side caching (CLIENT TRACKING, Redis >= 6.0) "
-                f"and permission to use it: {exc}"
-            ) from exc
-
-    def _start(self, conn: Any) -> threading.Thread:
-        thread = threading.Thread(target=self._run, args=(conn,), name="redgov-cache-invalidations", daemon=True)
-        thread.start()
-        return thread
-
-    def _run(self, conn: Any) -> None:
-        try:
-            self._follow(conn)
-        finally:  # however this thread ends, nothing is cached without it
-            with self._lock:
-                self._redirect = None
-                self._clear()
-
-    def _follow(self, conn: Any) -> None:
-        """Read invalidations until stopped; after a loss, subscribe again (backing off while that fails)."""
+    def _run(self, stop: threading.Event) -> None:
+        stream: Any = None
+        covered: frozenset[str] = frozenset()
+        asked = -1
         delay = RECONNECT_MIN
-        while not self._stop.is_set():
-            if conn is None:
-                try:
-                    conn = self._subscribe()
-                except Exception as exc:  # noqa: BLE001 - any failure: wait and try again
-                    log.debug("redgov cache: cannot subscribe to invalidations yet: %s", exc)
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, RECONNECT_MAX)
+        retry_at = 0.0
+        failures = 0
+        try:
+            while not stop.is_set():
+                if (stream is None or asked != self._asked) and time.monotonic() >= retry_at:
+                    with self._lock:
+                        wanted, wanted_asked = frozenset(self._wanted), self._asked
+                    try:
+                        fresh, fresh_id = self._open(wanted)
+                    except Exception as exc:  # noqa: BLE001 - any failure: wait and try again
+                        # a lasting failure is a warning, once (an ACL without CLIENT TRACKING or the
+                        # invalidation channel leaves the cache off); a passing one (a server
+                        # starting or restarting) is not
+                        failures += 1
+                        (log.warning if failures == WARN_AFTER else log.debug)(
+                            "redgov cache: cannot subscribe to invalidations (reads go to Redis "
+                            "meanwhile): %s", exc)
+                        retry_at = time.monotonic() + delay
+                        delay = min(delay * 2, RECONNECT_MAX)
+                    else:
+                        delay = RECONNECT_MIN
+                        failures = 0
+                        if stream is not None:
+                            self._retire(stream, stop)
+                            stream = None
+                        stream, covered, asked = fresh, wanted, wanted_asked
+                        with self._lock:
+                            self._stream, self._stream_id = stream, fresh_id
+                            if not stop.is_set():
+                                self._live = covered
+                if stream is None:
+                    stop.wait(min(POLL, max(0.0, retry_at - time.monotonic())))
                     continue
-                delay = RECONNECT_MIN
-                log.debug("redgov cache: tracking resumed")
-            try:
-                self._listen(conn)
-            except Exception as exc:  # noqa: BLE001 - the stream is gone however it failed
-                if not self._stop.is_set():
-                    log.warning("redgov cache: invalidation stream lost, cache dropped: %s", exc)
-            finally:
-                self._lost(conn)
-                conn = None
+                try:
+                    self._listen(stream, asked, retry_at, stop)
+                except Exception as exc:  # noqa: BLE001 - the stream is gone however it failed
+                    if not stop.is_set():
+                        log.warning("redgov cache: invalidation stream lost, cache dropped: %s", exc)
+                    self._lost()
+                    stream.disconnect()
+                    stream = None
+        except BaseException:  # noqa: BLE001 - never leave entries served without a stream
+            log.exception("redgov cache: the invalidation thread failed")
+            raise
+        finally:
+            self._lost(count=False)
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None  # the next miss starts a new one (unless closed)
+            if stream is not None:
+                stream.disconnect()
 
-    def _listen(self, conn: Any) -> None:
-        interval = self.health_interval
+    def _retire(self, old: Any, stop: threading.Event) -> None:
+        """Read what the old stream still holds, up to the reply of a PING sent now, then close it.
+
+        The new stream is subscribed already, so every change from then on reaches it;
+        a failure here drops the cache (some change may have been missed)."""
+        token = uuid.uuid4().hex.encode()
+        try:
+            old.send_command("PING", token, check_health=False)
+            deadline = time.monotonic() + DEAD_AFTER * self.health_interval
+            while True:
+                if time.monotonic() > deadline:
+                    raise redis.TimeoutError("no reply to PING on the retired invalidation connection")
+                if not old.can_read(timeout=POLL):
+                    continue
+                message = old.read_response()
+                if isinstance(message, list) and len(message) == 2 and message[0] == b"pong" \
+                        and message[1] == token:
+                    break
+                self._handle(message)
+        except Exception as exc:  # noqa: BLE001 - the old stream is going anyway
+            if not stop.is_set():
+                log.warning("redgov cache: could not drain the old invalidation stream, cache dropped: %s", exc)
+            self._lost()
+        finally:
+            old.disconnect()
+
+    def _listen(self, conn: Any, asked: int, retry_at: float, stop: threading.Event) -> None:
+        """Read invalidations until a new scope must be covered or close (return), or the stream fails (raise)."""
         heard = time.monotonic()
         pinged = False
-        while not self._stop.is_set():
-            if conn.can_read(timeout=interval):
+        while not stop.is_set():
+            if asked != self._asked and time.monotonic() >= retry_at:
+                return
+            if conn.can_read(timeout=POLL):
                 self._handle(conn.read_response())
                 heard = time.monotonic()
                 pinged = False
                 continue
             silent = time.monotonic() - heard
-            if silent >= DEAD_AFTER * interval:
+            if silent >= DEAD_AFTER * self.health_interval:
                 raise redis.TimeoutError(f"no reply on the invalidation connection for {silent:.1f}s")
-            if not pinged:
-                conn.send_command("PING")
+            if silent >= self.health_interval and not pinged:
+                conn.send_command("PING", check_health=False)
                 pinged = True
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, list) and len(message) == 3 and message[0] == b"message" \
                 and message[1] == INVALIDATE_CHANNEL:
             self.invalidate(message[2])
-        # else: a pong, or a subscribe confirmation: proof of life only
+        # else: a pong: proof of life only
 
-    def _lost(self, conn: Any) -> None:
+    def _lost(self, count: bool = True) -> None:
+        """The stream is gone: nothing cached is trusted any more."""
         with self._lock:
-            if self._redirect is not None:
+            if self._live and count:
                 self._resets += 1
-            self._redirect = None
-            if self._stream is conn:
-                self._stream = None
+            self._live = frozenset()
+            self._stream = None
+            self._stream_id = None
+            self._generation += 1
             self._clear()
-        if conn is not None:
-            self._release(conn)
 
-    def _release(self, conn: Any) -> None:
-        conn.disconnect()
-        try:
-            self._client.connection_pool.release(conn)
-        except Exception:  # noqa: BLE001 - a pool reset by fork or close no longer knows it
-            pass
+    # -- fork, state, close -------------------------------------------------------------
 
-    def _restart_after_fork(self) -> None:
-        """In a forked child: the parent's thread and stream are gone; start ours."""
-        with self._restart_lock:
-            if self._pid == os.getpid() or self._closed:
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's thread is not here and its stream is not ours."""
+        with _fork_lock:
+            if self._pid == os.getpid():
                 return
             self._pid = os.getpid()
-            self._thread = self._start(None)
-
-    def _forget_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._restart_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._entries.clear()
-        self._keys.clear()
-        self._scopes.clear()
-        self._inflight.clear()
-        self._redirect = None
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            stream.disconnect()  # closes the child's copy; the parent's socket stays open
-
-    # -- state ----------------------------------------------------------------------
+            self._lock = threading.Lock()  # it may have been held by a thread that is not here
+            self._stop = threading.Event()
+            self._entries.clear()
+            self._inflight.clear()
+            self._live = frozenset()
+            self._generation += 1
+            self._thread = None  # the next miss starts this process's own
+            stream, self._stream, self._stream_id = self._stream, None, None
+            sock = getattr(stream, "_sock", None)
+            if sock is not None:
+                try:  # close this process's copy of the descriptor: no shutdown, the parent's socket lives on
+                    sock.close()
+                except OSError:
+                    pass
 
     @property
     def active(self) -> bool:
-        """Whether results are being cached (the invalidation stream is subscribed)."""
-        return self._redirect is not None
+        """Whether results are being cached (a stream covers at least one scope)."""
+        return bool(self._live)
 
     @property
-    def redirect_id(self) -> int | None:
-        """CLIENT ID of the invalidation connection (None while it is down)."""
-        return self._redirect
+    def stream_id(self) -> int | None:
+        """The CLIENT ID of the current stream connection (None: no stream)."""
+        return self._stream_id
+
+    def covers(self, prefix: str) -> bool:
+        """Whether the current stream covers the scope whose state keys start with ``prefix``."""
+        return prefix in self._live
 
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(hits=self._hits, misses=self._misses, invalidations=self._invalidations,
-                              resets=self._resets, size=len(self._entries), active=self._redirect is not None)
+                              resets=self._resets, size=len(self._entries), active=bool(self._live))
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def close(self) -> None:
-        """Stop the invalidation thread and close the cache's connections."""
+        """Stop the stream thread (it closes the stream connection) and drop every entry."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._stop.set()
-            self._redirect = None
+            self._live = frozenset()
             self._clear()
-            stream = self._stream
-        if stream is not None:  # wake the blocked read now rather than at its timeout
-            sock = getattr(stream, "_sock", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        if self._pid == os.getpid():
-            self._thread.join(timeout=DEAD_AFTER * self.health_interval + 1)
+            thread = self._thread
         _caches.discard(self)
-        self._client.close()
-        self._client.connection_pool.disconnect()
+        if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
+            thread.join(timeout=JOIN_TIMEOUT)
 
     def __enter__(self) -> StateCache:
         return self
@@ -527,15 +508,18 @@ class StateCache:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("active" if self.active else "inactive")
-        return f"<StateCache {state} entries={len(self._entries)} max_entries={self.max_entries}>"
+        return f"<StateCache {state} entries={len(self._entries)} max_age={self.max_age:g}s>"
 
 
 _caches: weakref.WeakSet[StateCache] = weakref.WeakSet()
+_fork_lock = threading.Lock()
 
 
 def _forget_all_in_child() -> None:
+    global _fork_lock
+    _fork_lock = threading.Lock()
     for cache in list(_caches):
-        cache._forget_in_child()
+        cache._after_fork()
 
 
 os.register_at_fork(after_in_child=_forget_all_in_child)
