@@ -275,10 +275,12 @@ def display_url(url: str) -> str:
 
 
 def delete_prefix(client: Any, prefix: str) -> int:
-    """Unlink every key of a redgov prefix (``{<prefix>:...``), 500 at a time; the number deleted."""
+    """Unlink every key of a redgov prefix (``<prefix>{...``), 500 at a time; the number deleted."""
+    from redgov.keys import prefix_pattern
+
     deleted = 0
     batch: list[bytes] = []
-    for key in client.scan_iter(match="{" + prefix + ":*", count=1000):
+    for key in client.scan_iter(match=prefix_pattern(prefix), count=1000):
         batch.append(key)
         if len(batch) >= 500:
             deleted += client.unlink(*batch)

@@ -88,8 +88,8 @@ WARM_SECONDS = 0.3
 BATCH = 100
 BATCH_BLOCK = 5
 
-TARGET_TRANSITION = 1.3
-TARGET_GATED = 1.3
+TARGET_TRANSITION = 1.4
+TARGET_GATED = 1.4
 TARGET_CONTENDED = 2.0  # redgov etag throughput / WATCH-MULTI throughput, at least
 TARGET_LOST = 0
 
@@ -97,14 +97,18 @@ RUNNING, PAUSED = LifecycleState.RUNNING, LifecycleState.PAUSED
 ACTOR = "bench"
 _TRANSITION = msgspec.json.Decoder(StateTransition)
 
-#: The baseline: a compare-and-set of the etag and an XADD, nothing else.
+#: The baseline: a compare-and-set of the etag, the revision counter and an XADD, nothing else.
 CAS_LUA = """
 if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then
   return redis.error_reply('CONFLICT etag')
 end
+local revision = redis.call('HINCRBY', KEYS[1], 'r', 1)
 redis.call('HSET', KEYS[1], 's', ARGV[2], 'e', ARGV[3])
-return redis.call('XADD', KEYS[2], '*', 'r', ARGV[4])
+return {revision, redis.call('XADD', KEYS[2], '*', 'r', ARGV[4])}
 """
+TARGET_SERVER = 2.0  # server script time per transition / the baseline script's, at most
+TARGET_BYTES = 300  # memory per transition event, all keys counted, no retention
+MEMORY_TRANSITIONS = 5000
 
 
 def _state_of(value: bytes | str) -> LifecycleState:
@@ -154,16 +158,22 @@ def _wait_until(moment: float) -> None:
 
 def _hammer_etag(gov: redgov.Governance, raw: redis.Redis, scope: Scope, experiment: str,
                  end: float) -> dict[str, int]:
-    """Read the state, transition with its etag; retry on ConflictError."""
+    """Transition guarded by the etag last seen: the one the previous transition returned, else (after
+    a ConflictError) the one a read gives; retry on ConflictError."""
     done = conflicts = 0
+    current = gov.state(experiment)
+    assert current is not None
+    state, etag = current.state, current.etag
     while time.time() < end:
-        current = gov.state(experiment)
-        assert current is not None
         try:
-            gov.transition(experiment, _other(current.state), actor=ACTOR, expected_etag=current.etag)
+            moved = gov.transition(experiment, _other(state), actor=ACTOR, expected_etag=etag)
         except redgov.ConflictError:
             conflicts += 1
+            current = gov.state(experiment)
+            assert current is not None
+            state, etag = current.state, current.etag
             continue
+        state, etag = moved.to_state, moved.etag
         done += 1
     return {"successes": done, "conflicts": conflicts, "refusals": 0}
 
@@ -341,7 +351,7 @@ def _observe(raw: redis.Redis, scope: Scope, variant: str, experiment: str) -> t
         revision, length = raw.hget(keys.state, "r"), raw.xlen(keys.log)
     else:
         exp = scope.experiment(experiment)
-        revision, length = raw.hget(exp.state, "r"), raw.llen(exp.transitions)
+        revision, length = raw.hget(exp.state, "r"), raw.llen(exp.history)
     return int(revision or 0), int(length)
 
 
@@ -400,6 +410,65 @@ def _contention(url: str, prefix: str, gov: redgov.Governance, raw: redis.Redis,
     return list(tallies.values())
 
 
+# -- server time and memory ------------------------------------------------------------
+
+
+def _evalsha_usec(raw: redis.Redis) -> tuple[float, int]:
+    stats = raw.info("commandstats").get("cmdstat_evalsha", {"usec": 0, "calls": 0})
+    return float(stats["usec"]), int(stats["calls"])
+
+
+def _server_time(raw: redis.Redis, group: dict[str, Callable[[], None]], n: int,
+                 block: int) -> dict[str, list[int]]:
+    """Per member, samples of the server's EVALSHA time per call (ns), one per block, interleaved."""
+    samples: dict[str, list[int]] = {name: [] for name in group}
+    rounds = max(5, n // block)
+    for round_no in range(rounds):
+        order = list(group) if round_no % 2 == 0 else list(group)[::-1]
+        for name in order:
+            usec0, calls0 = _evalsha_usec(raw)
+            for _ in range(block):
+                group[name]()
+            usec1, calls1 = _evalsha_usec(raw)
+            if calls1 > calls0:
+                samples[name].append(int((usec1 - usec0) / (calls1 - calls0) * 1000))
+    return samples
+
+
+def _memory_per_transition(url: str, prefix: str) -> dict[str, float]:
+    """Bytes per transition of every key of a fresh prefix (history kept), and of the dedupe buckets."""
+    bp = redgov.connect(url, prefix=prefix)
+    gov = redgov.Governance(bp)
+    raw = bp.client
+    try:
+        names = [f"m{i}" for i in range(10)]
+        for name in names:
+            _to_running(gov, name)
+
+        def measure_keys() -> tuple[int, int]:
+            kept = dedupe = 0
+            for key in raw.scan_iter(match=prefix + "{*", count=1000):
+                size = int(raw.memory_usage(key, samples=0) or 0)
+                if b":ops:" in key:
+                    dedupe += size
+                else:
+                    kept += size
+            return kept, dedupe
+
+        kept0, dedupe0 = measure_keys()
+        per = MEMORY_TRANSITIONS // len(names)
+        for i in range(per):
+            target = PAUSED if i % 2 == 0 else RUNNING
+            for name in names:
+                gov.transition(name, target, actor=ACTOR)
+        kept1, dedupe1 = measure_keys()
+        count = per * len(names)
+        return {"kept": (kept1 - kept0) / count, "dedupe": (dedupe1 - dedupe0) / count}
+    finally:
+        delete_prefix(raw, prefix)
+        bp.close()
+
+
 # -- the run ---------------------------------------------------------------------------
 
 
@@ -436,10 +505,18 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
         plain = "exp-plain"
         _to_running(gov, plain)
         plain_targets = itertools.cycle((PAUSED, RUNNING))
-        s = measure({"transition": lambda: gov.transition(plain, next(plain_targets), actor=ACTOR),
-                     "cas": baseline}, n, block=block, warmup=warmup)
+
+        def transition() -> None:
+            gov.transition(plain, next(plain_targets), actor=ACTOR)
+
+        s = measure({"transition": transition, "cas": baseline}, n, block=block, warmup=warmup)
         rows.append(row("transition Running<->Paused", s["transition"],
-                        "Lua CAS + XADD (EVALSHA)", s["cas"], TARGET_TRANSITION))
+                        "Lua CAS + HINCRBY + XADD", s["cas"], TARGET_TRANSITION))
+
+        # 1b. the same, server time per call (INFO commandstats usec of EVALSHA), interleaved blocks
+        server_rows = _server_time(raw, {"transition": transition, "cas": baseline}, n, block)
+        rows.append(row("server time per transition (commandstats)", server_rows["transition"],
+                        "Lua CAS + HINCRBY + XADD", server_rows["cas"], TARGET_SERVER))
 
         # 2. the same through a ManualGate: approve() untimed before each transition
         manual = "exp-manual"
@@ -454,10 +531,13 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
         s = measure({"gated": lambda: gated.transition(manual, approved[0], actor=ACTOR), "cas": baseline},
                     n, block=block, warmup=warmup, before={"gated": approve})
         rows.append(row("transition + ManualGate (approve untimed)", s["gated"],
-                        "Lua CAS + XADD (EVALSHA)", s["cas"], TARGET_GATED))
+                        "Lua CAS + HINCRBY + XADD", s["cas"], TARGET_GATED))
         consumed = len(bp.approvals(manual))
         if consumed != n + warmup + 1:
             raise RuntimeError(f"{manual}: {consumed} approvals recorded, expected {n + warmup + 1}")
+
+        # 3. memory per transition event, every key of a fresh prefix counted, no retention
+        memory = _memory_per_transition(url, f"{prefix}-mem")
 
         # 4. 100 experiments once each: transition_many vs sequential transition
         batched = [f"batch-many-{i:03d}" for i in range(BATCH)]
@@ -532,10 +612,11 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
         notes = [
             f"baseline: EVALSHA of a {len(CAS_LUA.strip().splitlines())}-line CAS script, 2 keys, 4 args "
             f"({len(payload)}-byte XADD payload); redgov transition sends {len(plain_call.keys)} keys and "
-            f"{len(plain_call.args)} args ({sent} bytes) and also writes the index, tid, writes and "
-            "transitions keys; both are one round trip",
-            "row 1 calls transition() without an etag (it returns no etag to chain); the baseline passes "
-            "the etag its previous call wrote",
+            f"{len(plain_call.args)} args ({sent} bytes) and also checks the rule, dedupes re-sends (reads "
+            "and records its operation id) and appends to the experiment's history; both are one round trip",
+            "row 1 calls transition() without an etag; the baseline passes the etag its previous call wrote",
+            "row 2: INFO commandstats usec of EVALSHA per call, measured over interleaved blocks of each "
+            "(the server's own time, which machine noise barely moves); median of the blocks",
             f"row 2: ManualGate on -> Running and -> Paused; each sample is one transition that consumes the "
             f"approval recorded by an untimed approve() just before ({consumed} approvals consumed)",
             f"row 3: each sample is the whole batch of {BATCH}; transition_many speedup "
@@ -543,8 +624,10 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
             "contention: successes are transitions the workers report; lost updates = per slice "
             "|successes - revision Δ| or |successes - history Δ| (the larger), plus history entries that "
             "do not start where the previous one ended; retries = ConflictError/WatchError (plus refusals "
-            "for redgov blind); redgov etag costs 2 round trips per attempt (state read + transition), "
-            "WATCH/MULTI 3 (WATCH, HGETALL, MULTI..EXEC), redgov blind 1",
+            "for redgov blind); "
+            "WATCH/MULTI 3 (WATCH, HGETALL, MULTI..EXEC), redgov blind 1; redgov etag chains the etag each "
+            "transition returns and reads the state only after a ConflictError (1 round trip per attempt, "
+            "2 after a conflict)",
             "client CPU µs/ok: CPU time of all workers (attempts and retries) per successful transition; "
             "server CPU µs/ok: the server's CPU time (INFO cpu) per success; server busy: server CPU time "
             "per second of the slices",
@@ -552,6 +635,14 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
             "anything else running, so throughput is bounded by CPU as much as by round trips; compare the "
             "ratios and the CPU per success, not the absolute rates",
         ]
+        memory_table = table_dict(
+            "memory per transition event (no retention; MEMORY USAGE of every key of a fresh prefix)",
+            ("what", "transitions", "bytes/transition", "target", "ok"),
+            [("history: log, lists, state, index (kept)", f"{MEMORY_TRANSITIONS:,}", f"{memory['kept']:.1f}",
+              f"<= {TARGET_BYTES}", "ok" if memory["kept"] <= TARGET_BYTES else "MISSED"),
+             ("re-send dedupe buckets (expire after 3 min)", f"{MEMORY_TRANSITIONS:,}",
+              f"{memory['dedupe']:.1f}", "~100", "info")],
+            numeric=(1, 2))
         env = environment(
             f"Redis {server}",
             redgov=redgov.__version__,
@@ -563,7 +654,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
             workers=workers,
         )
         report = report_dict("redgov Governance transitions vs hand-written redis-py", env, rows,
-                             tables=[contention], notes=notes)
+                             tables=[memory_table, contention], notes=notes)
         report["elapsed_s"] = round(time.perf_counter() - started, 1)
         return report
     finally:

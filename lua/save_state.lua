@@ -26,9 +26,8 @@ local what = 'experiment ' .. experiment
 
 local replay, err = op_seen(op)
 if replay or err then return replay or err end
-local stored
-stored, err = read('HMGET', state_key, 'e', 'b', 'r')
-if err then return err end
+local stored = redis.pcall('HMGET', state_key, 'e', 'b', 'r')
+if stored['err'] then return failed_on(state_key, stored['err']) end
 local current = stored[1]
 if mode == 'create' and current then
   return refuse('CONFLICT', what .. ' already exists (etag ' .. current .. ')')
@@ -36,23 +35,34 @@ end
 if mode == 'match' and current ~= expected then
   return refuse('CONFLICT', what .. ': expected etag ' .. expected .. ', found ' .. (current or 'none (no state)'))
 end
-if stored[3] and not is_count(stored[3]) then return util().bad_value(state_key, 'r', stored[3], 'a revision') end
-local length
-length, err = read('LLEN', history_key)
-if err then return err end
-err = util().expect_all(log_key, 'stream', index_key, 'zset')
-if err then return err end
+local revision = tonumber(stored[3] or '0')
+if not revision or revision < 0 or revision % 1 ~= 0 or revision > 9007199254740992 then
+  return util().bad_value(state_key, 'r', stored[3], 'a revision')
+end
+revision = revision + 1
+local length = redis.pcall('LLEN', history_key) -- proves the history's type before the first write
+if type(length) == 'table' then return failed_on(history_key, length['err']) end
+if not current then -- a new experiment is registered in the scope index
+  err = util().expect(index_key, 'zset')
+  if err then return err end
+end
 local trim
 trim, err = retention().plan(retain, 1, length)
 if err then return err end
 
-local revision = tonumber(stored[3] or '0') + 1
-redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag,
-  'r', revision)
-if modified_by ~= '' then redis.call('HSET', state_key, 'b', modified_by)
-elseif stored[2] then redis.call('HDEL', state_key, 'b') end
-local id = hist().add_entry('S', experiment, record, {'rev', revision, 'etag', etag})
-hist().register(experiment)
+-- the first write proves the log's type: refused, it leaves nothing
+local id = redis.pcall('XADD', log_key, '*', 'k', 'state', 'x', experiment, 'r', record, 'rev', revision, 'etag', etag)
+if type(id) == 'table' then return failed_on(log_key, id['err']) end
+redis.call('RPUSH', history_key, 'S' .. id) -- hist().index('S', id), inlined on this hot path
+if modified_by ~= '' then
+  redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag,
+    'r', revision, 'b', modified_by)
+else
+  redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag,
+    'r', revision)
+  if stored[2] then redis.call('HDEL', state_key, 'b') end
+end
+if not current then hist().register(experiment) end
 if trim then retention().apply(trim) end
 local reply = {1, revision, id}
 op_done(op, reply, expire)

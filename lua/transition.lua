@@ -21,7 +21,8 @@ ARGV[12..] the approval and evaluation records the plan names by i (record i is 
 Returns: {1, revision, entry id, from state}; a re-send {2, ...the same}; an idempotency replay
          {3, revision, entry id, from state, etag, transition record}, or {4, policy refusal, the
          evaluation records it wrote...} when the key's first call was refused by a policy
-Errors: REDGOV_NOT_FOUND, REDGOV_CONFLICT, REDGOV_INVALID_TRANSITION, REDGOV_APPROVAL_REQUIRED,
+Errors: REDGOV_NOT_FOUND, REDGOV_CONFLICT (an etag conflict names the current etag and state),
+        REDGOV_INVALID_TRANSITION, REDGOV_APPROVAL_REQUIRED,
         REDGOV_POLICY_VIOLATION <failed group numbers> <current state> <detail> (the evaluations are
         recorded), REDGOV_CORRUPT, REDGOV_DENIED
 ]]
@@ -63,7 +64,8 @@ if not revision or revision < 0 or revision % 1 ~= 0 or revision > 9007199254740
 end
 revision = revision + 1
 if expected ~= '' and stored[2] ~= expected then
-  return refuse('CONFLICT', what .. ': expected etag ' .. expected .. ', found ' .. (stored[2] or 'none'))
+  return refuse('CONFLICT', what .. ': expected etag ' .. expected .. ', found ' .. (stored[2] or 'none')
+    .. ' (' .. (stored[1] or 'no state') .. ')')
 end
 local at = string.find(steps, '|' .. current .. ':', 1, true) -- a plain find: no pattern made from data
 if not at then

@@ -127,7 +127,9 @@ def encode_record(record: R) -> tuple[R, bytes]:
     }
     if changes:
         checked = msgspec.structs.replace(checked, **changes)
-    data = stored(checked)
+        data = ENCODER.encode(checked)
+    head = b'{"experiment":' + _name_json(checked.experiment) + b","  # type: ignore[attr-defined]
+    data = b"{" + data[len(head):]
     if len(data) > MAX_RECORD_BYTES:
         raise ValidationError(f"{_label(record)} is {len(data)} bytes encoded; the limit is {MAX_RECORD_BYTES}")
     return checked, data

@@ -283,7 +283,7 @@ class Core:
                                      if state is None else ""))
         if expected_etag is not None and (not isinstance(expected_etag, str) or not expected_etag):
             raise ValidationError(f"expected_etag must be a non-empty string or None, got {expected_etag!r}")
-        etag = new_etag()
+        etag, op, _ = new_ids()
         state, record = encode_record(msgspec.structs.replace(state, etag=etag, revision=0))
         if state.last_modified_by is not None:
             check_name(state.last_modified_by, "last_modified_by")
@@ -304,7 +304,7 @@ class Core:
                 return SaveResult(ok=False, state=None, etag=None, conflict=True, error=str(error))
             raise error
 
-        return self.write("save_state", scope, exp, args, parse, recover=recover)
+        return self.write("save_state", scope, exp, args, parse, recover=recover, op=op)
 
     # -- history appends --------------------------------------------------------------
 

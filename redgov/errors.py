@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 if TYPE_CHECKING:
-    from .records import PolicyEvaluation
+    from .records import LifecycleState, PolicyEvaluation
 
 __all__ = [
     "AccessDeniedError",
@@ -47,7 +47,18 @@ class RedgovError(Exception):
 
 class ConflictError(RedgovError):
     """The etag or state changed underneath; duplicate create; duplicate version; an idempotency key
-    reused for another operation."""
+    reused for another operation.
+
+    When a transition's ``expected_etag`` no longer matched, ``current_etag`` and
+    ``current_state`` say what the script found (None otherwise), so a caller can
+    decide and retry without reading the state again.
+    """
+
+    def __init__(self, message: str, *, current_etag: str | None = None,
+                 current_state: LifecycleState | None = None) -> None:
+        super().__init__(message)
+        self.current_etag = current_etag
+        self.current_state = current_state
 
 
 class InvalidTransitionError(RedgovError):
@@ -106,6 +117,7 @@ _CODES: dict[str, type[RedgovError]] = {
     "REDGOV_DENIED": AccessDeniedError,
 }
 _CODE_RE = re.compile(r"(REDGOV_[A-Z_]+)\s*(.*)", re.DOTALL)
+_FOUND_RE = re.compile(r"expected etag \S+, found (\S+) \((\w+)\)$")
 _DENIED = ("NOPERM", "user executing the script can't", "NOAUTH", "WRONGPASS")
 _UNAVAILABLE = ("OOM ", "READONLY", "LOADING", "BUSY ", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS",
                 "MISCONF")
@@ -126,6 +138,16 @@ def map_reply_error(exc: ResponseError, keys: Sequence[object] = (), *, script: 
     if match:
         code, detail = match.group(1), match.group(2).strip()
         cls = _CODES.get(code, RedgovError)
+        if cls is ConflictError:
+            found = _FOUND_RE.search(detail)
+            if found and found.group(1) != "none":
+                from .records import LifecycleState
+
+                try:
+                    state = LifecycleState(found.group(2))
+                except ValueError:
+                    state = None
+                return ConflictError(detail, current_etag=found.group(1), current_state=state)
         return cls(detail or code)
     names = ", ".join(_show(k) for k in keys) or "none"
     if isinstance(exc, (NoPermissionError, AuthenticationError)) or any(marker in message for marker in _DENIED):

@@ -579,3 +579,15 @@ def test_a_key_whose_first_call_was_refused_repeats_the_refusal_with_the_stored_
     assert gov.backplane.policy_evaluations("b") == stored  # nothing written by the repeat
     assert gov.state("b").state is S.APPROVED  # type: ignore[union-attr]
     assert gov.create("a", idempotency_key="create-a").experiment == "a"  # a create repeated: its result
+
+
+def test_an_etag_conflict_names_the_current_etag_and_state(gov: Governance) -> None:
+    created = gov.create("exp")
+    moved = gov.transition("exp", S.PENDING_APPROVAL, expected_etag=created.etag)
+    assert moved.etag == gov.state("exp").etag and moved.revision == 2  # type: ignore[union-attr]
+    with pytest.raises(ConflictError) as conflict:
+        gov.transition("exp", S.DRAFT, expected_etag=created.etag)
+    assert conflict.value.current_etag == moved.etag
+    assert conflict.value.current_state is S.PENDING_APPROVAL
+    again = gov.transition("exp", S.DRAFT, expected_etag=conflict.value.current_etag)  # no read needed
+    assert again.from_state is S.PENDING_APPROVAL
