@@ -15,9 +15,9 @@ Throughput table (events/s = log entries / wall-clock seconds, median of
 ``--repeat`` runs, each into a fresh database):
 
 - ``export`` SQLite (a file in a temporary directory) and PostgreSQL (a fresh
-  schema per run): ``redgov.export.export`` of every scope, rows and cursors
+  schema per run): ``redgov.sql.export()`` of every scope, rows and cursors
   committed every 5,000 entries (target >= 20,000 events/s into SQLite);
-- ``restore`` from each into an empty prefix (``redgov.export.restore``: every
+- ``restore`` from each into an empty prefix (``redgov.sql.restore()``: every
   entry XADDed with its id, every index rebuilt by the ``restore_index`` script,
   one MULTI/EXEC per scope).
 
@@ -52,8 +52,8 @@ import sqlalchemy as sa
 import redgov
 from benchmarks._util import display_url, environment, format_grid, positive_int, table_dict
 from redgov import ErrorRate, LifecycleState, TrafficLimit, TransitionRequest
-from redgov.export import export, restore
 from redgov.keys import Scope, prefix_pattern
+from redgov.sql import export, restore
 
 __all__ = ["main", "run"]
 

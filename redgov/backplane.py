@@ -89,7 +89,7 @@ class Backplane:
 
     Other arguments: ``optimistic_concurrency=False`` makes ``save_state``
     last-writer-wins; ``retain_history=N`` keeps about the newest N history
-    entries of each experiment; ``archive`` (``redgov.sqlcopy.SqlArchive``) reads
+    entries of each experiment; ``archive`` (``redgov.sql.SqlArchive``) reads
     history removed from Redis; ``cache`` (made by ``connect(cache=True)``) serves
     ``get_state``. Closing the Backplane closes the client, cache and archive.
     """

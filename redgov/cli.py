@@ -407,9 +407,9 @@ def cmd_bench(ctx: Context) -> int:
 
 
 def cmd_sql(ctx: Context) -> int:
-    from . import export
+    from .sql.command import cli
 
-    return export.cli(ctx)
+    return cli(ctx)
 
 
 COMMANDS: dict[str, Callable[[Context], int]] = {

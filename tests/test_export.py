@@ -33,8 +33,6 @@ from redgov import (
     RoleGate,
     TrafficLimit,
 )
-from redgov.export import SqlArchive, SqlCopyError, export, follow, restore, trim
-from redgov.restore import INDEX_CHUNK
 from redgov.keys import Scope, prefix_pattern, scope_pattern
 from redgov.records import (
     ApprovalRecord,
@@ -44,8 +42,10 @@ from redgov.records import (
     Severity,
     StateTransition,
 )
-from redgov.sqlcopy import SqlCopy
-from redgov.sqlschema import ENTITY_TABLES, SCHEMA_VERSION, experiment_states, log_entries, metadata, schema_table
+from redgov.sql import SqlArchive, SqlCopyError, export, follow, restore, trim
+from redgov.sql.copy import SqlCopy
+from redgov.sql.restorer import INDEX_CHUNK
+from redgov.sql.schema import ENTITY_TABLES, SCHEMA_VERSION, experiment_states, log_entries, metadata, schema_table
 
 from .conftest import new_prefix
 from .test_cluster import Cluster, cluster, spread_scopes  # noqa: F401 - the module's cluster fixture
@@ -306,7 +306,7 @@ def _v(state: Any) -> str | None:
 
 
 def _utc(moment: Any) -> Any:
-    from redgov.sqlschema import utc
+    from redgov.sql.schema import utc
 
     return utc(moment)
 
@@ -354,7 +354,7 @@ def test_restore_indexes_like_the_write_scripts(bp: redgov.Backplane, target: re
 
 def test_interrupted_export_resumes(bp: redgov.Backplane, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     build_history(bp)
-    from redgov import sqlwrite
+    from redgov.sql import write as sqlwrite
 
     real = sqlwrite.Writer.commit
     calls = {"n": 0}
@@ -430,7 +430,7 @@ def test_restore_is_all_or_nothing_per_scope(bp: redgov.Backplane, target: redgo
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     build_history(bp)
     export(bp, sqlite_url, progress=False)
-    from redgov import restore as restore_module
+    from redgov.sql import restorer as restore_module
 
     real = restore_module.ScopeRebuild.commands
     seen = {"scopes": 0}
@@ -458,7 +458,7 @@ def test_a_restore_the_server_refuses_midway_leaves_nothing_of_the_scope(
         bp: redgov.Backplane, target: redgov.Backplane, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     build_history(bp, [(None, None)])
     export(bp, sqlite_url, progress=False)
-    from redgov import restore as restore_module
+    from redgov.sql import restorer as restore_module
 
     real = restore_module.ScopeRebuild.commands
 
@@ -497,7 +497,7 @@ def test_prefixes_stay_apart(bp: redgov.Backplane, redis_url: str, target: redgo
 def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from redgov.sqlcopy import progress_bar
+    from redgov.sql.copy import progress_bar
 
     assert progress_bar(True, 10, "export") is None  # pytest's stderr is not a terminal
     assert progress_bar(False, 10, "export") is None
@@ -679,7 +679,7 @@ def test_trimmed_history_reads_whole_through_the_archive(bp: redgov.Backplane, r
 def test_retained_history_reads_whole_through_the_archive(redis_url: str, prefix: str, sql_url: str) -> None:
     """retain_history=10 keeps about 10 entries per experiment in Redis; an exporter run often enough
     copies every entry before retention removes it, and the archive gives the whole history back."""
-    from redgov.export import Exporter
+    from redgov.sql.exporter import Exporter
 
     bp = redgov.connect(redis_url, prefix=prefix, retain_history=10)
     sc: dict[str, Any] = {"tenant": "acme", "environment": "prod"}

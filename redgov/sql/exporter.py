@@ -1,58 +1,39 @@
-"""The durable SQL copy: snapshot export, continuous export (``follow``), trimming, the CLI.
-
-Python API::
-
-    from redgov.export import export, follow, restore, trim, SqlArchive
-    summary = export(backplane, "sqlite:///gov.db")          # every scope of the prefix
-    follow(backplane, "sqlite:///gov.db")                     # until SIGINT/SIGTERM or stop.set()
-    restore(other_backplane, "sqlite:///gov.db")              # into an empty prefix
-    trim(backplane, "sqlite:///gov.db")                       # each experiment's exported history
+"""Export: copying every scope log of a prefix to the SQL copy, once or continuously.
 
 Every scope of the backplane's prefix is found by ``SCAN MATCH <prefix>{*:*}:log``
 (``keys.scope_pattern``; on a Cluster ``scan_iter`` covers every primary). Each
 scope's log is read after its cursor with XRANGE (snapshot) or XREAD BLOCK
 (follow) and copied verbatim, entry by entry, in batches; a batch's rows and
-the cursors it advances are ONE SQL transaction (see ``sqlwrite``), so
-re-running adds nothing and an interrupted run resumes.
-
-Trimming is per experiment, like retention (``retain_history``): for each
-experiment of a scope (its ``index`` sorted set, read in pages) the ``trim``
-script removes the entries up to the scope's exported cursor, with everything
-that indexes them, and folds the state writes it removes into the experiment's
-retention base, so ``replay``/``verify`` still hold and ``SqlArchive`` reads the
-removed history back. An entry after the cursor (not exported) is never removed.
+the cursors it advances are ONE SQL transaction (see ``write``), so
+re-running adds nothing and an interrupted run resumes. With ``trim=True`` the
+exported entries are then removed from Redis (see ``trim``).
 """
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from .backplane import Backplane
-from .codec import text
-from .core import Call
-from .errors import CorruptDataError
-from .events import streams as _streams
-from .keys import Scope, parse_log_key, scope_pattern
-from .restore import RestoreSummary, redis_refusals, restore
-from .sqlcopy import ScopeRow, SqlArchive, SqlCopy, SqlCopyError, progress_bar
-from .sqlschema import join_id, split_id
-from .sqlwrite import Batch, CursorMoved, Writer
+from ..backplane import Backplane
+from ..codec import text
+from ..events import streams as _streams
+from ..keys import parse_log_key, scope_pattern
+from .copy import ScopeRow, SqlCopy, SqlCopyError, progress_bar
+from .restorer import redis_refusals
+from .schema import join_id, split_id
+from .trimmer import server_ms, trim_cut, trim_scope
+from .write import Batch, CursorMoved, Writer
 
-__all__ = ["ExportSummary", "RestoreSummary", "SqlArchive", "SqlCopyError", "TrimSummary", "cli", "export", "follow",
-           "restore", "trim"]
+__all__ = ["ExportSummary", "Exporter", "discover", "export", "follow"]
 
 #: entries per SQL transaction
 CHUNK = 5000
@@ -62,13 +43,6 @@ BLOCK_MS = 500
 REDISCOVER_S = 5.0
 #: most scope logs read by one XREAD (more are polled)
 XREAD_STREAMS = 1000
-#: entries asked of one trim script call (it removes at most TRIM_MOST of lua/lib/retain.lua, read from
-#: the script when lower): a call that removes fewer has removed everything up to the cut
-TRIM_BATCH = 64
-_TRIM_MOST = re.compile(r"^local TRIM_MOST = (\d+)", re.MULTILINE)
-#: experiment names read per ZRANGEBYLEX page of a scope index (and trimmed per pipelined round)
-INDEX_PAGE = 200
-_MAX_SEQ = 2**53 - 1
 
 
 @dataclass(slots=True)
@@ -99,24 +73,6 @@ class ExportSummary:
         return out
 
 
-@dataclass(slots=True)
-class TrimSummary:
-    """What a trim did: entries removed from Redis, and those left in the scope logs."""
-
-    url: str
-    prefix: str
-    scopes: int = 0
-    experiments: int = 0
-    trimmed: int = 0
-    remaining: int = 0
-
-    def line(self) -> str:
-        """The one-line summary the command line prints."""
-        return (f"trimmed {self.trimmed:,} exported entries of {self.experiments:,} experiment(s) from "
-                f"{self.scopes:,} scope log(s) of prefix {self.prefix!r}; {self.remaining:,} entries remain "
-                "in Redis")
-
-
 def _is_cluster(client: Any) -> bool:
     return type(client).__name__ == "RedisCluster"
 
@@ -132,107 +88,6 @@ def discover(client: Any, prefix: str) -> list[str]:
         except ValueError:  # a stream that only looks like a scope log
             continue
     return sorted(found)
-
-
-# -- trimming ----------------------------------------------------------------------------
-
-
-def trim_cut(row: ScopeRow, keep_ms: int = 0, now_ms: int | None = None) -> str | None:
-    """The id up to which a scope's entries may be removed (None: none may): its exported cursor, or
-    with ``keep_ms`` the last id older than that many ms before ``now_ms`` when that is lower."""
-    if row.last_ms == 0 and row.last_seq == 0:
-        return None
-    cut = (row.last_ms, row.last_seq)
-    if keep_ms > 0 and now_ms is not None:
-        if now_ms - keep_ms - 1 < 0:
-            return None
-        cut = min(cut, (now_ms - keep_ms - 1, _MAX_SEQ))
-    return join_id(*cut)
-
-
-def trim_batch(backplane: Backplane) -> int:
-    """The entries one trim script call is asked to remove: TRIM_BATCH, or the script's own limit if lower."""
-    found = _TRIM_MOST.search(backplane.core.specs["trim"].text)
-    return TRIM_BATCH if found is None else max(1, min(TRIM_BATCH, int(found.group(1))))
-
-
-def trim_call(backplane: Backplane, scope: Scope, experiment: str, cut: str,
-              most: int = TRIM_BATCH) -> Call[tuple[int, int]]:
-    """One call of the trim script: removes up to ``most`` of the experiment's entries at or below cut.
-
-    The standard keys with an ops bucket of the scope after the history key (as ``Core.write`` orders
-    them; the trim script does not dedupe). Returns (entries removed, entries left in its history).
-    """
-    exp = scope.experiment(experiment)
-    keys = exp.standard[:3] + (scope.ops(),) + exp.standard[3:]
-    backplane.core.specs["trim"].check_keys(len(keys))
-
-    def parse(reply: Any) -> tuple[int, int]:
-        try:
-            return int(reply[0]), int(reply[1])
-        except (IndexError, TypeError, ValueError) as exc:
-            raise CorruptDataError(f"trim of {exp.history}: unexpected reply {reply!r}: {exc!r}") from None
-
-    return Call(keys, (cut, most), parse, "trim", state_key=exp.state, scope=scope)
-
-
-def scope_experiments(backplane: Backplane, scope: Scope, page: int = INDEX_PAGE) -> Iterator[list[str]]:
-    """The names in a scope's index, page by page (ZRANGEBYLEX: no keyspace scan)."""
-    after = "-"
-    while True:
-        raw = backplane.client.zrangebylex(scope.index, after, "+", start=0, num=page)
-        names = [text(n) for n in raw]
-        if names:
-            yield names
-        if len(names) < page:
-            return
-        after = "(" + names[-1]
-
-
-def trim_experiments(backplane: Backplane, scope: Scope, names: Iterable[str], cut: str) -> int:
-    """Remove the given experiments' entries at or below cut (all of them, ``trim_batch`` per call, the
-    calls of a round pipelined); returns the number removed."""
-    pending = list(names)
-    most = trim_batch(backplane)
-    removed = 0
-    while pending:
-        results = backplane.run_many([trim_call(backplane, scope, name, cut, most) for name in pending])
-        again = []
-        for name, result in zip(pending, results):
-            if isinstance(result, BaseException):
-                raise result
-            count, _left = result
-            removed += count
-            if count >= most:
-                again.append(name)
-        pending = again
-    return removed
-
-
-def trim_scope(backplane: Backplane, row: ScopeRow, cut: str | None,
-               names: Iterable[str] | None = None) -> tuple[int, int]:
-    """Trim one scope (every experiment of its index, or only ``names``) up to cut.
-
-    Returns (entries removed, experiments looked at).
-    """
-    if cut is None:
-        return 0, 0
-    scope = backplane.core.scope(row.tenant, row.environment)
-    if scope.log != row.log_key:  # pragma: no cover - the copy's scopes of this prefix are read
-        raise SqlCopyError(f"{row.log_key} is not a scope log of prefix {backplane.prefix!r}")
-    removed = seen = 0
-    pages: Iterable[list[str]] = scope_experiments(backplane, scope) if names is None else [sorted(names)]
-    for page in pages:
-        for start in range(0, len(page), INDEX_PAGE):
-            chunk = page[start:start + INDEX_PAGE]
-            removed += trim_experiments(backplane, scope, chunk, cut)
-            seen += len(chunk)
-    return removed, seen
-
-
-def _server_ms(client: Any) -> int:
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 class Exporter:
@@ -285,7 +140,7 @@ class Exporter:
         if self.bar is not None:
             self.bar.update(done.entries)
         if self.trim and self.summary.mode == "follow":  # a snapshot trims every scope once, at its end
-            now_ms = _server_ms(self.client) if self.keep_ms else None
+            now_ms = server_ms(self.client) if self.keep_ms else None
             for scope_id, part in batch.parts.items():
                 cut = trim_cut(part.row, self.keep_ms, now_ms)
                 self.summary.trimmed += trim_scope(self.backplane, part.row, cut, batch.touched.get(scope_id, ()))[0]
@@ -293,7 +148,7 @@ class Exporter:
 
     def trim_all(self) -> None:
         """Trim every known scope up to its cursor (every experiment of its index)."""
-        now_ms = _server_ms(self.client) if self.keep_ms else None
+        now_ms = server_ms(self.client) if self.keep_ms else None
         for row in sorted(self.known.values(), key=lambda r: r.log_key):
             self.summary.trimmed += trim_scope(self.backplane, row, trim_cut(row, self.keep_ms, now_ms))[0]
 
@@ -505,81 +360,3 @@ def follow(backplane: Backplane, url: str, *, progress: bool = True, chunk: int 
     if summary.stopped_by is None and stop is not None:
         summary.stopped_by = "stop"
     return summary
-
-
-def trim(backplane: Backplane, url: str, *, keep: timedelta = timedelta(0)) -> TrimSummary:
-    """Remove from Redis each experiment's entries up to (never beyond) its scope's exported cursor.
-
-    For every scope of the backplane's prefix in the copy, every experiment of the
-    scope's index is trimmed by the ``trim`` script, repeatedly until it removes
-    fewer entries than asked; the entries left in each scope log are counted.
-    ``keep`` spares entries newer than that (by the server's clock).
-    """
-    with SqlCopy(url, create=False) as copy:
-        rows = copy.scopes(backplane.prefix)
-    client = backplane.client
-    summary = TrimSummary(url=copy.url, prefix=backplane.prefix)
-    keep_ms = int(keep.total_seconds() * 1000)
-    with redis_refusals(f"trimming prefix {backplane.prefix!r}"):
-        now_ms = _server_ms(client) if keep_ms else None
-        for row in rows:
-            if not client.exists(row.log_key):
-                continue
-            summary.scopes += 1
-            removed, seen = trim_scope(backplane, row, trim_cut(row, keep_ms, now_ms))
-            summary.trimmed += removed
-            summary.experiments += seen
-            summary.remaining += int(client.xlen(row.log_key))
-    return summary
-
-
-# -- command line ------------------------------------------------------------------------
-
-
-def _sql_url(ctx: Any, *names: str) -> str:
-    for name in names:
-        value = getattr(ctx.args, name, None)
-        if value:
-            return str(value)
-    if os.environ.get("REDGOV_EXPORT_URL"):
-        return os.environ["REDGOV_EXPORT_URL"]
-    config = getattr(ctx, "_config", None)
-    if config is not None and getattr(config, "export_url", None):
-        return str(config.export_url)
-    raise SqlCopyError(f"{ctx.args.command} needs the SQL copy's url: --to URL, $REDGOV_EXPORT_URL or "
-                       "persistence.export.url in the config")
-
-
-def _keep(ctx: Any) -> timedelta:
-    seconds = getattr(ctx.args, "keep", None)
-    return timedelta(seconds=float(seconds)) if seconds else timedelta(0)
-
-
-def cli(ctx: Any) -> int:
-    """``redgov export|restore|trim``: one summary line (or JSON object) on stdout, errors as RedgovError."""
-    command = ctx.args.command
-    show = not ctx.out.as_json
-    backplane = ctx.backplane_open()
-    try:
-        result: Any
-        if command == "export":
-            url = _sql_url(ctx, "to_url")
-            trimming, keep = bool(getattr(ctx.args, "trim", False)), _keep(ctx)
-            if ctx.args.follow:
-                result = follow(backplane, url, progress=show, trim=trimming, keep=keep)
-            else:
-                result = export(backplane, url, progress=show, trim=trimming, keep=keep)
-        elif command == "restore":
-            url = _sql_url(ctx, "from_url")
-            result = restore(backplane, url, force=bool(ctx.args.force), progress=show,
-                             source_prefix=getattr(ctx.args, "source_prefix", None))
-        elif command == "trim":
-            result = trim(backplane, _sql_url(ctx, "to_url", "sql_url"), keep=_keep(ctx))
-        else:  # pragma: no cover - cli.py only dispatches the three
-            raise SqlCopyError(f"unknown SQL copy command {command!r}")
-    finally:
-        backplane.close()
-    for warning in getattr(result, "warnings", ()):
-        sys.stderr.write(f"redgov: warning: {warning}\n")
-    ctx.out.emit(asdict(result), result.line())
-    return 0

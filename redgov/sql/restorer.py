@@ -31,13 +31,13 @@ import msgspec
 from redis.commands.core import Script
 from redis.exceptions import ResponseError, WatchError
 
-from .backplane import Backplane
-from .codec import Entry, decode_fields, fold_states, text, to_micros
-from .errors import CorruptDataError, RedgovError, map_reply_error
-from .keys import Scope, glob_escape, prefix_pattern
-from .records import DECODERS, ENCODER, ExperimentState
-from .sqlcopy import ScopeRow, SqlCopy, SqlCopyError, progress_bar
-from .sqlwrite import with_name
+from ..backplane import Backplane
+from ..codec import Entry, decode_fields, fold_states, text, to_micros
+from ..errors import CorruptDataError, RedgovError, map_reply_error
+from ..keys import Scope, glob_escape, prefix_pattern
+from ..records import DECODERS, ENCODER, ExperimentState
+from .copy import ScopeRow, SqlCopy, SqlCopyError, progress_bar
+from .write import with_name
 
 __all__ = ["INDEX_CHUNK", "IndexCall", "RestoreSummary", "ScopeRebuild", "redis_refusals", "restore"]
 
@@ -245,7 +245,7 @@ def restore(backplane: Backplane, url: str, *, force: bool = False, progress: bo
     return summary
 
 
-class redis_refusals:  # noqa: N801 - used as a context manager, like contextlib's
+class redis_refusals:
     """Server error replies as redgov errors (ACL refusals, wrong types, ...) or a SqlCopyError naming
     ``what``, so no bare redis ResponseError reaches a user of the SQL copy commands."""
 

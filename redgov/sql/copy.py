@@ -1,24 +1,23 @@
 """The SQL copy: its connection and schema check, its scopes and cursors, and its reads.
 
 ``SqlCopy`` opens a database url (SQLite, PostgreSQL, MySQL, SQL Server through
-SQLAlchemy), checks or creates the schema of ``sqlschema`` and turns every
-SQLAlchemy error into one ``SqlCopyError`` naming the copy. ``SqlArchive`` is the
-``core.Archive`` reading entries trimmed from Redis back from ``log_entries``.
+SQLAlchemy), checks or creates the schema of ``schema`` and turns every
+SQLAlchemy error into one ``SqlCopyError`` naming the copy. Its reads serve
+``archive.SqlArchive``, the ``core.Archive`` over ``log_entries``.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 try:
     import sqlalchemy as sa
@@ -27,9 +26,8 @@ try:
 except ImportError as _missing:  # the optional dependency: one clear error instead of a traceback
     raise ConfigError(f"the SQL copy needs SQLAlchemy: pip install 'redgov[sql]' ({_missing})") from None
 
-from .codec import Entry
-from .keys import Scope, parse_log_key
-from .sqlschema import (
+from ..keys import Scope, parse_log_key
+from .schema import (
     SCHEMA_VERSION,
     approval_records,
     configuration_versions,
@@ -44,10 +42,9 @@ from .sqlschema import (
     scope_key,
     scopes,
     split_id,
-    utc,
 )
 
-__all__ = ["ScopeRow", "SqlArchive", "SqlCopy", "SqlCopyError", "open_engine", "progress_bar", "safe_url"]
+__all__ = ["ScopeRow", "SqlCopy", "SqlCopyError", "open_engine", "progress_bar", "safe_url"]
 
 
 class SqlCopyError(ConfigError):
@@ -228,7 +225,7 @@ class SqlCopy:
                                        "redgov_schema table: it is not a redgov copy; use another database or schema")
                 # none, or empty ones left by a creation interrupted where DDL is not transactional (MySQL)
                 metadata.create_all(conn, checkfirst=True)
-                from . import __version__
+                from .. import __version__
 
                 conn.execute(sa.insert(schema_table).values(name="redgov", version=SCHEMA_VERSION,
                                                             redgov_version=__version__,
@@ -444,105 +441,3 @@ def _linked_fields(row: Mapping[Any, Any]) -> dict[str, bytes]:
     if tid is not None:
         fields["tid"] = tid.encode("utf-8")
     return fields
-
-
-def state_from_row(row: Mapping[Any, Any], tenant: str | None, environment: str | None) -> Entry:
-    """An ``experiment_states`` row as a state Entry (the base the next fold starts from)."""
-    from .records import ExperimentState, LifecycleState
-
-    state = ExperimentState(
-        experiment=row["experiment"], state=LifecycleState(row["state"]), config_version=row["config_version"],
-        last_modified=utc(row["last_modified"]), last_modified_by=row["last_modified_by"], etag=row["etag"],
-        revision=row["revision"], metadata=row["metadata"] or {}, tenant=tenant, environment=environment)
-    return Entry(join_id(row["entry_ms"], row["entry_seq"]), "state", row["experiment"], state, state.revision,
-                 state.etag)
-
-
-class SqlArchive:
-    """``core.Archive`` over a SQL copy: where history removed from Redis is read.
-
-    ``redgov.connect(url, archive=SqlArchive("sqlite:///gov.db"))`` keeps
-    ``transitions()``, ``history()``, ``replay()``, ``verify()`` and the other history
-    reads whole after retention (``retain_history``) or ``redgov trim`` removed
-    entries from Redis, as long as an exporter copied them first. The reads ask the
-    copy for one experiment's entries up to the retention cut, or for single
-    entries (a version, a policy's latest evaluation, a transition's approvals).
-    Call ``close()`` (or use it as a context manager) when done.
-    """
-
-    def __init__(self, url: str) -> None:
-        self._copy = SqlCopy(url, create=False)
-        self._ids: dict[str, int | None] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        """The copy's url, its password hidden."""
-        return self._copy.url
-
-    def _scope_id(self, log_key: str) -> int | None:
-        with self._lock:
-            if log_key in self._ids:
-                return self._ids[log_key]
-        key = scope_key(Scope(*parse_log_key(log_key)))
-        with self._copy.errors("read"), self._copy.engine.connect() as conn:
-            found = conn.execute(sa.select(scopes.c.scope_id).where(scopes.c.scope_key == key)).scalar()
-        if found is not None:  # an unknown scope may be exported later: do not cache its absence
-            with self._lock:
-                self._ids[log_key] = int(found)
-        return None if found is None else int(found)
-
-    def fetch(self, log_key: str, ids: Sequence[str]) -> dict[str, dict[str, bytes]]:
-        """The fields of each entry found, by entry id."""
-        if not ids:
-            return {}
-        scope_id = self._scope_id(log_key)
-        if scope_id is None:
-            return {}
-        return self._copy.fetch(scope_id, ids)
-
-    def history(self, log_key: str, experiment: str, kinds: Sequence[str], *, before: str | None,
-                limit: int | None, newest_first: bool, state_writes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
-        """The experiment's entries of these kinds with an id at or below ``before`` (None: all), in log
-        order (``newest_first``: reversed), at most ``limit``; ``state_writes``: only those with a ``rev``."""
-        scope_id = self._scope_id(log_key)
-        if scope_id is None:
-            return []
-        return self._copy.history(scope_id, experiment, kinds, before=before, limit=limit,
-                                  newest_first=newest_first, state_writes=state_writes)
-
-    def version(self, log_key: str, experiment: str, number: int | None) -> tuple[str, dict[str, bytes]] | None:
-        """Version ``number`` of the experiment (None: the highest), or None."""
-        scope_id = self._scope_id(log_key)
-        return None if scope_id is None else self._copy.version(scope_id, experiment, number)
-
-    def latest_policy(self, log_key: str, experiment: str, policy: str) -> tuple[str, dict[str, bytes]] | None:
-        """The latest evaluation of ``policy`` for the experiment, or None."""
-        scope_id = self._scope_id(log_key)
-        return None if scope_id is None else self._copy.latest_policy(scope_id, experiment, policy)
-
-    def linked_approvals(self, log_key: str, transition_id: str) -> list[tuple[str, dict[str, bytes]]]:
-        """The approvals linked to a transition (role gates, the manual approval it consumed, approvals
-        appended with its id), in log order, each with its ``tid``."""
-        scope_id = self._scope_id(log_key)
-        return [] if scope_id is None else self._copy.linked_approvals(scope_id, transition_id)
-
-    def close(self) -> None:
-        """Close the copy's connections (a Backplane closes its archive when it closes)."""
-        self._copy.close()
-
-    def __enter__(self) -> SqlArchive:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"SqlArchive({self.url!r})"
-
-
-if TYPE_CHECKING:
-    from .core import Archive
-
-    def _is_an_archive(archive: SqlArchive) -> Archive:  # mypy checks SqlArchive against the protocol
-        return archive

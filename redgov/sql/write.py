@@ -22,11 +22,11 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .codec import Entry, fold_states
-from .errors import CorruptDataError
-from .records import DECODERS, ENCODER
-from .sqlcopy import ScopeRow, SqlCopy, state_from_row
-from .sqlschema import (
+from ..codec import Entry, fold_states
+from ..errors import CorruptDataError
+from ..records import DECODERS, ENCODER
+from .copy import ScopeRow, SqlCopy
+from .schema import (
     ENTITY_TABLES,
     KNOWN_FIELDS,
     approval_records,
@@ -35,6 +35,7 @@ from .sqlschema import (
     experiment_states,
     log_entries,
     split_id,
+    state_from_row,
 )
 
 __all__ = ["Batch", "CursorMoved", "Writer", "with_name"]
@@ -85,7 +86,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 for _table in (log_entries, experiment_states, *ENTITY_TABLES.values()):
     if tuple(c.key for c in _table.columns) != COLUMNS[_table.name]:  # pragma: no cover - a schema edit
-        raise RuntimeError(f"sqlwrite.COLUMNS[{_table.name!r}] does not match the table's columns")
+        raise RuntimeError(f"write.COLUMNS[{_table.name!r}] does not match the table's columns")
 
 
 @dataclass(slots=True)

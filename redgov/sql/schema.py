@@ -39,7 +39,8 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from .keys import Scope
+from ..codec import Entry
+from ..keys import Scope
 
 __all__ = [
     "ENTITY_TABLES",
@@ -290,3 +291,15 @@ def entry_fields(row: Mapping[Any, Any]) -> dict[str, bytes]:
         for name, value in msgspec.json.decode(row["extra"], type=dict[str, str]).items():
             fields[name] = value.encode("utf-8")
     return fields
+
+
+def state_from_row(row: Mapping[Any, Any], tenant: str | None, environment: str | None) -> Entry:
+    """An ``experiment_states`` row as a state Entry (the base the next fold starts from)."""
+    from ..records import ExperimentState, LifecycleState
+
+    state = ExperimentState(
+        experiment=row["experiment"], state=LifecycleState(row["state"]), config_version=row["config_version"],
+        last_modified=utc(row["last_modified"]), last_modified_by=row["last_modified_by"], etag=row["etag"],
+        revision=row["revision"], metadata=row["metadata"] or {}, tenant=tenant, environment=environment)
+    return Entry(join_id(row["entry_ms"], row["entry_seq"]), "state", row["experiment"], state, state.revision,
+                 state.etag)
