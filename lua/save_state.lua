@@ -26,7 +26,7 @@ local what = 'experiment ' .. experiment
 
 local replay, err = op_seen(op)
 if replay or err then return replay or err end
-local stored = redis.pcall('HMGET', state_key, 'e', 'b', 'r')
+local stored = redis.pcall('HMGET', state_key, 'e', 'b', 'r', 's')
 if stored['err'] then return failed_on(state_key, stored['err']) end
 local current = stored[1]
 if mode == 'create' and current then
@@ -63,6 +63,9 @@ else
   if stored[2] then redis.call('HDEL', state_key, 'b') end
 end
 if not current then hist().register(experiment) end
+if (state == 'Running' or state == 'Ramping') and stored[4] ~= 'Running' and stored[4] ~= 'Ramping' then
+  redis.call('HSET', state_key, 'rs', modified_at) -- when it entered Running or Ramping (TrafficLimit)
+end
 if trim then retention().apply(trim) end
 local reply = {1, revision, id}
 op_done(op, reply, expire)

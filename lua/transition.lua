@@ -13,8 +13,11 @@ ARGV[8] actor ('' = none)
 ARGV[9] steps: '|<state>:<n>|...', the states the rules allow into the target; n > 0 names a step detail
 ARGV[10] plan, JSON ('' = none): retain (history kept, 0 = all), initial (state of an experiment not
         created yet, absent = it must exist), details {"<n>": {deny?, manual?, approvals: list of i}},
-        policies: list of (i, policy name) pairs (evaluations decided in Python), groups: list of {name,
-        others: list of (experiment, key number) pairs, ok: i, fail: i}, tid (transition id), idem (the
+        policies: list of (i, policy name) pairs (evaluations decided in Python), groups: the policies
+        decided here, each {name, ok: i, fail: i, soft?: 1 when a failure only records, and either others:
+        list of (experiment, key number) pairs (conflict prevention: none of them may be Running or
+        Ramping) or since: epoch µs, why: text (a stable time: the experiment must have been Running or
+        Ramping since at most then; field rs of its state, else t)}, tid (transition id), idem (the
         idempotency record is KEYS[12]), intent, window (ms)
 ARGV[11] the StateTransition record, JSON (from_state, revision and etag are entry fields)
 ARGV[12..] the approval and evaluation records the plan names by i (record i is ARGV[11 + i])
@@ -23,8 +26,9 @@ Returns: {1, revision, entry id, from state}; a re-send {2, ...the same}; an ide
          evaluation records it wrote...} when the key's first call was refused by a policy
 Errors: REDGOV_NOT_FOUND, REDGOV_CONFLICT (an etag conflict names the current etag and state),
         REDGOV_INVALID_TRANSITION, REDGOV_APPROVAL_REQUIRED,
-        REDGOV_POLICY_VIOLATION <failed group numbers> <current state> <detail> (the evaluations are
-        recorded), REDGOV_CORRUPT, REDGOV_DENIED
+        REDGOV_POLICY_VIOLATION <failed group numbers, 0-based> <current state> <detail> (the evaluations
+        are recorded), REDGOV_CORRUPT, REDGOV_DENIED
+State hash field rs: when the experiment last entered Running or Ramping (epoch µs), set on entering.
 ]]
 -- @include lib/common.lua
 -- @include lib/idem.lua
@@ -105,29 +109,40 @@ if policies or groups then
   if err then return err end
 end
 
--- conflict prevention: the state of every other experiment of each group
+local running = current == 'Running' or current == 'Ramping'
+-- the policies decided on stored state: conflict groups (the other experiments' states), stable times
 local group_results, failed, detail = nil, nil, nil
 if groups then
   group_results, failed = {}, {}
   for g, group in ipairs(groups) do
-    local busy = nil
-    for _, other in ipairs(group['others']) do
-      local other_state
-      other_state, err = read('HGET', KEYS[other[2]], 's')
+    local bad = nil
+    if group['since'] then
+      local times
+      times, err = read('HMGET', state_key, 'rs', 't')
       if err then return err end
-      if not busy and (other_state == 'Running' or other_state == 'Ramping') then
-        busy = other[1] .. ' is ' .. other_state
+      local field = times[1] and 'rs' or 't' -- no rs (a restored state): the last state write
+      local since = times[1] or times[2]
+      if since and not tonumber(since) then return util().bad_value(state_key, field, since, 'a time') end
+      if not running or not since or tonumber(since) > group['since'] then bad = group['why'] end
+    else
+      for _, other in ipairs(group['others']) do
+        local other_state
+        other_state, err = read('HGET', KEYS[other[2]], 's')
+        if err then return err end
+        if not bad and (other_state == 'Running' or other_state == 'Ramping') then
+          bad = 'conflicting experiment ' .. other[1] .. ' is ' .. other_state
+        end
       end
     end
-    if busy then
+    if bad then
       failed[#failed + 1] = g - 1
       group_results[g] = {group['fail'], group['name']}
-      detail = detail or (group['name'] .. ': conflicting experiment ' .. busy)
+      if not group['soft'] then detail = detail or (group['name'] .. ': ' .. bad) end
     else
       group_results[g] = {group['ok'], group['name']}
     end
   end
-  if #failed == 0 then failed = nil end
+  if not detail then failed = nil end -- only soft failures: recorded, the move goes ahead
 end
 local trim = nil
 local length = redis.pcall('LLEN', history_key) -- proves the history's type before the first write
@@ -185,6 +200,7 @@ if actor == '' then
 else
   redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'b', actor)
 end
+if (target == 'Running' or target == 'Ramping') and not running then redis.call('HSET', state_key, 'rs', now) end
 if not stored[1] then
   redis.call('HSET', state_key, 'v', '0', 'm', '{}')
   hist().register(experiment)

@@ -4,9 +4,9 @@ Every write is one atomic Lua script; every change is an entry in the
 scope's Redis stream; records are typed msgspec Structs.
 """
 
-from . import aio
+from typing import TYPE_CHECKING, Any
+
 from .backplane import Backplane
-from .config import GovernanceConfig, config_schema, from_config, load_config
 from .connect import connect
 from .errors import (
     AccessDeniedError,
@@ -41,6 +41,29 @@ from .records import (
 )
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from . import aio
+    from .config import GovernanceConfig, config_schema, from_config, load_config
+
+#: imported on first use: the asyncio side and the configuration DSL (YAML) are not needed by every user
+_LAZY = {"aio": "", "GovernanceConfig": "config", "config_schema": "config", "from_config": "config",
+         "load_config": "config"}
+
+
+def __getattr__(name: str) -> Any:
+    """The names of ``_LAZY``, imported on first use (``import redgov`` stays close to ``import redis``)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'redgov' has no attribute {name!r}")
+    import importlib
+
+    loaded = importlib.import_module(f".{module or name}", __name__)
+    return loaded if not module else getattr(loaded, name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "AccessDeniedError",

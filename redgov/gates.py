@@ -19,6 +19,16 @@ __all__ = ["AutomaticGate", "Gate", "ManualGate", "RoleGate"]
 
 
 class Gate:
+    """A rule of whose approval a move needs: it applies to moves into ``to_state`` from ``from_state``.
+
+    Args:
+        to_state: the state the gated moves go to (a LifecycleState or its name).
+        from_state: the state they come from (None: any state).
+
+    Raises:
+        ValidationError: an unknown state name.
+    """
+
     kind = "gate"
     __slots__ = ("from_state", "to_state")
 
@@ -27,10 +37,12 @@ class Gate:
         self.from_state = None if from_state is None else check_state(from_state, f"{type(self).__name__}.from_state")
 
     def applies(self, source: LifecycleState, target: LifecycleState) -> bool:
+        """Whether the gate applies to the move from ``source`` to ``target``."""
         return target is self.to_state and (self.from_state is None or self.from_state is source)
 
     @property
     def name(self) -> str:
+        """The gate's name in approval records: ``<kind>:<from or *>-><to>``."""
         source = self.from_state.value if self.from_state else "*"
         return f"{self.kind}:{source}->{self.to_state.value}"
 
@@ -49,21 +61,47 @@ class Gate:
 
 
 class AutomaticGate(Gate):
-    """Always approves; recorded as nothing."""
+    """Approves every move it applies to; nothing is recorded.
+
+    Args:
+        to_state: the state the gated moves go to.
+        from_state: the state they come from (None: any state).
+    """
 
     kind = "automatic"
     __slots__ = ()
 
 
 class ManualGate(Gate):
-    """Needs a recorded ``Governance.approve``; the transition consumes it."""
+    """The move needs an approval recorded with ``Governance.approve`` before it.
+
+    The transition script checks for it atomically, consumes it and links it to the
+    transition (``ApprovalRecord.transition_id``); approvals lapse when the experiment
+    leaves the state they were given in, and a rejection withdraws one.
+
+    Args:
+        to_state: the state the gated moves go to.
+        from_state: the state they come from (None: any state).
+    """
 
     kind = "manual"
     __slots__ = ()
 
 
 class RoleGate(Gate):
-    """Approves when ``metadata["actorRole"]`` is one of ``roles``."""
+    """Approves a move when the transition's ``metadata["actorRole"]`` is one of ``roles``.
+
+    Decided in Python on the call's metadata; an approval record (gate, actor, role) is
+    written with the transition, in the same script call.
+
+    Args:
+        roles: the allowed roles (one or more non-empty strings).
+        to_state: the state the gated moves go to.
+        from_state: the state they come from (None: any state).
+
+    Raises:
+        ValidationError: no role, or a role that is not a non-empty string.
+    """
 
     kind = "roleBased"
     __slots__ = ("roles",)
@@ -79,6 +117,7 @@ class RoleGate(Gate):
         self.roles: tuple[str, ...] = tuple(roles)
 
     def decide(self, metadata: Mapping[str, Any] | None) -> tuple[bool, str]:
+        """(approved, reason) for a transition's ``metadata`` (its ``actorRole``)."""
         role = (metadata or {}).get("actorRole")
         if role in self.roles:
             return True, f"actor role {role!r} is allowed"

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from .changes import Change, config_hash, diff
-from .codec import decode_fields, decode_state_hash, state_fields, stored, text, to_micros
+from .codec import decode_fields, decode_state_hash, from_micros, state_fields, stored, text, to_micros
 from .core import Call, Core, Plan, _settled, check_version_number, new_etag, new_ids
 from .errors import (
     CorruptDataError,
@@ -32,7 +32,7 @@ from .errors import (
 )
 from .gates import AutomaticGate, Gate, ManualGate, RoleGate
 from .keys import ExperimentKeys, Scope
-from .policies import RUNNING_STATES, ConflictPrevention, Policy, PolicyContext, check_telemetry
+from .policies import RUNNING_STATES, TELEMETRY_KEYS, ConflictPrevention, Policy, PolicyContext, TrafficLimit, check_telemetry
 from .records import (
     ENCODER,
     ApprovalRecord,
@@ -122,6 +122,7 @@ class GovernanceCore:
         clock: Callable[[], datetime] | None = None,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
         auto_create: bool = False,
+        require_telemetry: bool = False,
     ) -> None:
         self.core = core
         self.rules = rules if isinstance(rules, Rules) else Rules(rules)
@@ -140,6 +141,12 @@ class GovernanceCore:
         self.initial_state = check_state(initial_state, "initial_state")
         self.auto_versioning = bool(auto_versioning)
         self.auto_create = bool(auto_create)
+        self.require_telemetry = bool(require_telemetry)
+        known = dict.fromkeys(TELEMETRY_KEYS)
+        for policy in self.policies:
+            for key in policy.telemetry_keys:
+                known[check_name(key, f"{policy.name}.telemetry_keys entry")] = None
+        self.telemetry_keys: tuple[str, ...] = tuple(known)
         if clock is not None and not callable(clock):
             raise ValidationError(f"clock must be a callable returning a timezone-aware datetime, got {clock!r}")
         self.clock = clock or utcnow
@@ -227,20 +234,21 @@ class GovernanceCore:
     # -- transition ---------------------------------------------------------------------------
 
     def _evaluate(self, experiment: str, target: LifecycleState | None, current: LifecycleState | None,
-                  telemetry: Mapping[str, float], now: datetime, tenant: str | None,
-                  environment: str | None) -> list[PolicyEvaluation]:
-        """Evaluations of every policy decidable in Python (all but in-script conflict checks)."""
-        ctx = PolicyContext(experiment, target, current, telemetry, now)
+                  telemetry: Mapping[str, Any], now: datetime, tenant: str | None,
+                  environment: str | None, *, running_since: datetime | None = None,
+                  in_script: bool = False) -> list[PolicyEvaluation]:
+        """Evaluations of every policy decidable here: all but the conflict groups of a move into Running
+        or Ramping, and (``in_script``: the transition script decides them) stable times of stored state."""
+        ctx = PolicyContext(experiment, target, current, telemetry, now, running_since,
+                            self.require_telemetry)
         out = []
         for policy in self.policies:
             if isinstance(policy, ConflictPrevention):
-                if not policy.covers(experiment):
-                    continue
-                if target in RUNNING_STATES:
-                    continue  # decided inside the script
-                compliant, reason = True, f"{target.value if target else 'no target'} is not Running or Ramping"
-            else:
-                compliant, reason = policy.evaluate(ctx)
+                if not policy.covers(experiment) or target in RUNNING_STATES:
+                    continue  # not this experiment's group, or decided against the members' states
+            elif in_script and isinstance(policy, TrafficLimit) and policy.stored_stability(telemetry) is not None:
+                continue  # the stable time is the stored state's: decided inside the script
+            compliant, reason = policy.decide(ctx)
             out.append(PolicyEvaluation(
                 experiment=experiment, policy=policy.name, compliant=compliant, severity=policy.severity,
                 reason=reason, timestamp=now, current_state=current, target_state=target,
@@ -257,7 +265,7 @@ class GovernanceCore:
         target = check_state(to, "target state")
         actor = _actor(actor, "actor")
         meta = check_data(metadata, "metadata")
-        measured = check_telemetry(telemetry)
+        measured = check_telemetry(telemetry, self.telemetry_keys)
         if expected_etag is not None and (not isinstance(expected_etag, str) or not expected_etag):
             raise ValidationError(f"expected_etag must be a non-empty string or None, got {expected_etag!r}")
         if reason is not None:
@@ -268,8 +276,8 @@ class GovernanceCore:
         target_name = target._value_
         extra, intent = self._idem(exp, idempotency_key, f"a transition to {target_name}") \
             if idempotency_key is not None else ((), "")
-        evaluations = self._evaluate(experiment, target, None, measured, now, tenant, environment) \
-            if self.policies else []
+        evaluations = self._evaluate(experiment, target, None, measured, now, tenant, environment,
+                                     in_script=True) if self.policies else []
         blocking = [e for e in evaluations if e.severity is Severity.CRITICAL and not e.compliant]
         if blocking:
             return self._refuse(experiment, target, evaluations, blocking, scope, exp, extra, intent)
@@ -291,10 +299,10 @@ class GovernanceCore:
         if evaluations:
             plan["policies"] = [[len(records) + i + 1, e.policy] for i, e in enumerate(evaluations)]
             records.extend(stored(e) for e in evaluations)
-        groups = self._groups(experiment, target, now, tenant, environment, records, scope, len(extra))
+        groups = self._groups(experiment, target, measured, now, tenant, environment, records, scope, len(extra))
         if groups:
             plan["groups"] = groups
-            extra += tuple(scope.experiment(name).state for group in groups for name, _ in group["others"])
+            extra += tuple(scope.experiment(name).state for group in groups for name, _ in group.get("others", ()))
         if self.core.retain:
             plan["retain"] = self.core.retain
         if self.auto_create:
@@ -359,12 +367,30 @@ class GovernanceCore:
             details[str(number)] = step
         return details
 
-    def _groups(self, experiment: str, target: LifecycleState, now: datetime, tenant: str | None,
-                environment: str | None, records: list[bytes], scope: Scope, idem_keys: int) -> list[dict[str, Any]]:
-        """The ConflictPrevention groups of a move into Running or Ramping, each with both verdicts."""
-        if target not in RUNNING_STATES:
-            return []
+    def _groups(self, experiment: str, target: LifecycleState, telemetry: Mapping[str, Any], now: datetime,
+                tenant: str | None, environment: str | None, records: list[bytes], scope: Scope,
+                idem_keys: int) -> list[dict[str, Any]]:
+        """The policies the transition script decides, each with both verdicts: the ConflictPrevention groups
+        of a move into Running or Ramping, and the TrafficLimits that need the stored stable time."""
         groups: list[dict[str, Any]] = []
+        for policy in self.policies:
+            need = policy.stored_stability(telemetry) if isinstance(policy, TrafficLimit) else None
+            if need is None:
+                continue
+            reasons = policy.verdicts(telemetry)
+            group: dict[str, Any] = {"name": policy.name, "since": to_micros(now - need), "why": reasons[1]}
+            if policy.severity is not Severity.CRITICAL:
+                group["soft"] = 1
+            for (outcome, compliant), reason in zip((("ok", True), ("fail", False)), reasons):
+                records.append(stored(PolicyEvaluation(
+                    experiment=experiment, policy=policy.name, compliant=compliant, severity=policy.severity,
+                    reason=reason, timestamp=now, target_state=target,
+                    metadata={"type": policy.kind, "telemetry": dict(telemetry)},
+                    tenant=tenant, environment=environment)))
+                group[outcome] = len(records)
+            groups.append(group)
+        if target not in RUNNING_STATES:
+            return groups
         key_number = 12 + idem_keys  # KEYS[12] is the idempotency record when there is one
         for policy in self.policies:
             if not (isinstance(policy, ConflictPrevention) and policy.covers(experiment)):
@@ -373,7 +399,9 @@ class GovernanceCore:
             for name in policy.others(experiment):
                 others.append([name, key_number])
                 key_number += 1
-            group: dict[str, Any] = {"name": policy.name, "others": others}
+            group = {"name": policy.name, "others": others}
+            if policy.severity is not Severity.CRITICAL:
+                group["soft"] = 1
             for outcome, compliant in (("ok", True), ("fail", False)):
                 reason = ("no conflicting experiment is Running or Ramping" if compliant else
                           f"another experiment of {', '.join(policy.experiments)} is Running or Ramping")
@@ -518,14 +546,19 @@ class GovernanceCore:
         """Evaluate every policy (each conflict group against its members' states) and persist the evaluations."""
         experiment, tenant, environment = self._names(experiment, tenant, environment)
         goal = None if target is None else check_state(target, "target state")
-        measured = check_telemetry(telemetry)
+        measured = check_telemetry(telemetry, self.telemetry_keys)
         members = self.conflict_group_members(experiment)
         states = yield self.states_of(members, tenant, environment)
         current = states.get(experiment)
         if current is None and not self.auto_create:
             raise NotFoundError(f"experiment {experiment} does not exist (create it first)")
+        since = None
+        if current in RUNNING_STATES and any(isinstance(p, TrafficLimit) and p.stored_stability(measured)
+                                             for p in self.policies):
+            since = yield self.running_since(experiment, tenant, environment)
         now = self.now()
-        evaluations = self._evaluate(experiment, goal, current, measured, now, tenant, environment)
+        evaluations = self._evaluate(experiment, goal, current, measured, now, tenant, environment,
+                                     running_since=since)
         if goal in RUNNING_STATES:
             for policy in self.policies:
                 if isinstance(policy, ConflictPrevention) and policy.covers(experiment):
@@ -538,6 +571,22 @@ class GovernanceCore:
         scope, exp = self.core.keys(experiment, tenant, environment)
         recorded: list[PolicyEvaluation] = yield self._record(experiment, evaluations, scope, exp, "", (), "", "")
         return recorded
+
+    def running_since(self, experiment: str, tenant: str | None, environment: str | None) -> Call[datetime | None]:
+        """When the experiment last entered Running or Ramping (field rs of its state hash; a state without
+        it, as a restored one, gives its last state write: a lower bound of the stable time)."""
+        key = self.core.scope(tenant, environment).experiment(experiment).state
+
+        def parse(reply: Any) -> datetime | None:
+            for field, value in zip(("rs", "t"), reply):
+                if value is not None:
+                    try:
+                        return from_micros(int(value))
+                    except (TypeError, ValueError, OverflowError):
+                        raise CorruptDataError(f"key {key} field {field} holds {value!r}, expected a time") from None
+            return None
+
+        return Call((key,), ("HMGET", key, "rs", "t"), parse)
 
     def conflict_group_members(self, experiment: str) -> tuple[str, ...]:
         members: list[str] = [experiment]

@@ -56,6 +56,7 @@ class GovernanceBase(Generic[B]):
         clock: Callable[[], datetime] | None = None,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
         auto_create: bool = False,
+        require_telemetry: bool = False,
     ) -> None:
         if not isinstance(backplane, self._backplane_type):
             raise ValidationError(f"{type(self).__name__} needs a {self._backplane_type.__module__}."
@@ -64,7 +65,8 @@ class GovernanceBase(Generic[B]):
         self.core = GovernanceCore(
             backplane.core, rules=rules, gates=gates, policies=policies,
             initial_state=initial_state, auto_versioning=auto_versioning, clock=clock,
-            idempotency_window=idempotency_window, auto_create=auto_create)
+            idempotency_window=idempotency_window, auto_create=auto_create,
+            require_telemetry=require_telemetry)
 
     @property
     def rules(self) -> Rules:
@@ -80,21 +82,35 @@ class GovernanceBase(Generic[B]):
 class Governance(GovernanceBase[Backplane]):
     """Experiment lifecycle governance over a Backplane, authoritative across processes.
 
-    ``rules`` (default: the lifecycle of API.md), ``gates`` (AutomaticGate,
-    ManualGate, RoleGate) and ``policies`` (TrafficLimit, ErrorRate, TimeWindow,
-    ConflictPrevention, or your own Policy) decide which moves are allowed.
-    ``initial_state`` is where ``create`` puts an experiment; ``auto_versioning``
-    makes the state follow each new configuration version; ``clock`` (a callable
-    returning an aware datetime) stamps records and drives time-based policies;
-    ``idempotency_window`` is how long an ``idempotency_key`` is remembered;
-    ``auto_create=True`` lets a write to an experiment never created start it
-    from ``initial_state`` (the seed's behaviour) instead of ``NotFoundError``.
+    Every write is one atomic Lua script call (see each method); reads are single round
+    trips or pipelined pages. ``Governance(connect(url, prefix=...), ...)``; closing it
+    (``close()`` or ``with``) closes the backplane.
+
+    Args:
+        backplane: a ``redgov.Backplane`` (``redgov.connect(...)``).
+        rules: which state may move to which (``Rules`` or a mapping of state names to
+            the states they may move to); default: the lifecycle of API.md (``DEFAULT_RULES``).
+        gates: AutomaticGate, ManualGate and RoleGate objects: whose approval a move needs.
+        policies: TrafficLimit, ErrorRate, TimeWindow, ConflictPrevention or your own
+            ``Policy`` subclasses, evaluated on every transition (names must be unique).
+        initial_state: where ``create`` puts an experiment (default Draft).
+        auto_versioning: the state's ``config_version`` follows each new version.
+        clock: a callable returning a timezone-aware datetime: stamps records and drives
+            time-based policies (default: the system clock, UTC).
+        idempotency_window: how long an ``idempotency_key`` is remembered (default 24 h).
+        auto_create: a write to an experiment never created starts it from
+            ``initial_state`` (the seed's behaviour) instead of raising NotFoundError.
+        require_telemetry: a policy whose telemetry is missing is non-compliant (default:
+            missing telemetry is compliant, as in the seed).
+
+    Raises:
+        ValidationError: a bad argument (e.g. duplicate policy names, a naive clock).
     """
 
     _backplane_type = Backplane
 
     def close(self) -> None:
-        """Close the backplane (and its client)."""
+        """Close the backplane: its client, cache and archive (an embedded server is released)."""
         self.backplane.close()
 
     def __enter__(self) -> Governance:
@@ -108,11 +124,26 @@ class Governance(GovernanceBase[Backplane]):
     def create(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                actor: str | None = None, configuration: Mapping[str, Any] | None = None,
                metadata: Mapping[str, Any] | None = None, idempotency_key: str | None = None) -> ExperimentState:
-        """Create an experiment in the initial state (revision 1), with a transition from None into it.
+        """Create an experiment in ``initial_state`` (revision 1), with a transition from None into it.
 
-        With ``configuration`` its version 1 is written too (and followed when
-        auto_versioning). Atomic (create.lua), applied once however often re-sent.
-        Raises ConflictError when it exists, ValidationError for bad input.
+        One script call (create.lua), all or nothing, applied once however often it is re-sent.
+
+        Args:
+            experiment: its name (non-blank, no control characters, at most 1024 characters).
+            tenant, environment: the scope (None: the default); scopes never share experiments.
+            actor: who created it (``last_modified_by``, the transition's actor).
+            configuration: a JSON-like mapping stored as version 1 (followed by the state with
+                auto_versioning); None: no version yet.
+            metadata: a JSON-like mapping kept on the state.
+            idempotency_key: makes the whole call safe to repeat: a repeat within ``idempotency_window``
+                returns the first call's result and writes nothing.
+
+        Returns:
+            The new ExperimentState (revision 1, its etag).
+
+        Raises:
+            ConflictError: the experiment exists (or the idempotency key was used for another operation).
+            ValidationError: bad input (named field and value); nothing is written.
         """
         return self.backplane.run(self.core.create(experiment, tenant=tenant, environment=environment, actor=actor,
                                                    configuration=configuration, metadata=metadata,
@@ -120,7 +151,18 @@ class Governance(GovernanceBase[Backplane]):
 
     def state(self, experiment: str, *, tenant: str | None = None,
               environment: str | None = None) -> ExperimentState | None:
-        """The experiment's current state (None when it was never created). One round trip or a cache hit."""
+        """The experiment's current state, or None when it was never created.
+
+        One HMGET round trip, or a local cache hit with ``connect(cache=True)`` (never older
+        than its ``cache_max_age``).
+
+        Args:
+            experiment: its name.
+            tenant, environment: the scope (None: the default).
+
+        Raises:
+            CorruptDataError: the stored state cannot be decoded (names the key).
+        """
         return self.backplane.get_state(experiment, tenant=tenant, environment=environment)
 
     def transition(self, experiment: str, to: LifecycleState | str, *, actor: str | None = None,
@@ -130,19 +172,39 @@ class Governance(GovernanceBase[Backplane]):
                    idempotency_key: str | None = None) -> StateTransition:
         """Move the experiment to state ``to``; returns the transition written.
 
-        One atomic script call (transition.lua): the etag check (``expected_etag``),
-        the rule check, the gates (a ManualGate consumes its recorded approval; a
-        RoleGate reads ``metadata["actorRole"]``), the ConflictPrevention groups, the
-        state write (revision + 1, a new etag: both on the returned transition), the
-        history entry and the approval and policy records. ``telemetry`` feeds the
-        policies. A re-send after a lost reply is applied once; a repeat with the
-        same ``idempotency_key`` within the window returns the first call's result.
+        One atomic script call (transition.lua): the etag check, the rule check, the
+        gates (a ManualGate consumes its recorded approval; a RoleGate reads
+        ``metadata["actorRole"]``), the ConflictPrevention groups and the stable time of a
+        TrafficLimit (judged against the stored state), the state write (revision + 1 and a
+        new etag, both on the returned transition), the history entry and the approval and
+        policy records: all or nothing. A re-send after a lost reply is applied once.
 
-        Raises NotFoundError (never created), ConflictError (etag changed; key used
-        for another move), InvalidTransitionError (the rules forbid it),
-        ApprovalRequiredError (a gate did not approve), PolicyViolationError (a
-        Critical policy failed: its evaluations are recorded, nothing else is
-        written), ValidationError (bad input). Nothing is written when it raises.
+        Args:
+            experiment: its name (it must have been created, unless ``auto_create``).
+            to: the target LifecycleState (or its name).
+            actor: who moves it (``last_modified_by``).
+            reason: free text kept on the transition.
+            metadata: a JSON-like mapping kept on the transition (``actorRole`` for RoleGates).
+            telemetry: measurements for the policies: ``trafficPercentage``, ``errorRate``,
+                ``runningDuration`` (seconds) and custom policies' ``telemetry_keys``; an unknown
+                key is a ValidationError with a did-you-mean.
+            tenant, environment: the scope (None: the default).
+            expected_etag: refuse unless the stored etag is this one (optimistic concurrency).
+            idempotency_key: a repeat within ``idempotency_window`` returns the first call's
+                result (or raises its refusal again) and writes nothing.
+
+        Returns:
+            The StateTransition, with ``from_state``, ``revision`` and ``etag`` of the write.
+
+        Raises:
+            NotFoundError: the experiment was never created.
+            ConflictError: the etag changed (``current_etag``/``current_state`` name what is stored),
+                or the idempotency key was used for another operation.
+            InvalidTransitionError: the rules do not allow the move from the current state.
+            ApprovalRequiredError: a gate did not approve.
+            PolicyViolationError: a Critical policy is not compliant; its ``evaluations`` are recorded,
+                nothing else is written.
+            ValidationError: bad input; nothing is sent.
         """
         return self.backplane.run(self.core.transition(
             experiment, to, actor=actor, reason=reason, metadata=metadata, telemetry=telemetry, tenant=tenant,
@@ -151,8 +213,14 @@ class Governance(GovernanceBase[Backplane]):
     def transition_many(self, requests: Iterable[TransitionRequest]) -> list[StateTransition | RedgovError]:
         """Many transitions in one pipelined round trip; each succeeds or fails on its own.
 
-        Invalid input raises before anything is sent. Each result is the
-        StateTransition or the RedgovError that refused it, in request order.
+        Each request is its own atomic script call (see ``transition``); the batch is not a
+        transaction. Invalid input raises ValidationError before anything is sent.
+
+        Args:
+            requests: TransitionRequest structs (the arguments of ``transition``).
+
+        Returns:
+            In request order, each StateTransition or the RedgovError that refused it.
         """
         calls = [self.core.transition(r.experiment, r.to, actor=r.actor, reason=r.reason, metadata=r.metadata,
                                       telemetry=r.telemetry, tenant=r.tenant, environment=r.environment,
@@ -165,11 +233,27 @@ class Governance(GovernanceBase[Backplane]):
                 idempotency_key: str | None = None) -> ApprovalRecord:
         """Record an approval (``approved=False``: a rejection) of the move from the current state to ``to``.
 
-        A ManualGate on that move is satisfied by it; the transition consumes it and
-        the approval is linked to it. A rejection withdraws a pending approval.
-        Approvals lapse when the experiment leaves the state they were given in.
-        Atomic (approve.lua). Raises NotFoundError, InvalidTransitionError (no rule
-        allows the move from the current state), ValidationError.
+        A ManualGate on that move is satisfied by it; the transition that uses it consumes
+        it and links it by ``transition_id``. A rejection withdraws a pending approval.
+        Approvals lapse when the experiment leaves the state they were given in. One
+        script call (approve.lua), all or nothing, applied once however often re-sent.
+
+        Args:
+            experiment: its name (it must exist, unless ``auto_create``).
+            to: the state the approved move goes to.
+            approver: who approves (required, non-blank).
+            reason: free text kept on the record.
+            approved: False records a rejection.
+            tenant, environment: the scope (None: the default).
+            idempotency_key: a repeat within ``idempotency_window`` returns the first record.
+
+        Returns:
+            The ApprovalRecord written.
+
+        Raises:
+            NotFoundError: the experiment was never created.
+            InvalidTransitionError: no rule allows the move from the current state.
+            ValidationError: bad input; nothing is written.
         """
         return self.backplane.run(self.core.approve(experiment, to, approver=approver, reason=reason,
                                                     approved=approved, tenant=tenant, environment=environment,
@@ -177,19 +261,52 @@ class Governance(GovernanceBase[Backplane]):
 
     def allowed_transitions(self, experiment: str, *, tenant: str | None = None,
                             environment: str | None = None) -> list[LifecycleState]:
-        """The states the rules allow the experiment to move to now (gates and policies not judged)."""
+        """The states the rules allow the experiment to move to now (gates and policies not judged).
+
+        Args:
+            experiment: its name.
+            tenant, environment: the scope (None: the default).
+
+        Raises:
+            NotFoundError: the experiment was never created (unless ``auto_create``).
+        """
         return self.backplane.drive(self.core.allowed_transitions(experiment, tenant=tenant,
                                                                   environment=environment))
 
     def history(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                 limit: int | None = None, newest_first: bool = False) -> list[StateTransition]:
-        """The experiment's transitions in order (``newest_first`` reverses), at most ``limit``; read in pages."""
+        """The experiment's transitions, oldest first.
+
+        Read in pages (no server call is O(history)); entries removed by retention are read
+        from the archive when one is attached.
+
+        Args:
+            experiment: its name.
+            tenant, environment: the scope (None: the default).
+            limit: at most this many (None: all).
+            newest_first: newest first (with ``limit``: the newest ones).
+
+        Raises:
+            HistoryTrimmedError: entries were removed by retention and no archive is attached.
+            CorruptDataError: a stored entry cannot be decoded.
+        """
         return self.backplane.transitions(experiment, tenant=tenant, environment=environment, limit=limit,
                                           newest_first=newest_first)
 
     def experiments(self, *, tenant: str | None = None, environment: str | None = None,
                     state: LifecycleState | str | None = None) -> list[ExperimentState]:
-        """The experiments of a scope (only those in ``state``), sorted by name; the index read in pages."""
+        """The experiments of a scope, sorted by name.
+
+        Reads the scope's index in pages of names (ZRANGEBYLEX), never a keyspace scan;
+        each page's states are one pipelined round trip.
+
+        Args:
+            tenant, environment: the scope (None: the default).
+            state: only the experiments in this state (a LifecycleState or its name).
+
+        Raises:
+            ValidationError: an unknown state name.
+        """
         return self.backplane.drive(self.core.experiments(tenant=tenant, environment=environment, state=state))
 
     # -- versions --------------------------------------------------------------------
@@ -197,10 +314,26 @@ class Governance(GovernanceBase[Backplane]):
     def create_version(self, experiment: str, configuration: Mapping[str, Any], *, actor: str | None = None,
                        description: str | None = None, tenant: str | None = None, environment: str | None = None,
                        idempotency_key: str | None = None) -> ConfigurationVersion:
-        """Add the next configuration version (its number assigned inside the script, never reused).
+        """Add the next configuration version; its number is assigned inside the script, never reused.
 
-        With auto_versioning the state follows it (config_version, a state write).
-        Atomic (create_version.lua). Raises NotFoundError, ValidationError.
+        With auto_versioning the state follows it (``config_version``, a state write).
+        One script call (create_version.lua), all or nothing, applied once however often
+        re-sent. Versions are immutable.
+
+        Args:
+            experiment: its name (it must exist, unless ``auto_create``).
+            configuration: a JSON-like mapping (finite numbers, strings, lists, mappings).
+            actor: who made it.
+            description: free text.
+            tenant, environment: the scope (None: the default).
+            idempotency_key: a repeat within ``idempotency_window`` returns the first version.
+
+        Returns:
+            The ConfigurationVersion written (number, hash, time).
+
+        Raises:
+            NotFoundError: the experiment was never created.
+            ValidationError: bad input; nothing is written.
         """
         return self.backplane.run(self.core.create_version(
             experiment, configuration, actor=actor, description=description, tenant=tenant,
@@ -208,24 +341,67 @@ class Governance(GovernanceBase[Backplane]):
 
     def rollback(self, experiment: str, to_version: int, *, actor: str | None = None, tenant: str | None = None,
                  environment: str | None = None, idempotency_key: str | None = None) -> ConfigurationVersion:
-        """A new version restoring version ``to_version``'s configuration (``rolled_back_from`` names it).
+        """Add a new version restoring version ``to_version``'s configuration.
 
-        Reads that (immutable) version, then writes like ``create_version``.
-        Raises NotFoundError when the version or experiment does not exist.
+        Reads that (immutable) version, then writes like ``create_version``: two round trips;
+        the write is atomic. The new version's ``rolled_back_from`` is ``to_version``.
+
+        Args:
+            experiment: its name.
+            to_version: the version whose configuration comes back (1 to 2**53 - 1).
+            actor: who rolls back.
+            tenant, environment: the scope (None: the default).
+            idempotency_key: a repeat within ``idempotency_window`` returns the first version.
+
+        Raises:
+            NotFoundError: the experiment or the version does not exist.
+            ValidationError: bad input; nothing is written.
         """
         return self.backplane.drive(self.core.rollback(experiment, to_version, actor=actor, tenant=tenant,
                                                        environment=environment, idempotency_key=idempotency_key))
 
     def diff(self, experiment: str, from_version: int, to_version: int, *, tenant: str | None = None,
              environment: str | None = None) -> list[Change]:
-        """Path-level changes from one version's configuration to another's. Raises NotFoundError."""
+        """The path-level changes from version ``from_version``'s configuration to ``to_version``'s.
+
+        Paths are dotted with list indexes in brackets (``rollout.steps[2].percent``).
+
+        Args:
+            experiment: its name.
+            from_version, to_version: the two version numbers.
+            tenant, environment: the scope (None: the default).
+
+        Returns:
+            A list of Change(kind "added" | "modified" | "removed", path, old, new).
+
+        Raises:
+            NotFoundError: either version does not exist.
+        """
         return self.backplane.drive(self.core.diff(experiment, from_version, to_version, tenant=tenant,
                                                    environment=environment))
 
     def evaluate_policies(self, experiment: str, *, telemetry: Mapping[str, Any] | None = None,
                           target: LifecycleState | str | None = None, tenant: str | None = None,
                           environment: str | None = None) -> list[PolicyEvaluation]:
-        """Evaluate every policy now (for a move to ``target``) and persist the evaluations; returns them."""
+        """Evaluate every policy now and persist the evaluations; returns them.
+
+        Reads the states of the experiment and its conflict-group members (one round trip;
+        plus when it entered Running or Ramping, for a TrafficLimit that needs it), judges
+        each policy (each ConflictPrevention group on its own) and records the evaluations
+        in one script call. Advisory: unlike ``transition``, the judgement and the states it
+        read are not one atomic step.
+
+        Args:
+            experiment: its name (it must exist, unless ``auto_create``).
+            telemetry: the measurements (see ``transition``).
+            target: the move being considered (conflict groups are judged for moves into
+                Running or Ramping); None: no move.
+            tenant, environment: the scope (None: the default).
+
+        Raises:
+            NotFoundError: the experiment was never created.
+            ValidationError: bad input (e.g. an unknown telemetry key); nothing is written.
+        """
         return self.backplane.drive(self.core.evaluate_policies(experiment, telemetry=telemetry, target=target,
                                                                 tenant=tenant, environment=environment))
 
@@ -233,15 +409,35 @@ class Governance(GovernanceBase[Backplane]):
 
     def replay(self, experiment: str, *, until: datetime | None = None, tenant: str | None = None,
                environment: str | None = None) -> ExperimentState | None:
-        """The state folded from the log alone (as of ``until``); equals ``state()`` when consistent.
+        """The state folded from the event log alone; equals ``state()`` when consistent.
 
-        Raises HistoryTrimmedError when ``until`` is before the retention cut and no archive is attached.
+        Starts from the retention snapshot when history was trimmed; reads in pages.
+
+        Args:
+            experiment: its name.
+            until: fold only the events up to this time (aware datetime); None: all.
+            tenant, environment: the scope (None: the default).
+
+        Returns:
+            The folded ExperimentState, or None when there is nothing to fold.
+
+        Raises:
+            HistoryTrimmedError: ``until`` is before the retention cut and no archive is attached.
         """
         return self.backplane.drive(self.core.replay(experiment, until=until, tenant=tenant,
                                                      environment=environment))
 
     def verify(self, experiment: str, *, tenant: str | None = None, environment: str | None = None) -> list[str]:
-        """The differences between the replayed and the stored state, one readable line each; [] when equal."""
+        """The differences between the replayed and the stored state; [] when they agree.
+
+        Args:
+            experiment: its name.
+            tenant, environment: the scope (None: the default).
+
+        Returns:
+            One readable line per differing field (``state: the log says Paused, the stored state says
+            Running``).
+        """
         return self.backplane.drive(self.core.verify(experiment, tenant=tenant, environment=environment))
 
     def watch(self, *, tenant: str | None = None, environment: str | None = None,
@@ -249,9 +445,16 @@ class Governance(GovernanceBase[Backplane]):
               timeout: float | None = None) -> Iterator[GovernanceEvent]:
         """Yield the scope's events as they are written (XREAD BLOCK), resumable from any event id.
 
-        ``from_id="0"`` replays the scope from its first event, ``"$"`` starts at new
-        ones. Each read blocks up to ``block_ms`` (any value: it is cut to fit the
-        socket timeout). Runs until the caller stops iterating, or for ``timeout`` seconds.
+        Args:
+            tenant, environment: the scope (None: the default).
+            experiments: only events of these experiments (None: all).
+            from_id: ``"0"`` replays the scope from its first event, ``"$"`` starts at new ones,
+                an event id resumes after that event.
+            block_ms: how long each read blocks (any value: it is cut to fit the socket timeout).
+            timeout: stop after this many seconds (None: when the caller stops iterating).
+
+        Yields:
+            GovernanceEvent(id, kind, experiment, tenant, environment, record).
         """
         cursor = WatchCursor(self.backplane.core, tenant=tenant, environment=environment, experiments=experiments,
                              from_id=from_id, block_ms=block_ms, timeout=timeout)

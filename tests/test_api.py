@@ -112,3 +112,19 @@ def test_the_asyncio_twins_have_every_method_with_the_same_signature() -> None:
             assert twin is not None, f"{async_class.__name__}.{name} is missing"
             assert inspect.iscoroutinefunction(twin) or inspect.isasyncgenfunction(twin), name
             assert plain(twin) == plain(member), name
+
+
+def test_import_redgov_loads_only_what_every_user_needs() -> None:
+    """The asyncio side, the YAML DSL, the embedded manager and the SQL copy load on first use
+    (benchmarks/imports.py measures the time: import redgov <= 1.3x import redis)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, redgov; lazy = ['redgov.aio', 'redgov.config', 'redgov.embedded', 'redgov.sql', 'yaml', "
+             "'sqlalchemy']; print(','.join(m for m in lazy if m in sys.modules)); "
+             "redgov.GovernanceConfig, redgov.aio.AsyncGovernance; print('redgov.aio' in sys.modules, "
+             "'yaml' in sys.modules, 'from_config' in dir(redgov))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.splitlines() == ["", "True True True"], done.stdout + done.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        redgov.nope  # noqa: B018
