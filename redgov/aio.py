@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from redis.commands.core import AsyncScript
 from redis.exceptions import ClusterError, ResponseError, TryAgainError
 
-from .backplane import SLOT_SETTLE_SECONDS, access_probe, slot_moving, socket_timeout
+from .backplane import SLOT_SETTLE_SECONDS, access_probe, backplane_repr, slot_moving, socket_timeout
 from .cache import MAX_AGE, MISS, StateCache
 from .changes import Change
 from .connect import _check_cache, open_async_client, scheme_of, stream_connector
@@ -47,7 +47,13 @@ def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False,
             cache_max_age: float = MAX_AGE, **redis_kwargs: Any) -> AsyncBackplane:
     """An AsyncBackplane for ``url``: the schemes and arguments of ``redgov.connect``.
 
-    Does no I/O itself: an embedded server is started (in a thread) by the first call.
+    ``url`` (redis://, rediss://, unix://, redis+cluster://, memory://, embedded://),
+    ``prefix``, ``cache``, ``timeout``, ``retries``, ``retain_history``, ``archive``,
+    ``cache_max_age`` and ``redis_kwargs`` (``optimistic_concurrency`` and redis-py
+    client keywords) mean what they mean there; the client is a ``redis.asyncio`` one.
+    Differences: it is a plain function (not a coroutine) and does no I/O itself, not
+    even for a Cluster: an embedded server is started (in a worker thread) by the
+    first call. Raises ValidationError for an unknown scheme or a bad argument.
     """
     optimistic = redis_kwargs.pop("optimistic_concurrency", True)
     scheme = scheme_of(url)
@@ -62,9 +68,19 @@ def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False,
 
 
 class AsyncBackplane:
-    """The persistence interface over a ``redis.asyncio`` client: every Backplane method, awaited.
+    """The persistence interface over a ``redis.asyncio`` client: every Backplane method, as a coroutine.
 
-    See ``redgov.Backplane`` for what each method does, its atomicity and errors.
+    Arguments as ``redgov.Backplane``: ``client`` (a ``redis.asyncio.Redis`` or
+    ``redis.asyncio.cluster.RedisCluster``, ``decode_responses=False``), ``prefix``,
+    ``optimistic_concurrency``, ``archive``, ``retain_history``, ``cache``; and
+    ``server``, the EmbeddedServer behind an embedded:// client (started in a thread
+    by the first call, released by ``close``). Made by ``redgov.aio.connect``.
+
+    The same scripts as the sync Backplane, so the same atomicity: each write one Lua
+    script call, all or nothing, applied once however often re-sent; history reads
+    in pages, not one atomic snapshot. The same errors. Blocking work (SQL archive
+    reads, the embedded server's start and stop) runs in a worker thread, never on
+    the event loop. ``async with`` closes it.
     """
 
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
@@ -122,7 +138,12 @@ class AsyncBackplane:
                 delay = min(delay * 2, 0.5)
 
     async def run(self, call: Call[T]) -> T:
-        """Run one Call (see ``Backplane.run``)."""
+        """Run one ``call`` (a core Call) and return its parsed result, as ``Backplane.run`` does, awaited.
+
+        Refusals are raised as RedgovErrors; on a Cluster a call refused while its slot
+        migrates is sent again (``asyncio.sleep`` between) until the slot settles
+        (``UnavailableError`` after about 10 s).
+        """
         if call.scope is not None:
             await self._check_access(call)
         try:
@@ -153,7 +174,11 @@ class AsyncBackplane:
         self.core.checked_scopes.add(scope.tag)
 
     async def drive(self, plan: Plan[T]) -> T:
-        """Run a plan (see ``Backplane.drive``); archive reads run in a worker thread."""
+        """Run a ``plan`` (a generator of core steps) to its end and return its result.
+
+        Each Call runs on Redis (``run``), each archive read in a worker thread; a failure
+        is thrown into the plan where it yielded. Not atomic as a whole.
+        """
         try:
             step = next(plan)
             while True:
@@ -170,7 +195,11 @@ class AsyncBackplane:
             return stop.value  # type: ignore[no-any-return]
 
     async def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
-        """Run Calls in one pipelined round trip (one by one on a Cluster)."""
+        """Run ``calls`` in one pipelined round trip (one by one on a Cluster); results in their order.
+
+        Each call is atomic on its own, the batch is not; each result is the parsed reply or
+        the RedgovError that refused it (returned, not raised).
+        """
         if not calls:
             return []
         if self._cluster:
@@ -197,7 +226,10 @@ class AsyncBackplane:
             return error
 
     async def close(self) -> None:
-        """Close the client, cache and archive; release an embedded server (in a thread)."""
+        """Close the client, the cache and the archive, and release an embedded server (in a worker thread).
+
+        The AsyncBackplane cannot be used afterwards; ``async with`` closes it on exit.
+        """
         if self.cache is not None:
             await asyncio.to_thread(self.cache.close)
         await self.client.aclose()
@@ -215,13 +247,18 @@ class AsyncBackplane:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<AsyncBackplane prefix={self.prefix!r}{' cache=on' if self.cache else ''}>"
+        return backplane_repr(self)
 
     # -- state --------------------------------------------------------------------------
 
     async def get_state(self, experiment: str, *, tenant: str | None = None,
                         environment: str | None = None) -> ExperimentState | None:
-        """See ``Backplane.get_state``."""
+        """The current state of ``experiment`` in the scope ``tenant`` + ``environment``, or None when it has none.
+
+        As ``Backplane.get_state``: one HMGET round trip, or a hit of the cache (never
+        older than ``cache_max_age``). Raises ValidationError, CorruptDataError,
+        AccessDeniedError.
+        """
         cache = self.cache
         if cache is None:
             return await self.run(self.core.get_state(experiment, tenant, environment))
@@ -240,89 +277,177 @@ class AsyncBackplane:
         return state
 
     async def save_state(self, state: ExperimentState, *, expected_etag: str | None = None) -> SaveResult:
-        """See ``Backplane.save_state``."""
+        """Write ``state`` as its experiment's current state: create only (``expected_etag=None``) or compare-and-set.
+
+        As ``Backplane.save_state``: one Lua script call (save_state.lua), all or nothing,
+        applied once; ``state``'s ``revision`` and ``etag`` are ignored (revision + 1, a new
+        etag). Returns a SaveResult (a conflict is ``ok=False, conflict=True``, not an
+        exception). Raises ValidationError, CorruptDataError, AccessDeniedError.
+        """
         return await self.run(self.core.save_state(state, expected_etag))
 
     async def state_writes(self, experiment: str, *, tenant: str | None = None,
                            environment: str | None = None) -> list[ExperimentState]:
-        """See ``Backplane.state_writes``."""
+        """Every state ``experiment`` (in ``tenant`` + ``environment``) has had, oldest first.
+
+        As ``Backplane.state_writes``: folded from its state-writing log entries, read in
+        pages (not one atomic snapshot); archived ones from the SQL copy in a worker
+        thread. Raises ValidationError, CorruptDataError.
+        """
         return await self.drive(self.core.state_writes(experiment, tenant, environment))
 
     # -- history --------------------------------------------------------------------------
 
     async def append_transition(self, t: StateTransition) -> StateTransition:
-        """See ``Backplane.append_transition``."""
+        """Append transition ``t`` to its experiment's history without writing the state; returns ``t``.
+
+        As ``Backplane.append_transition``: one Lua script call, all or nothing, applied
+        once; no rule or gate check. Raises ConflictError (``t.transition_id`` already
+        recorded in the scope), ValidationError, CorruptDataError, AccessDeniedError.
+        """
         return await self.run(self.core.append_transition(t))
 
     async def transitions(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                           limit: int | None = None, newest_first: bool = False) -> list[StateTransition]:
-        """See ``Backplane.transitions``."""
+        """The transitions of ``experiment`` (in ``tenant`` + ``environment``) in the order written.
+
+        ``newest_first=True`` reverses it; ``limit`` returns at most that many (None: all).
+        Read in pages of bounded server time, not one atomic snapshot; archived entries
+        from the SQL copy (in a worker thread). Raises ValidationError, CorruptDataError.
+        """
         return await self.drive(self.core.transitions(experiment, tenant, environment, limit=limit,
                                                       newest_first=newest_first))
 
     async def append_approval(self, a: ApprovalRecord) -> ApprovalRecord:
-        """See ``Backplane.append_approval``."""
+        """Append approval ``a`` to its experiment's history; returns ``a``.
+
+        As ``Backplane.append_approval``: one Lua script call, all or nothing, applied
+        once; with ``a.transition_id`` it is linked to that transition. It does not
+        satisfy a ManualGate (``AsyncGovernance.approve`` does). Raises ValidationError,
+        CorruptDataError, AccessDeniedError.
+        """
         return await self.run(self.core.append_approval(a))
 
     async def approvals(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                         limit: int | None = None, newest_first: bool = False) -> list[ApprovalRecord]:
-        """See ``Backplane.approvals``."""
+        """The approvals of ``experiment`` (in ``tenant`` + ``environment``) in the order written.
+
+        Each with the ``transition_id`` of the transition that consumed it, when one did.
+        ``newest_first`` and ``limit`` as in ``transitions``; read in pages, not one atomic
+        snapshot. Raises ValidationError, CorruptDataError.
+        """
         return await self.drive(self.core.approvals(experiment, tenant, environment, limit=limit,
                                                     newest_first=newest_first))
 
     async def approvals_for_transition(self, transition_id: str, *, tenant: str | None = None,
                                        environment: str | None = None) -> list[ApprovalRecord]:
-        """See ``Backplane.approvals_for_transition``."""
+        """The approvals linked to the transition ``transition_id`` in the scope ``tenant`` + ``environment``.
+
+        As ``Backplane.approvals_for_transition``: one script call (an atomic read), the
+        SQL copy asked when Redis no longer holds them. Raises ValidationError,
+        CorruptDataError.
+        """
         return await self.drive(self.core.approvals_for_transition(transition_id, tenant, environment))
 
     async def append_version(self, v: ConfigurationVersion) -> ConfigurationVersion:
-        """See ``Backplane.append_version``."""
+        """Append the immutable configuration version ``v`` under its own number; returns ``v``.
+
+        As ``Backplane.append_version``: one Lua script call, all or nothing, applied once;
+        the state is not changed. Raises ConflictError (the number exists or is not above
+        the highest one retention removed), ValidationError, CorruptDataError,
+        AccessDeniedError.
+        """
         return await self.run(self.core.append_version(v))
 
     async def version(self, experiment: str, number: int, *, tenant: str | None = None,
                       environment: str | None = None) -> ConfigurationVersion | None:
-        """See ``Backplane.version``."""
+        """Version ``number`` of ``experiment`` (in ``tenant`` + ``environment``), or None.
+
+        One script call, O(log N); the SQL copy asked when Redis no longer holds it.
+        Raises ValidationError (``number`` not an integer), CorruptDataError.
+        """
         return await self.drive(self.core.version(experiment, number, tenant, environment))
 
     async def latest_version(self, experiment: str, *, tenant: str | None = None,
                              environment: str | None = None) -> ConfigurationVersion | None:
-        """See ``Backplane.latest_version``."""
+        """The highest-numbered version of ``experiment`` (in ``tenant`` + ``environment``), or None.
+
+        One script call, O(log N), never a scan (the SQL copy's highest compared too).
+        Raises ValidationError, CorruptDataError.
+        """
         return await self.drive(self.core.latest_version(experiment, tenant, environment))
 
     async def versions(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                        limit: int | None = None, newest_first: bool = False) -> list[ConfigurationVersion]:
-        """See ``Backplane.versions``."""
+        """The versions of ``experiment`` (in ``tenant`` + ``environment``) by number, ascending.
+
+        ``newest_first=True`` gives them descending; ``limit`` at most that many (None:
+        all). Read in pages, not one atomic snapshot; archived ones merged in from the SQL
+        copy. Raises ValidationError, CorruptDataError.
+        """
         return await self.drive(self.core.versions(experiment, tenant, environment, limit=limit,
                                                    newest_first=newest_first))
 
     async def append_policy_evaluation(self, e: PolicyEvaluation) -> PolicyEvaluation:
-        """See ``Backplane.append_policy_evaluation``."""
+        """Append the policy evaluation ``e``; it becomes its policy's latest. Returns ``e``.
+
+        As ``Backplane.append_policy_evaluation``: one Lua script call, all or nothing,
+        applied once. Raises ValidationError, CorruptDataError, AccessDeniedError.
+        """
         return await self.run(self.core.append_policy_evaluation(e))
 
     async def policy_evaluations(self, experiment: str, *, tenant: str | None = None,
                                  environment: str | None = None, limit: int | None = None,
                                  newest_first: bool = False) -> list[PolicyEvaluation]:
-        """See ``Backplane.policy_evaluations``."""
+        """The policy evaluations of ``experiment`` (in ``tenant`` + ``environment``) in the order written.
+
+        ``newest_first`` and ``limit`` as in ``transitions``; read in pages, not one atomic
+        snapshot. Raises ValidationError, CorruptDataError.
+        """
         return await self.drive(self.core.policy_evaluations(experiment, tenant, environment, limit=limit,
                                                              newest_first=newest_first))
 
     async def latest_policy_evaluation(self, experiment: str, policy: str, *, tenant: str | None = None,
                                        environment: str | None = None) -> PolicyEvaluation | None:
-        """See ``Backplane.latest_policy_evaluation``."""
+        """The latest evaluation of ``policy`` for ``experiment`` (in ``tenant`` + ``environment``), or None.
+
+        One script call: O(1), a hash lookup; the SQL copy asked when Redis holds none.
+        Raises ValidationError, CorruptDataError.
+        """
         return await self.drive(self.core.latest_policy_evaluation(experiment, policy, tenant, environment))
 
 
 class AsyncGovernance(GovernanceBase[AsyncBackplane]):
-    """The asyncio twin of ``redgov.Governance``: every method a coroutine (``watch`` an async iterator).
+    """The asyncio twin of ``redgov.Governance``: the same lifecycle API over an AsyncBackplane, as coroutines.
 
-    See ``redgov.Governance`` for the arguments, what each method does, its
-    atomicity and its errors.
+    ``AsyncGovernance(backplane, *, rules=None, gates=(), policies=(), initial_state=Draft,
+    auto_versioning=True, clock=None, idempotency_window=24 h, auto_create=False,
+    require_telemetry=False)``:
+
+    - ``backplane``: an ``AsyncBackplane`` (``redgov.aio.connect(url)``); anything else
+      is a ValidationError.
+    - ``rules``: a ``Rules`` or a mapping state -> allowed states (default ``DEFAULT_RULES``).
+    - ``gates``: AutomaticGate, ManualGate and RoleGate objects.
+    - ``policies``: TrafficLimit, ErrorRate, TimeWindow, ConflictPrevention or custom
+      ``Policy`` objects, with unique names.
+    - ``initial_state``: where ``create`` puts an experiment.
+    - ``auto_versioning``: the state's ``config_version`` follows each new version.
+    - ``clock``: a callable returning an aware datetime; stamps records and drives
+      time-based policies (default: UTC now).
+    - ``idempotency_window``: how long an ``idempotency_key`` is remembered (a timedelta).
+    - ``auto_create``: True lets a write to an experiment never created start it from
+      ``initial_state`` instead of raising NotFoundError.
+    - ``require_telemetry``: True makes a policy whose telemetry is missing non-compliant.
+
+    The same scripts as Governance, so the same atomicity and errors. Differences:
+    methods are awaited, ``watch`` is an async iterator, ``close`` a coroutine and
+    ``async with`` closes the backplane.
     """
 
     _backplane_type = AsyncBackplane
 
     async def close(self) -> None:
-        """Close the backplane."""
+        """Close the backplane (its client, cache and archive); awaited. ``async with`` does it on exit."""
         await self.backplane.close()
 
     async def __aenter__(self) -> AsyncGovernance:
@@ -334,14 +459,26 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
     async def create(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                      actor: str | None = None, configuration: Mapping[str, Any] | None = None,
                      metadata: Mapping[str, Any] | None = None, idempotency_key: str | None = None) -> ExperimentState:
-        """See ``Governance.create``."""
+        """Create ``experiment`` in the scope ``tenant`` + ``environment``, in the initial state (revision 1).
+
+        Writes the state (by ``actor``, with ``metadata``) and a transition from None into
+        it; with ``configuration`` also version 1 (followed by the state when
+        auto-versioning). One Lua script call (create.lua): all or nothing, applied once
+        however often re-sent; a repeat with the same ``idempotency_key`` within the
+        window returns the first call's result and writes nothing. Returns the new
+        ExperimentState. Raises ConflictError (it exists; the key was used for another
+        operation), ValidationError.
+        """
         return await self.backplane.run(self.core.create(
             experiment, tenant=tenant, environment=environment, actor=actor, configuration=configuration,
             metadata=metadata, idempotency_key=idempotency_key))
 
     async def state(self, experiment: str, *, tenant: str | None = None,
                     environment: str | None = None) -> ExperimentState | None:
-        """See ``Governance.state``."""
+        """The current state of ``experiment`` in the scope ``tenant`` + ``environment`` (None: never created).
+
+        One round trip, or a cache hit. Raises ValidationError, CorruptDataError.
+        """
         return await self.backplane.get_state(experiment, tenant=tenant, environment=environment)
 
     async def transition(self, experiment: str, to: LifecycleState | str, *, actor: str | None = None,
@@ -349,13 +486,38 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
                          telemetry: Mapping[str, Any] | None = None, tenant: str | None = None,
                          environment: str | None = None, expected_etag: str | None = None,
                          idempotency_key: str | None = None) -> StateTransition:
-        """See ``Governance.transition``."""
+        """Move ``experiment`` (in ``tenant`` + ``environment``) to state ``to``; returns the StateTransition written.
+
+        One atomic Lua script call (transition.lua), all or nothing: the etag check
+        (``expected_etag``: write only if the state's etag is still that one), the rule
+        check, the gates (a ManualGate consumes its recorded approval; a RoleGate reads
+        ``metadata["actorRole"]``), the ConflictPrevention groups, the state write
+        (revision + 1, a new etag: both on the returned transition), the history entry
+        (``actor``, ``reason``, ``metadata``) and the approval and policy records.
+        ``telemetry`` feeds the policies (unknown keys: ValidationError). A re-send after a
+        lost reply is applied once; a repeat with the same ``idempotency_key`` within the
+        window returns the first call's result (or raises its policy refusal again) and
+        writes nothing.
+
+        Raises NotFoundError (never created), ConflictError (etag changed: its
+        ``current_etag``/``current_state`` say what was found; the key was used for another
+        operation), InvalidTransitionError (the rules forbid it), ApprovalRequiredError (a
+        gate did not approve), PolicyViolationError (a Critical policy failed: its
+        ``evaluations`` are recorded, nothing else is written), ValidationError (bad input).
+        Otherwise nothing is written when it raises.
+        """
         return await self.backplane.run(self.core.transition(
             experiment, to, actor=actor, reason=reason, metadata=metadata, telemetry=telemetry, tenant=tenant,
             environment=environment, expected_etag=expected_etag, idempotency_key=idempotency_key))
 
     async def transition_many(self, requests: Iterable[TransitionRequest]) -> list[StateTransition | RedgovError]:
-        """See ``Governance.transition_many``."""
+        """Many transitions in one pipelined round trip (one by one on a Cluster); each succeeds or fails on its own.
+
+        ``requests`` is an iterable of ``TransitionRequest`` (the arguments of one
+        ``transition`` each). Each transition is atomic as in ``transition``; the batch is
+        not. Invalid input raises ValidationError before anything is sent. Returns, in
+        request order, each StateTransition or the RedgovError that refused it.
+        """
         calls = [self.core.transition(r.experiment, r.to, actor=r.actor, reason=r.reason, metadata=r.metadata,
                                       telemetry=r.telemetry, tenant=r.tenant, environment=r.environment,
                                       expected_etag=r.expected_etag, idempotency_key=r.idempotency_key)
@@ -365,33 +527,65 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
     async def approve(self, experiment: str, to: LifecycleState | str, *, approver: str, reason: str | None = None,
                       approved: bool = True, tenant: str | None = None, environment: str | None = None,
                       idempotency_key: str | None = None) -> ApprovalRecord:
-        """See ``Governance.approve``."""
+        """Record ``approver``'s approval of moving ``experiment`` from its current state to ``to``; returns it.
+
+        ``approved=False`` records a rejection instead, which withdraws a pending approval
+        of that move; ``reason`` says why; ``tenant`` + ``environment`` is the scope. A
+        ManualGate on the move is satisfied by the approval; the transition consumes it and
+        is linked to it. Approvals lapse when the experiment leaves the state they were
+        given in. One Lua script call (approve.lua), all or nothing, applied once;
+        ``idempotency_key`` as in ``create``. Raises NotFoundError (never created),
+        InvalidTransitionError (no rule allows the move from the current state),
+        ConflictError (the key was used for another operation), ValidationError.
+        """
         return await self.backplane.run(self.core.approve(
             experiment, to, approver=approver, reason=reason, approved=approved, tenant=tenant,
             environment=environment, idempotency_key=idempotency_key))
 
     async def allowed_transitions(self, experiment: str, *, tenant: str | None = None,
                                   environment: str | None = None) -> list[LifecycleState]:
-        """See ``Governance.allowed_transitions``."""
+        """The states the rules allow ``experiment`` (in ``tenant`` + ``environment``) to move to now.
+
+        Gates and policies are not judged. One read. Raises NotFoundError (never created,
+        unless ``auto_create``: then the moves from ``initial_state``), ValidationError.
+        """
         return await self.backplane.drive(self.core.allowed_transitions(experiment, tenant=tenant,
                                                                         environment=environment))
 
     async def history(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                       limit: int | None = None, newest_first: bool = False) -> list[StateTransition]:
-        """See ``Governance.history``."""
+        """The transitions of ``experiment`` (in ``tenant`` + ``environment``) in order; ``AsyncBackplane.transitions``.
+
+        ``newest_first=True`` reverses it; ``limit`` returns at most that many. Read in
+        pages, not one atomic snapshot. Raises ValidationError, CorruptDataError.
+        """
         return await self.backplane.transitions(experiment, tenant=tenant, environment=environment, limit=limit,
                                                 newest_first=newest_first)
 
     async def experiments(self, *, tenant: str | None = None, environment: str | None = None,
                           state: LifecycleState | str | None = None) -> list[ExperimentState]:
-        """See ``Governance.experiments``."""
+        """The experiments of the scope ``tenant`` + ``environment`` by name; only those in ``state`` when given.
+
+        The scope's index and the states are read in pages (two round trips per 200
+        names), not one atomic snapshot. Raises ValidationError (an unknown state name),
+        CorruptDataError.
+        """
         return await self.backplane.drive(self.core.experiments(tenant=tenant, environment=environment,
                                                                 state=state))
 
     async def create_version(self, experiment: str, configuration: Mapping[str, Any], *, actor: str | None = None,
                              description: str | None = None, tenant: str | None = None,
                              environment: str | None = None, idempotency_key: str | None = None) -> ConfigurationVersion:
-        """See ``Governance.create_version``."""
+        """Add the next version of ``experiment``'s ``configuration`` (a JSON-like mapping); returns it.
+
+        By ``actor``, with ``description``, in the scope ``tenant`` + ``environment``. Its
+        number is assigned inside the script (the highest + 1, never reused); with
+        auto-versioning the state's ``config_version`` follows it (a state write: the
+        revision grows by 1, a new etag). One Lua script call (create_version.lua), all or
+        nothing, applied once; ``idempotency_key`` as in ``create``. Raises NotFoundError
+        (never created, unless ``auto_create``), ConflictError (the key was used for
+        another operation), ValidationError.
+        """
         return await self.backplane.run(self.core.create_version(
             experiment, configuration, actor=actor, description=description, tenant=tenant,
             environment=environment, idempotency_key=idempotency_key))
@@ -399,39 +593,76 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
     async def rollback(self, experiment: str, to_version: int, *, actor: str | None = None,
                        tenant: str | None = None, environment: str | None = None,
                        idempotency_key: str | None = None) -> ConfigurationVersion:
-        """See ``Governance.rollback``."""
+        """A new version of ``experiment`` restoring version ``to_version``'s configuration; returns it.
+
+        The new version has ``is_rollback=True`` and ``rolled_back_from=to_version``; by
+        ``actor``, in the scope ``tenant`` + ``environment``. Reads that (immutable)
+        version, then writes like ``create_version`` (one script call; ``idempotency_key``
+        as there). Raises NotFoundError (no such version or experiment), ConflictError,
+        ValidationError.
+        """
         return await self.backplane.drive(self.core.rollback(
             experiment, to_version, actor=actor, tenant=tenant, environment=environment,
             idempotency_key=idempotency_key))
 
     async def diff(self, experiment: str, from_version: int, to_version: int, *, tenant: str | None = None,
                    environment: str | None = None) -> list[Change]:
-        """See ``Governance.diff``."""
+        """The path-level ``Change``s from version ``from_version`` of ``experiment`` to version ``to_version``.
+
+        Scope ``tenant`` + ``environment``. Two reads of immutable versions. Raises
+        NotFoundError (either version is missing), ValidationError.
+        """
         return await self.backplane.drive(self.core.diff(experiment, from_version, to_version, tenant=tenant,
                                                          environment=environment))
 
     async def evaluate_policies(self, experiment: str, *, telemetry: Mapping[str, Any] | None = None,
                                 target: LifecycleState | str | None = None, tenant: str | None = None,
                                 environment: str | None = None) -> list[PolicyEvaluation]:
-        """See ``Governance.evaluate_policies``."""
+        """Evaluate every policy on ``experiment`` now and persist the evaluations; returns them.
+
+        ``telemetry`` feeds the policies; ``target`` is the state of the move asked about
+        (None: none; ConflictPrevention judges only moves into Running or Ramping);
+        ``tenant`` + ``environment`` is the scope. The states the policies need are read
+        first, then the evaluations are written by one Lua script call
+        (record_evaluations.lua, all or nothing): the two are not one atomic step. Nothing
+        is refused: non-compliant evaluations are returned, not raised. Raises
+        NotFoundError (never created), ValidationError (an unknown telemetry key or state).
+        """
         return await self.backplane.drive(self.core.evaluate_policies(
             experiment, telemetry=telemetry, target=target, tenant=tenant, environment=environment))
 
     async def replay(self, experiment: str, *, until: datetime | None = None, tenant: str | None = None,
                      environment: str | None = None) -> ExperimentState | None:
-        """See ``Governance.replay``."""
+        """The state of ``experiment`` folded from its log alone, as of ``until`` (None: now), or None.
+
+        ``until`` is an aware datetime; ``tenant`` + ``environment`` the scope. Equals
+        ``state()`` when consistent. Read in pages. Raises HistoryTrimmedError (``until`` is
+        before the retention cut and no archive is attached), ValidationError.
+        """
         return await self.backplane.drive(self.core.replay(experiment, until=until, tenant=tenant,
                                                            environment=environment))
 
     async def verify(self, experiment: str, *, tenant: str | None = None,
                      environment: str | None = None) -> list[str]:
-        """See ``Governance.verify``."""
+        """The differences between the replayed and the stored state of ``experiment``, one line each; [] when equal.
+
+        Scope ``tenant`` + ``environment``. The log is read in pages, then the state: not
+        one atomic snapshot, so a write in between can show as a difference.
+        """
         return await self.backplane.drive(self.core.verify(experiment, tenant=tenant, environment=environment))
 
     async def watch(self, *, tenant: str | None = None, environment: str | None = None,
                     experiments: Iterable[str] | None = None, from_id: str = "$", block_ms: int = 1000,
                     timeout: float | None = None) -> AsyncIterator[GovernanceEvent]:
-        """See ``Governance.watch``."""
+        """An async iterator of the scope's GovernanceEvents as they are written (XREAD BLOCK on its log).
+
+        ``tenant`` + ``environment`` is the scope; ``experiments`` keeps only their events
+        (None: all). ``from_id="$"`` starts at new events, ``"0"`` replays the scope from
+        its first event, an event id resumes after it. Each read blocks up to ``block_ms``
+        (cut to fit the socket timeout); it runs until the caller stops iterating, or for
+        ``timeout`` seconds. Raises ValidationError (a bad ``from_id``, ``block_ms`` or
+        ``timeout``), CorruptDataError (the log key is not a stream).
+        """
         cursor = WatchCursor(self.backplane.core, tenant=tenant, environment=environment, experiments=experiments,
                              from_id=from_id, block_ms=block_ms, timeout=timeout)
         await self.backplane.drive(cursor.start())

@@ -51,6 +51,7 @@ def slot_retry() -> Retry:
 
 
 def slot_moving(error: Exception) -> bool:
+    """Whether ``error`` says a Cluster slot is being migrated (TRYAGAIN), so the call may be sent again."""
     return isinstance(error, TryAgainError) or "TTL exhausted" in str(error) or "TRYAGAIN" in str(error)
 
 
@@ -81,17 +82,34 @@ def access_probe(core: Core, scope: Scope) -> Call[None]:
 class Backplane:
     """The persistence interface (the seed's) over one Redis or Redis Cluster client.
 
-    ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
-    ``decode_responses=False`` (redis-py's default). Every write is one Lua script
-    call that checks, writes and indexes atomically, and is applied at most once
-    however often the client re-sends it (its ``Retry`` included). Every read is
-    one round trip, or pages of them for a history. ``prefix`` starts every key.
+    ``Backplane(client, prefix="gov")`` wraps an existing client; ``redgov.connect(url)``
+    makes one from a URL. Arguments:
 
-    Other arguments: ``optimistic_concurrency=False`` makes ``save_state``
-    last-writer-wins; ``retain_history=N`` keeps about the newest N history
-    entries of each experiment; ``archive`` (``redgov.sql.SqlArchive``) reads
-    history removed from Redis; ``cache`` (made by ``connect(cache=True)``) serves
-    ``get_state``. Closing the Backplane closes the client, cache and archive.
+    - ``client``: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` created with
+      ``decode_responses=False`` (redis-py's default); its ``Retry`` may re-send.
+    - ``prefix``: starts every key, literally (no ``{`` or ``}``), so
+      ``ACL ... ~<prefix>*`` covers this installation only.
+    - ``optimistic_concurrency``: False makes ``save_state`` last-writer-wins.
+    - ``archive``: where history removed from Redis is read (``redgov.sql.SqlArchive``).
+    - ``retain_history``: keep about the newest N history entries of each experiment
+      (None: everything).
+    - ``on_close``: called once after ``close`` closed the client (connect uses it
+      to release an embedded server).
+    - ``cache``: a ``StateCache`` serving ``get_state`` (made by ``connect(cache=True)``).
+
+    Atomicity: every write is one Lua script call that checks, writes and indexes
+    all or nothing, and is applied at most once however often it is re-sent (the
+    client's ``Retry`` included): a re-send returns the first application's result.
+    Every read of one record is one round trip; a history read is fetched in pages
+    of bounded server time, which are not one atomic snapshot. The scope of every
+    method is ``tenant`` + ``environment`` (None is a scope part of its own).
+
+    Errors: refusals are ``RedgovError`` subclasses (ConflictError, ValidationError,
+    CorruptDataError, AccessDeniedError, UnavailableError, ...); connection and
+    timeout errors propagate as redis-py raised them, after the client's retries.
+    The constructor sends nothing; it raises ValidationError for a bad ``prefix`` or
+    ``retain_history``. Closing the Backplane (``close`` or ``with``) closes the
+    client, cache and archive.
     """
 
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
@@ -135,7 +153,7 @@ class Backplane:
         return slot_retry().call_with_retry(lambda: self._send(call), lambda _error: None, is_retryable=slot_moving)
 
     def run(self, call: Call[T]) -> T:
-        """Run one Call: a script through EVALSHA or a plain command; returns its parsed result.
+        """Run one ``call`` (a core Call): a script through EVALSHA or a plain command; returns its parsed result.
 
         Refusals come back as RedgovErrors (mapped in ``errors``); connection and
         timeout errors propagate after the client's retries. On a Cluster a call
@@ -173,7 +191,12 @@ class Backplane:
         self.core.checked_scopes.add(scope.tag)
 
     def drive(self, plan: Plan[T]) -> T:
-        """Run a plan: each Call it yields on Redis, each ArchiveRead on the SQL copy, until it returns."""
+        """Run a ``plan`` (a generator of core steps) to its end and return its result.
+
+        Each Call it yields runs on Redis (``run``), each ArchiveRead on the SQL copy;
+        a failure is thrown into the plan where it yielded. Not atomic as a whole:
+        each step is its own round trip.
+        """
         try:
             step = next(plan)
             while True:
@@ -187,9 +210,11 @@ class Backplane:
             return stop.value  # type: ignore[no-any-return]
 
     def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
-        """Run Calls in one pipelined round trip (one by one on a Cluster).
+        """Run ``calls`` in one pipelined round trip (one by one on a Cluster); results in their order.
 
-        Each result is the parsed reply or the RedgovError that refused the call.
+        Each call is atomic on its own (its script); the batch is not: each succeeds or
+        fails by itself. Each result is the parsed reply or the RedgovError that
+        refused the call (returned, not raised).
         """
         if not calls:
             return []
@@ -217,7 +242,10 @@ class Backplane:
             return error
 
     def close(self) -> None:
-        """Close the client, the cache and the archive (and release an embedded server)."""
+        """Close the client, the cache and the archive, then call ``on_close`` (an embedded server is released).
+
+        The Backplane cannot be used afterwards. ``with backplane:`` closes it on exit.
+        """
         if self.cache is not None:
             self.cache.close()
         self.client.close()
@@ -235,22 +263,18 @@ class Backplane:
         self.close()
 
     def __repr__(self) -> str:
-        extras = ""
-        if self.core.retain_history:
-            extras += f" retain_history={self.core.retain_history}"
-        if self.cache is not None:
-            extras += " cache=on"
-        if self.core.archive is not None:
-            extras += f" archive={self.core.archive!r}"
-        return f"<Backplane prefix={self.prefix!r} client={_describe(self.client)}{extras}>"
+        return backplane_repr(self)
 
     # -- state ----------------------------------------------------------------------
 
     def get_state(self, experiment: str, *, tenant: str | None = None,
                   environment: str | None = None) -> ExperimentState | None:
-        """The experiment's current state, or None when it has none. One round trip (or a cache hit).
+        """The current state of ``experiment`` in the scope ``tenant`` + ``environment``, or None when it has none.
 
-        Raises ValidationError for a bad name, CorruptDataError when the stored state cannot be decoded.
+        One HMGET round trip (a consistent read of the state hash), or a hit of the
+        ``connect(cache=True)`` cache, never older than its ``cache_max_age``.
+        Raises ValidationError for a bad name, CorruptDataError when the stored state
+        cannot be decoded, AccessDeniedError when the ACL refuses the read.
         """
         cache = self.cache
         if cache is None:
@@ -269,94 +293,217 @@ class Backplane:
         return state
 
     def save_state(self, state: ExperimentState, *, expected_etag: str | None = None) -> SaveResult:
-        """Write the experiment's state: create only (``expected_etag=None``), or compare-and-set.
+        """Write ``state`` as its experiment's current state: create only, or compare-and-set.
 
-        Atomic (save_state.lua): the etag check, the state write (revision + 1, a new
-        etag), the snapshot appended to the log. The caller's ``revision`` and ``etag``
-        are ignored. A conflict (it exists; the etag changed) is
-        ``SaveResult(ok=False, conflict=True, error=...)``, not an exception.
-        Raises ValidationError for bad input (nothing written).
+        ``state`` names the experiment and scope (its ``experiment``, ``tenant``,
+        ``environment``); its ``revision`` and ``etag`` are ignored: the write sets
+        revision + 1 and a new etag. ``expected_etag=None`` creates only (a conflict
+        when the experiment exists); an etag writes only if the stored etag is still
+        that one. With ``optimistic_concurrency=False`` neither is checked (last writer
+        wins).
+
+        Atomic: one Lua script call (save_state.lua), all or nothing: the etag check,
+        the state write, the snapshot appended to the log and the history, the scope
+        index, retention. Applied once however often re-sent.
+
+        Returns a ``SaveResult``: ``ok=True`` with the stored state and its etag, or on a
+        conflict ``ok=False, conflict=True, error=<message>`` (not an exception).
+        Raises ValidationError (not an ExperimentState, an empty ``expected_etag``, a
+        bad name, ``config_version`` < 0), CorruptDataError, AccessDeniedError; nothing
+        is written when it raises.
         """
         return self.run(self.core.save_state(state, expected_etag))
 
     def state_writes(self, experiment: str, *, tenant: str | None = None,
                      environment: str | None = None) -> list[ExperimentState]:
-        """Every state the experiment has had, folded from its log entries (from the retention cut on,
-        unless an archive gives the rest). Read in pages."""
+        """Every state ``experiment`` (in ``tenant`` + ``environment``) has had, oldest first.
+
+        Folded from its state-writing log entries (state writes, transitions, followed
+        versions). Redis holds them from the retention cut on (the state at the cut
+        comes first); with an archive the older ones are read from the SQL copy.
+        Read in pages of bounded server time, not one atomic snapshot: a write made
+        during the read may or may not be included. Raises ValidationError,
+        CorruptDataError.
+        """
         return self.drive(self.core.state_writes(experiment, tenant, environment))
 
     # -- history ----------------------------------------------------------------------
 
     def append_transition(self, t: StateTransition) -> StateTransition:
-        """Append a transition to the history (the state is not written). Atomic; exactly once.
+        """Append transition ``t`` to its experiment's history without writing the state (the seed's interface).
 
-        Raises ConflictError when a transition with its ``transition_id`` was appended before.
+        ``t`` names the experiment and scope. Nothing is checked against the rules or
+        gates: ``Governance.transition`` is the checked move that also writes the state.
+        Atomic: one Lua script call (append_transition.lua), all or nothing (the log
+        entry, the history index, the scope index, retention), applied once however
+        often re-sent. Returns ``t`` with ``revision`` 0 and ``etag`` "" (no state was
+        written). Raises ConflictError when a transition with ``t.transition_id`` was
+        already appended (or written by ``create``) in the scope, ValidationError for a
+        bad record, CorruptDataError, AccessDeniedError.
         """
         return self.run(self.core.append_transition(t))
 
     def transitions(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                     limit: int | None = None, newest_first: bool = False) -> list[StateTransition]:
-        """The experiment's transitions in the order written (``newest_first`` reverses it), at most
-        ``limit``. Read in pages of bounded server time."""
+        """The transitions of ``experiment`` (in ``tenant`` + ``environment``) in the order written.
+
+        ``newest_first=True`` reverses the order; ``limit`` returns at most that many
+        (from the chosen end; None: all). Read in pages (each two pipelined round trips
+        of plain commands, well under a millisecond of server time), so the result is
+        not one atomic snapshot: a transition written during the read may or may not
+        be included. With an archive, entries removed from Redis come from the SQL
+        copy. Raises ValidationError (a bad name; ``limit`` neither None nor an
+        integer from 0), CorruptDataError.
+        """
         return self.drive(self.core.transitions(experiment, tenant, environment, limit=limit,
                                                 newest_first=newest_first))
 
     def append_approval(self, a: ApprovalRecord) -> ApprovalRecord:
-        """Append an approval to the history; with ``transition_id`` it is linked to that transition."""
+        """Append approval ``a`` to its experiment's history (the seed's interface); returns ``a``.
+
+        With ``a.transition_id`` it is linked to that transition
+        (``approvals_for_transition``). History only: a ManualGate is satisfied by
+        ``Governance.approve``, not by this. Atomic: one Lua script call
+        (append_approval.lua), all or nothing, applied once however often re-sent.
+        Raises ValidationError for a bad record, CorruptDataError, AccessDeniedError.
+        """
         return self.run(self.core.append_approval(a))
 
     def approvals(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                   limit: int | None = None, newest_first: bool = False) -> list[ApprovalRecord]:
-        """The experiment's approvals in the order written (each with the transition that used it)."""
+        """The approvals of ``experiment`` (in ``tenant`` + ``environment``) in the order written.
+
+        Each carries the ``transition_id`` of the transition that consumed it, when one
+        did. ``newest_first`` and ``limit`` as in ``transitions``; read in pages the
+        same way (not one atomic snapshot; archived entries from the SQL copy).
+        Raises ValidationError, CorruptDataError.
+        """
         return self.drive(self.core.approvals(experiment, tenant, environment, limit=limit,
                                               newest_first=newest_first))
 
     def approvals_for_transition(self, transition_id: str, *, tenant: str | None = None,
                                  environment: str | None = None) -> list[ApprovalRecord]:
-        """The approvals linked to a transition (the gates it passed, the approval it consumed)."""
+        """The approvals linked to the transition ``transition_id`` in the scope ``tenant`` + ``environment``.
+
+        Those are the RoleGate approvals it wrote, the manual approval it consumed and
+        approvals appended with its id, in the order linked, each with
+        ``transition_id`` set. One script call (read_linked.lua, an atomic read); with
+        an archive, from the SQL copy when Redis no longer holds them. Raises
+        ValidationError, CorruptDataError.
+        """
         return self.drive(self.core.approvals_for_transition(transition_id, tenant, environment))
 
     def append_version(self, v: ConfigurationVersion) -> ConfigurationVersion:
-        """Append an immutable configuration version. Raises ConflictError when the number exists."""
+        """Append the immutable configuration version ``v`` under its own number (the seed's interface).
+
+        ``v`` names the experiment, scope and ``version`` number (1 to 2**53 - 1). The
+        state's ``config_version`` is not changed (``Governance.create_version`` numbers
+        and follows versions). Atomic: one Lua script call (append_version.lua), all or
+        nothing, applied once however often re-sent. Returns ``v``. Raises ConflictError
+        when that number exists (or is not above the highest one retention removed),
+        ValidationError, CorruptDataError, AccessDeniedError.
+        """
         return self.run(self.core.append_version(v))
 
     def version(self, experiment: str, number: int, *, tenant: str | None = None,
                 environment: str | None = None) -> ConfigurationVersion | None:
-        """Version ``number`` of the experiment, or None. O(log N): a sorted-set lookup."""
+        """Version ``number`` of ``experiment`` (in ``tenant`` + ``environment``), or None when it has none.
+
+        One script call (read_versions.lua): a sorted-set lookup, O(log N); with an
+        archive, the SQL copy is asked when Redis no longer holds it. Raises
+        ValidationError (``number`` not an integer, a bad name), CorruptDataError.
+        """
         return self.drive(self.core.version(experiment, number, tenant, environment))
 
     def latest_version(self, experiment: str, *, tenant: str | None = None,
                        environment: str | None = None) -> ConfigurationVersion | None:
-        """The highest-numbered version, or None. O(log N), never a scan."""
+        """The highest-numbered version of ``experiment`` (in ``tenant`` + ``environment``), or None.
+
+        One script call (read_versions.lua): O(log N), never a scan; with an archive
+        the SQL copy's highest is compared too. Raises ValidationError, CorruptDataError.
+        """
         return self.drive(self.core.latest_version(experiment, tenant, environment))
 
     def versions(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                  limit: int | None = None, newest_first: bool = False) -> list[ConfigurationVersion]:
-        """The experiment's versions by number, ascending (``newest_first``: descending), at most ``limit``."""
+        """The versions of ``experiment`` (in ``tenant`` + ``environment``) by number, ascending.
+
+        ``newest_first=True`` gives them descending; ``limit`` at most that many (None:
+        all). Read in pages of bounded server time, not one atomic snapshot; with an
+        archive the versions removed from Redis are merged in from the SQL copy.
+        Raises ValidationError, CorruptDataError.
+        """
         return self.drive(self.core.versions(experiment, tenant, environment, limit=limit,
                                              newest_first=newest_first))
 
     def append_policy_evaluation(self, e: PolicyEvaluation) -> PolicyEvaluation:
-        """Append a policy evaluation; it becomes its policy's latest."""
+        """Append the policy evaluation ``e`` to its experiment's history; it becomes its policy's latest.
+
+        Atomic: one Lua script call (append_policy_evaluation.lua), all or nothing,
+        applied once however often re-sent. Returns ``e``. Raises ValidationError (a bad
+        record or policy name), CorruptDataError, AccessDeniedError.
+        """
         return self.run(self.core.append_policy_evaluation(e))
 
     def policy_evaluations(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                            limit: int | None = None, newest_first: bool = False) -> list[PolicyEvaluation]:
-        """The experiment's policy evaluations in the order written, at most ``limit``."""
+        """The policy evaluations of ``experiment`` (in ``tenant`` + ``environment``) in the order written.
+
+        ``newest_first`` and ``limit`` as in ``transitions``; read in pages the same way
+        (not one atomic snapshot; archived entries from the SQL copy). Raises
+        ValidationError, CorruptDataError.
+        """
         return self.drive(self.core.policy_evaluations(experiment, tenant, environment, limit=limit,
                                                        newest_first=newest_first))
 
     def latest_policy_evaluation(self, experiment: str, policy: str, *, tenant: str | None = None,
                                  environment: str | None = None) -> PolicyEvaluation | None:
-        """The latest evaluation of ``policy``, or None. O(1): a hash lookup, never a scan."""
+        """The latest evaluation of ``policy`` for ``experiment`` (in ``tenant`` + ``environment``), or None.
+
+        One script call (read_entry.lua): O(1), a hash lookup, never a scan; with an
+        archive, the SQL copy is asked when Redis holds none. Raises ValidationError,
+        CorruptDataError.
+        """
         return self.drive(self.core.latest_policy_evaluation(experiment, policy, tenant, environment))
 
 
-def _describe(client: Any) -> str:
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
+def _shorten(text: str, most: int) -> str:
+    return text if len(text) <= most else "\u2026" + text[-(most - 1):]
+
+
+def describe_client(client: Any) -> str:
+    """A short description of a redis-py client for reprs (at most 48 characters, no pool dump).
+
+    ``host:port/db`` (``rediss://`` first for TLS), ``unix:<path>``, ``memory`` for
+    fakeredis, ``cluster host:port`` for a Cluster (its first startup node), else the
+    client's class name.
+    """
+    if type(client).__module__.split(".")[0] == "fakeredis":
+        return "memory"
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None) or {}
     if "path" in kwargs:
-        return f"unix:{kwargs['path']}"
-    if "host" in kwargs:
-        return f"{kwargs['host']}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-    return type(client).__name__
+        text = f"unix:{kwargs['path']}"
+    elif "host" in kwargs:
+        tls = "SSL" in getattr(getattr(pool, "connection_class", None), "__name__", "")
+        text = f"{'rediss://' if tls else ''}{kwargs['host']}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    else:
+        nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None) or {}
+        first = next(iter(nodes), None)
+        text = type(client).__name__ if first is None else f"cluster {first}"
+    return _shorten(text, 48)
+
+
+def backplane_repr(backplane: Any) -> str:
+    """``<Backplane prefix='gov' client=127.0.0.1:6379/0 ...>``: the prefix, the client, what is on."""
+    core = backplane.core
+    extras = ""
+    if core.retain_history:
+        extras += f" retain_history={core.retain_history}"
+    if backplane.cache is not None:
+        extras += " cache=on"
+    if core.archive is not None:
+        extras += f" archive={_shorten(repr(core.archive), 40)}"
+    return f"<{type(backplane).__name__} prefix={_shorten(repr(backplane.prefix), 40)} " \
+           f"client={describe_client(backplane.client)}{extras}>"
 

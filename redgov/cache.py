@@ -86,7 +86,12 @@ MISS: Any = object()
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
-    """Counters of a StateCache."""
+    """Counters of a StateCache (``Backplane.cache.stats()``).
+
+    ``hits`` and ``misses`` of ``get_state``; ``invalidations`` received; ``resets``
+    (stream losses, each dropping the cache); ``size`` (entries held); ``active``
+    (whether results are being cached now).
+    """
 
     hits: int
     misses: int
@@ -137,6 +142,12 @@ class StateCache:
     stream thread on the first miss. ``lookup``, ``begin``, ``finish`` and
     ``abandon`` do no I/O and are thread-safe, so the sync and the asyncio
     Backplane share it.
+
+    ``max_entries`` bounds the entries held (least recently used dropped first);
+    ``max_age`` is the most seconds an entry is served after its fetch was
+    registered (``connect(cache_max_age=...)``); ``health_interval`` the seconds
+    between PINGs of a silent stream (three unanswered count as a loss). Raises
+    ValidationError for a bad argument.
     """
 
     def __init__(self, connect: Callable[[], Any], *, max_entries: int = MAX_ENTRIES, max_age: float = MAX_AGE,
@@ -479,6 +490,7 @@ class StateCache:
         return prefix in self._live
 
     def stats(self) -> CacheStats:
+        """A snapshot of the cache's counters."""
         with self._lock:
             return CacheStats(hits=self._hits, misses=self._misses, invalidations=self._invalidations,
                               resets=self._resets, size=len(self._entries), active=bool(self._live))

@@ -12,10 +12,12 @@ __all__ = ["Change", "config_hash", "diff"]
 
 
 class Change(msgspec.Struct, frozen=True):
-    """One path-level difference between two configurations.
+    """One path-level difference between two configurations, as ``Governance.diff`` returns them.
 
-    ``path`` is dotted with list indexes in brackets (``rollout.steps[2].percent``);
-    ``old`` is None for an added path, ``new`` None for a removed one.
+    Fields: ``kind`` is ``"added"``, ``"modified"`` or ``"removed"``; ``path`` is dotted
+    with list indexes in brackets (``rollout.steps[2].percent``); ``old`` is the value
+    before (None for an added path), ``new`` the value after (None for a removed one).
+    A value whose type changes (``1`` to ``"1"``) is ``"modified"``.
     """
 
     kind: Literal["added", "modified", "removed"]
@@ -30,7 +32,11 @@ def config_hash(configuration: Mapping[str, Any]) -> str:
 
 
 def diff(old: Any, new: Any, path: str = "") -> list[Change]:
-    """Path-level changes from ``old`` to ``new`` through nested dicts and lists."""
+    """Path-level changes from ``old`` to ``new`` through nested dicts and lists, under ``path``.
+
+    Changes under the keys of ``old`` come first, in its order, then the keys only in
+    ``new``; list items are compared by index. Pure: no I/O.
+    """
     if isinstance(old, dict) and isinstance(new, dict):
         changes: list[Change] = []
         for key in old:

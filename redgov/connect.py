@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import redis
@@ -22,10 +22,12 @@ from redis.retry import Retry
 
 from .backplane import Backplane
 from .cache import MAX_AGE, StateCache
-from .embedded import EmbeddedServer
 from .errors import ValidationError
 
 __all__ = ["connect", "open_async_client", "open_client"]
+
+if TYPE_CHECKING:
+    from .embedded import EmbeddedServer
 
 SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "memory", "embedded")
 
@@ -34,6 +36,7 @@ _memory_lock = threading.Lock()
 
 
 def scheme_of(url: str) -> str:
+    """The scheme of ``url`` (lowercase); ValidationError when it is not one of SCHEMES."""
     if not isinstance(url, str):
         raise ValidationError(f"url must be a string, got {type(url).__name__}")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -57,6 +60,9 @@ def memory_server(url: str) -> Any:
 
 
 def embedded_server(url: str) -> EmbeddedServer:
+    """The EmbeddedServer of an ``embedded://path`` url (not started); ValidationError without a path."""
+    from .embedded import EmbeddedServer  # only embedded:// needs it
+
     path = unquote(url.split("://", 1)[1])
     if not path:
         raise ValidationError("embedded:// needs a data file path, e.g. embedded://.redgov/redgov.db")
@@ -163,19 +169,34 @@ def stream_connector(url: str, timeout: float, kwargs: dict[str, Any],
 def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False, timeout: float = 5.0,
             retries: int = 3, retain_history: int | None = None, archive: Any = None,
             cache_max_age: float = MAX_AGE, **redis_kwargs: Any) -> Backplane:
-    """A Backplane for ``url`` (see the scheme table in README).
+    """A Backplane for ``url``: a real Redis, a Cluster, an in-process fake or an embedded server.
 
-    ``prefix`` starts every key (no ``{`` or ``}``). ``timeout`` is every command's
-    socket timeout (seconds); ``retries`` how often a command whose connection
-    broke or timed out is sent again (redis-py Retry with backoff; writes apply
-    once). ``retain_history=N`` keeps about the newest N history entries of each
-    experiment. ``archive`` (``SqlArchive``) reads history removed from Redis.
-    ``cache=True`` serves ``get_state`` from a local cache the server invalidates,
-    never older than ``cache_max_age`` seconds (memory:// ignores it).
-    ``optimistic_concurrency=False`` makes save_state last-writer-wins; other
-    keywords go to the redis-py client. Raises ValidationError for a bad url or
-    argument, redis ConnectionError when the server cannot be reached (embedded:
-    RedgovError when it cannot start).
+    ``url`` schemes: ``redis://host:port/db``, ``rediss://...`` (TLS), ``unix:///path.sock``;
+    ``redis+cluster://host:port`` (a Redis Cluster; ``rediss+cluster://`` with TLS); ``memory://`` (in-process
+    fakeredis running the same Lua scripts, private to this call; ``memory://name``
+    is shared within the process); ``embedded://path.db`` (a redis-server started
+    for that data file and shared by every process opening the same path).
+
+    - ``prefix``: starts every key, literally (no ``{`` or ``}``).
+    - ``cache``: True serves ``get_state`` from a local cache the server invalidates
+      (redis, rediss, unix, embedded; memory:// ignores it, redis+cluster:// refuses it).
+    - ``timeout``: every command's socket (and connect) timeout, in seconds.
+    - ``retries``: how often a command whose connection broke or timed out is sent
+      again (redis-py ``Retry`` with jittered backoff); writes still apply once.
+    - ``retain_history``: keep about the newest N history entries of each experiment
+      in Redis (None: all).
+    - ``archive``: a ``redgov.sql.SqlArchive``; history reads include what retention
+      or ``trim`` removed from Redis.
+    - ``cache_max_age``: the most seconds a cached state is served (default 1.0).
+    - ``redis_kwargs``: ``optimistic_concurrency=False`` makes ``save_state``
+      last-writer-wins; every other keyword goes to the redis-py client
+      (``username``, ``password``, ``ssl_ca_certs``, ...; not ``decode_responses=True``).
+
+    No command is sent yet, except that a Cluster client reads the cluster's slots
+    and an embedded server is started. Close the Backplane (``with`` or ``close()``).
+    Raises ValidationError for an unknown scheme or a bad argument, UnavailableError
+    when an embedded server cannot start, and redis-py's errors when a Cluster
+    cannot be reached.
     """
     optimistic = redis_kwargs.pop("optimistic_concurrency", True)
     scheme = scheme_of(url)

@@ -42,16 +42,30 @@ __all__ = [
 
 
 class RedgovError(Exception):
-    """Base of every refusal redgov raises."""
+    """Base of every refusal redgov raises: ``except redgov.RedgovError`` catches them all.
+
+    Raised as itself for a server refusal with a ``REDGOV_`` code this version does
+    not know (an ``embedded://`` server that cannot start raises ``EmbeddedError``, an
+    ``UnavailableError``). Connection and
+    timeout errors are not refusals: they propagate as redis-py raised them
+    (``redis.ConnectionError``, ``redis.TimeoutError``) after the client's retries.
+    """
 
 
 class ConflictError(RedgovError):
-    """The etag or state changed underneath; duplicate create; duplicate version; an idempotency key
-    reused for another operation.
+    """A write refused because what it expected is not what is stored; nothing was written.
 
-    When a transition's ``expected_etag`` no longer matched, ``current_etag`` and
-    ``current_state`` say what the script found (None otherwise), so a caller can
-    decide and retry without reading the state again.
+    Raised when a transition's ``expected_etag`` no longer matches (the state changed
+    underneath), ``create`` finds the experiment exists, ``Backplane.append_version``
+    finds the number taken (or not above the highest version retention removed),
+    ``Backplane.append_transition`` finds the ``transition_id`` recorded, or an
+    ``idempotency_key`` is reused for a different operation. (``Backplane.save_state``
+    reports its conflicts in the ``SaveResult`` instead.)
+
+    ``message`` says what was expected and found. Attributes ``current_etag`` and
+    ``current_state`` (a ``LifecycleState``) are what the transition script found
+    when an ``expected_etag`` did not match an existing state, so a caller can
+    decide and retry without reading the state again; None otherwise.
     """
 
     def __init__(self, message: str, *, current_etag: str | None = None,
@@ -62,15 +76,31 @@ class ConflictError(RedgovError):
 
 
 class InvalidTransitionError(RedgovError):
-    """The lifecycle rules forbid the move."""
+    """The lifecycle rules forbid the move; nothing was written.
+
+    Raised by ``transition`` (the rules do not allow the current state to move to
+    the target) and by ``approve`` (no rule allows that move, so it cannot be
+    approved). The message names the experiment and both states.
+    """
 
 
 class ApprovalRequiredError(RedgovError):
-    """A gate did not approve the move."""
+    """A gate did not approve the move; nothing was written.
+
+    Raised by ``transition`` when a ManualGate on the move has no recorded approval
+    (``Governance.approve``) or a RoleGate does not accept ``metadata["actorRole"]``.
+    The message names the gate and what it lacks.
+    """
 
 
 class PolicyViolationError(RedgovError):
-    """A Critical policy is not compliant; ``evaluations`` says which and why."""
+    """A Critical policy is not compliant (or a ConflictPrevention group is busy): the transition is refused.
+
+    The state, history and approvals are untouched; the evaluations themselves are
+    persisted for audit. ``message`` names the failing policies and why.
+    Attribute ``evaluations``: a tuple of every ``PolicyEvaluation`` of the refused
+    attempt (compliant ones included), as recorded.
+    """
 
     def __init__(self, message: str, evaluations: Sequence[PolicyEvaluation] = ()) -> None:
         super().__init__(message)
@@ -78,28 +108,65 @@ class PolicyViolationError(RedgovError):
 
 
 class ConfigError(RedgovError):
-    """Bad configuration: the message names the field path and the bad value."""
+    """Bad configuration: the message names the field path and the bad value.
+
+    Raised by ``load_config`` and ``from_config`` (unknown keys, bad values, an
+    unreadable file, ``type: sql`` persistence); the SQL copy's ``SqlCopyError`` is one.
+    ``message`` lists every problem found (the first 20, then how many more); attribute
+    ``errors`` is a tuple of all of them, one ``<path>: <problem>`` string each (just the
+    message when the error is a single problem).
+    """
+
+    def __init__(self, message: str, *, errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.errors: tuple[str, ...] = tuple(errors) or (message,)
 
 
 class NotFoundError(RedgovError):
-    """An unknown experiment, version or record."""
+    """An unknown experiment, version or record; nothing was written.
+
+    Raised by ``transition``, ``approve``, ``create_version``, ``rollback``,
+    ``evaluate_policies`` and ``allowed_transitions`` on an experiment never created
+    (unless ``auto_create=True``), and by ``rollback`` and ``diff`` for a version
+    that does not exist.
+    """
 
 
 class HistoryTrimmedError(NotFoundError):
-    """The history asked for was removed from Redis (retention, ``redgov trim``) and no archive is
-    attached: pass ``archive=SqlArchive(url)`` to read it from the SQL copy."""
+    """The history asked for was removed from Redis (retention, ``redgov trim``) and no archive is attached.
+
+    Raised by ``replay(until=...)`` for a moment before the retention cut. Pass
+    ``archive=SqlArchive(url)`` to ``connect`` to read that history from the SQL copy.
+    A ``NotFoundError``.
+    """
 
 
 class ValidationError(RedgovError, ValueError):
-    """Bad input, refused before anything is written."""
+    """Bad input, refused before anything is written.
+
+    Raised for a name that is not a string, blank, too long or holds a control
+    character; ``metadata``/``configuration`` holding NaN, infinities, sets or other
+    non-JSON values or nested deeper than 64 levels; an unknown state name or
+    telemetry key (with a did-you-mean); a bad ``url``, ``prefix`` (``{``/``}``),
+    ``limit``, ``expected_etag`` or other argument.
+    The message names the argument or path and the bad value. Also a ``ValueError``.
+    """
 
 
 class CorruptDataError(RedgovError):
-    """A key holds the wrong Redis type or data redgov cannot decode; the message names the key."""
+    """A key holds the wrong Redis type or data redgov cannot decode; the message names the key.
+
+    Raised by reads that meet such data, and by writes before their first change
+    (a script refuses before writing, so nothing was written).
+    """
 
 
 class AccessDeniedError(RedgovError):
-    """The server's ACL refused a command; the message names the command or key. Nothing was written."""
+    """The server's ACL refused a command; the message names the command or key. Nothing was written.
+
+    Writes check the ACL once per scope before their first write there, so a
+    missing permission is reported before anything is changed.
+    """
 
 
 class UnavailableError(RedgovError):
@@ -164,6 +231,7 @@ def map_reply_error(exc: ResponseError, keys: Sequence[object] = (), *, script: 
 
 
 def raise_for_reply(exc: ResponseError, keys: Sequence[object] = (), *, script: str | None = None) -> NoReturn:
+    """Raise what ``map_reply_error(exc, keys, script=script)`` gives (``exc`` itself when unmapped)."""
     mapped = map_reply_error(exc, keys, script=script)
     if mapped is exc:
         raise exc
@@ -171,6 +239,7 @@ def raise_for_reply(exc: ResponseError, keys: Sequence[object] = (), *, script: 
 
 
 def error_codes() -> frozenset[str]:
+    """The ``REDGOV_`` codes the table maps (a test requires each to be triggered)."""
     return frozenset(_CODES)
 
 

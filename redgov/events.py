@@ -27,7 +27,15 @@ BLOCK_MARGIN_MS = 500
 
 
 class GovernanceEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One entry of a scope's log, as ``watch`` yields it; ``record`` is the Struct written."""
+    """One entry of a scope's log, as ``Governance.watch`` yields it.
+
+    Fields: ``id`` is the log entry id (pass it as ``from_id`` to resume after it);
+    ``kind`` is ``"state"``, ``"transition"``, ``"approval"``, ``"version"`` or
+    ``"policy"``; ``experiment`` the experiment written; ``tenant`` and
+    ``environment`` the scope watched; ``record`` the Struct written
+    (ExperimentState, StateTransition, ApprovalRecord, ConfigurationVersion or
+    PolicyEvaluation).
+    """
 
     id: str
     kind: EventKind
@@ -80,6 +88,7 @@ class WatchCursor:
         self.last = yield Call((log,), ("XREVRANGE", log, "+", "-", "COUNT", 1), parse)
 
     def active(self) -> bool:
+        """Whether the watch may go on (its ``timeout`` has not passed)."""
         return self.deadline is None or time.monotonic() < self.deadline
 
     def next_read(self, socket_timeout: float | None = None, count: int = 100) -> Call[list[GovernanceEvent]]:
@@ -106,6 +115,7 @@ class WatchCursor:
         return Call((log,), ("XREAD", "COUNT", count, "BLOCK", wait, "STREAMS", log, self.last), parse)
 
     def accept(self, events: list[GovernanceEvent]) -> list[GovernanceEvent]:
+        """Note the last of ``events`` read; return those of the experiments watched."""
         if events:
             self.last = events[-1].id
         return [e for e in events if self.wanted is None or e.experiment in self.wanted]

@@ -57,7 +57,12 @@ _POLICY_DECODER = msgspec.json.Decoder(PolicyEvaluation)
 
 
 class TransitionRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """One item of ``transition_many``: the arguments of one ``transition`` call."""
+    """One item of ``transition_many``: the arguments of one ``Governance.transition`` call.
+
+    Fields: ``experiment``, ``to`` (the target LifecycleState), ``actor``, ``reason``,
+    ``metadata``, ``telemetry``, ``tenant``, ``environment``, ``expected_etag`` and
+    ``idempotency_key``, each meaning what it means for ``transition``.
+    """
 
     experiment: str
     to: LifecycleState

@@ -120,7 +120,11 @@ def parse_log_key(key: str) -> tuple[str, str | None, str | None]:
 
 
 class Scope:
-    """The key space of one (prefix, tenant, environment); key names computed once."""
+    """The key space of one (``prefix``, ``tenant``, ``environment``); key names computed once.
+
+    ``tag`` is ``<prefix>{<tenant>:<environment>}``, the start of every key of the scope
+    (one Cluster hash slot); ``log``, ``index`` and ``links`` are the scope's keys.
+    """
 
     __slots__ = ("_bucket", "environment", "index", "links", "log", "prefix", "state_prefix", "tag", "tenant")
 

@@ -143,11 +143,19 @@ class Policy:
             raise ValidationError(f"{self.kind} severity {severity!r} is not one of {names}") from None
 
     def evaluate(self, ctx: PolicyContext) -> tuple[bool, str]:
-        """(compliant, reason) for this context; pure (no I/O). Subclasses implement it."""
+        """Judge the move: return (compliant, reason); pure, no I/O. Subclasses implement it.
+
+        ``ctx`` is the PolicyContext (experiment, states, validated telemetry, time). The
+        reason is kept on the recorded PolicyEvaluation.
+        """
         raise NotImplementedError(f"{type(self).__name__}.evaluate")
 
     def decide(self, ctx: PolicyContext) -> tuple[bool, str]:
-        """``evaluate``, after the ``require_telemetry`` check: missing required telemetry is non-compliant."""
+        """Judge ``ctx`` as Governance does: ``evaluate``, after the ``require_telemetry`` check.
+
+        With ``ctx.require_telemetry``, a missing key of ``telemetry_keys`` (not in
+        ``optional_telemetry``) makes the policy non-compliant without calling ``evaluate``.
+        """
         if ctx.require_telemetry:
             missing = [k for k in self.telemetry_keys if k not in ctx.telemetry and k not in self.optional_telemetry]
             if missing:
@@ -195,7 +203,11 @@ class TrafficLimit(Policy):
         self.min_stable_time = min_stable_time
 
     def stored_stability(self, telemetry: Mapping[str, Any]) -> timedelta | None:
-        """The stable time the verdict needs from the stored state (None: telemetry alone decides)."""
+        """The stable time the verdict needs from the stored state, given the call's ``telemetry``.
+
+        None when the telemetry alone decides (no traffic above the limit, no
+        ``min_stable_time``, or a ``runningDuration`` given).
+        """
         traffic = telemetry.get("trafficPercentage")
         if (self.min_stable_time is None or traffic is None or traffic <= self.max_traffic_percentage
                 or "runningDuration" in telemetry):
@@ -203,7 +215,10 @@ class TrafficLimit(Policy):
         return self.min_stable_time
 
     def verdicts(self, telemetry: Mapping[str, Any]) -> tuple[str, str]:
-        """The (compliant, non-compliant) reasons of a verdict decided from the stored state."""
+        """The (compliant, non-compliant) reasons recorded when the script decides from the stored state.
+
+        ``telemetry`` is the call's validated telemetry (its ``trafficPercentage`` is quoted).
+        """
         traffic, need = telemetry["trafficPercentage"], self._need()
         return (f"traffic {traffic:g}% allowed: Running or Ramping for at least {need:g}s",
                 (f"traffic {traffic:g}% exceeds {self.max_traffic_percentage:g}% before {need:g}s of "
@@ -213,7 +228,11 @@ class TrafficLimit(Policy):
         return self.min_stable_time.total_seconds() if self.min_stable_time is not None else 0.0
 
     def evaluate(self, ctx: PolicyContext) -> tuple[bool, str]:
-        """Compliant when traffic is within the limit, or above it after ``min_stable_time`` of running."""
+        """Compliant when ``ctx``'s traffic is within the limit, or above it after ``min_stable_time`` running.
+
+        The stable time is ``ctx.telemetry["runningDuration"]`` when given, else measured from
+        ``ctx.running_since`` (0 when the experiment is not Running or Ramping).
+        """
         traffic = ctx.telemetry.get("trafficPercentage")
         if traffic is None:
             return True, "no trafficPercentage telemetry"
@@ -255,7 +274,7 @@ class ErrorRate(Policy):
         self.max_error_rate = float(max_error_rate)
 
     def evaluate(self, ctx: PolicyContext) -> tuple[bool, str]:
-        """Compliant when no errorRate is given or it is at most ``max_error_rate``."""
+        """Compliant when ``ctx.telemetry`` has no errorRate or it is at most ``max_error_rate``."""
         rate = ctx.telemetry.get("errorRate")
         if rate is None:
             return True, "no errorRate telemetry"
@@ -307,7 +326,7 @@ class TimeWindow(Policy):
         return local >= start or local < end
 
     def evaluate(self, ctx: PolicyContext) -> tuple[bool, str]:
-        """Compliant when the clock's time, in the window's timezone, is inside the window."""
+        """Compliant when ``ctx.now`` (the clock's time), in the window's timezone, is inside the window."""
         local = ctx.now.astimezone(self.timezone)
         zone = "" if self.start.tzinfo is None else f" {local.strftime('%Z') or local.strftime('%z')}"
         window = f"{self.start.isoformat('minutes')[:5]}-{self.end.isoformat('minutes')[:5]}{zone}"
@@ -355,7 +374,11 @@ class ConflictPrevention(Policy):
         return True, "no conflicting experiment is Running or Ramping"
 
     def evaluate(self, ctx: PolicyContext) -> tuple[bool, str]:
-        """Outside the script only moves that cannot conflict are judged: those not into Running or Ramping."""
+        """Judge a move that cannot conflict (``ctx.target`` is not Running or Ramping): always compliant.
+
+        Moves into Running or Ramping are judged with ``judge`` against the members' states
+        (inside the transition script, or by ``evaluate_policies``).
+        """
         target = ctx.target.value if ctx.target else "no target"
         return True, f"{target} is not Running or Ramping"
 

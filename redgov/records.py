@@ -34,6 +34,7 @@ UTCDateTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime (the default ``clock`` of Governance)."""
     return datetime.now(UTC)
 
 
@@ -43,6 +44,13 @@ def new_id() -> str:
 
 
 class LifecycleState(enum.StrEnum):
+    """The lifecycle states of an experiment; each value is its name as stored and shown (``"PendingApproval"``).
+
+    ``LifecycleState("Running")`` looks a state up by its value. Which state may
+    move to which is decided by ``Rules`` (``DEFAULT_RULES`` by default); Archived
+    is terminal there.
+    """
+
     DRAFT = "Draft"
     PENDING_APPROVAL = "PendingApproval"
     APPROVED = "Approved"
@@ -55,6 +63,14 @@ class LifecycleState(enum.StrEnum):
 
 
 class Severity(enum.StrEnum):
+    """How much a policy's non-compliance matters: ``Info``, ``Warning``, ``Error``, ``Critical``.
+
+    A non-compliant Critical policy refuses the transition (``PolicyViolationError``);
+    non-compliant evaluations of the other severities are recorded and let the move
+    happen, including those decided inside the transition script (ConflictPrevention
+    groups, a TrafficLimit's stable time).
+    """
+
     INFO = "Info"
     WARNING = "Warning"
     ERROR = "Error"
@@ -62,15 +78,35 @@ class Severity(enum.StrEnum):
 
 
 class _Record(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Fields every record shares. New fields get defaults and go last."""
+    """Base of the stored records: frozen, keyword-only msgspec Structs encoded without default fields.
+
+    New fields get defaults and go last, so older stored records still decode.
+    """
 
 
 class ExperimentState(_Record, frozen=True, kw_only=True):
-    """The current state of one experiment.
+    """The current state of one experiment, as ``Governance.state`` and ``Backplane.get_state`` return it.
 
-    ``revision`` grows by exactly one per state write (a fencing token); ``etag``
-    is new on every write and never reused for the experiment. Both are decided
-    by the write, not by the caller.
+    Fields:
+
+    - ``experiment``: the experiment's name (unique within its scope).
+    - ``state``: its ``LifecycleState``.
+    - ``config_version``: the number of the configuration version the state follows
+      (0: none; set by ``create(configuration=...)`` and ``create_version`` when
+      auto-versioning).
+    - ``last_modified``: when the state was last written (aware UTC datetime, from
+      Governance's ``clock``).
+    - ``last_modified_by``: the actor of that write (None: none given).
+    - ``etag``: new on every state write and never reused for the experiment; pass
+      it as ``expected_etag`` to write only if nothing changed since.
+    - ``revision``: 1 after ``create``, exactly one more on every later state write
+      (a monotonic fencing token).
+    - ``metadata``: free-form JSON data given at ``create`` (or ``save_state``).
+    - ``tenant``, ``environment``: the scope (None is a scope part of its own,
+      distinct from ``""``).
+
+    ``etag`` and ``revision`` are decided by the write, never by the caller: those
+    of a state passed to ``save_state`` are ignored.
     """
 
     experiment: str
@@ -86,12 +122,24 @@ class ExperimentState(_Record, frozen=True, kw_only=True):
 
 
 class StateTransition(_Record, frozen=True, kw_only=True):
-    """One move of an experiment's lifecycle state.
+    """One move of an experiment's lifecycle state: an entry of its history.
 
-    ``revision`` and ``etag`` are those of the state the transition wrote
-    (0 and "" for a transition appended to the history without a state write),
-    so a caller holding the returned transition can guard its next write with
-    ``expected_etag=transition.etag`` without reading the state again.
+    Fields:
+
+    - ``experiment``: the experiment moved.
+    - ``to_state``: the state it moved to.
+    - ``from_state``: the state it left (None for the entry ``create`` writes).
+    - ``transition_id``: 32 random hex digits, unique in the scope; approvals are
+      linked to a transition by it.
+    - ``timestamp``: when it happened (aware UTC datetime, Governance's ``clock``).
+    - ``actor``: who moved it (None: not given).
+    - ``reason``: why (``"created"`` for ``create``'s entry).
+    - ``metadata``: the call's metadata (``actorRole`` for a RoleGate, ...).
+    - ``tenant``, ``environment``: the scope.
+    - ``revision``, ``etag``: those of the state the transition wrote (0 and ``""``
+      for a transition appended with ``Backplane.append_transition``, which writes no
+      state), so the next write can be guarded with ``expected_etag=transition.etag``
+      without reading the state again.
     """
 
     experiment: str
@@ -109,7 +157,26 @@ class StateTransition(_Record, frozen=True, kw_only=True):
 
 
 class ApprovalRecord(_Record, frozen=True, kw_only=True):
-    """An approval (or rejection) of a move; ``transition_id`` names the transition it was used by."""
+    """An approval (or rejection) of a move, recorded by ``Governance.approve`` or by a gate.
+
+    Fields:
+
+    - ``experiment``: the experiment whose move it is about.
+    - ``to_state``: the target state of the move.
+    - ``approved``: True for an approval, False for a rejection.
+    - ``from_state``: the state the experiment was in when it was recorded.
+    - ``approval_id``: 32 random hex digits.
+    - ``transition_id``: the transition it was linked to: the one that consumed it
+      (a manual approval), or wrote it (a RoleGate's); None while unused.
+    - ``approver``: who approved (a RoleGate's approval: the transition's actor).
+    - ``reason``: why (a RoleGate's: which role matched).
+    - ``timestamp``: when it was recorded (aware UTC datetime).
+    - ``gate``: the name of the gate it is for (``"manual:*->Approved"``, a RoleGate's
+      ``"roleBased:Draft->PendingApproval"``; ``"manual"`` when no ManualGate guards
+      the move).
+    - ``metadata``: free-form data (a RoleGate's carries ``actorRole``).
+    - ``tenant``, ``environment``: the scope.
+    """
 
     experiment: str
     to_state: LifecycleState
@@ -127,7 +194,26 @@ class ApprovalRecord(_Record, frozen=True, kw_only=True):
 
 
 class ConfigurationVersion(_Record, frozen=True, kw_only=True):
-    """An immutable configuration of an experiment, numbered from 1."""
+    """An immutable configuration of an experiment, numbered from 1; never edited or deleted.
+
+    Fields:
+
+    - ``experiment``: the experiment it configures.
+    - ``version``: its number, from 1; ``create_version`` assigns the next one.
+    - ``configuration``: the configuration itself (JSON-like dict).
+    - ``configuration_hash``: SHA-256 hex digest of the canonical JSON of
+      ``configuration`` (keys sorted); ``""`` when appended without one.
+    - ``created_at``: when it was written (aware UTC datetime).
+    - ``created_by``: the actor (None: not given).
+    - ``description``: free text (``"initial configuration"``, ``"rollback to version N"``).
+    - ``lifecycle_state``: the experiment's state when the version was written
+      (None: it had no state).
+    - ``is_rollback``: True when written by ``rollback``.
+    - ``rolled_back_from``: for a rollback, the number of the version whose
+      configuration it restores.
+    - ``metadata``: free-form data.
+    - ``tenant``, ``environment``: the scope.
+    """
 
     experiment: str
     version: int
@@ -145,7 +231,23 @@ class ConfigurationVersion(_Record, frozen=True, kw_only=True):
 
 
 class PolicyEvaluation(_Record, frozen=True, kw_only=True):
-    """One policy's verdict on an experiment (and the move it was asked about)."""
+    """One policy's verdict on an experiment (and the move it was asked about); persisted for audit.
+
+    Fields:
+
+    - ``experiment``: the experiment judged.
+    - ``policy``: the policy's name (unique per Governance).
+    - ``compliant``: whether the policy is satisfied.
+    - ``severity``: the policy's ``Severity``; a non-compliant Critical one refuses
+      the transition.
+    - ``evaluation_id``: 32 random hex digits.
+    - ``reason``: a readable explanation of the verdict.
+    - ``timestamp``: when it was evaluated (aware UTC datetime).
+    - ``current_state``: the experiment's state at the time.
+    - ``target_state``: the state of the move asked about (None: no move).
+    - ``metadata``: the policy's type and the telemetry (or the conflict group) it read.
+    - ``tenant``, ``environment``: the scope.
+    """
 
     experiment: str
     policy: str
@@ -162,7 +264,13 @@ class PolicyEvaluation(_Record, frozen=True, kw_only=True):
 
 
 class SaveResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The outcome of ``save_state``: the stored state and its etag, or the conflict that refused it."""
+    """The outcome of ``Backplane.save_state``: the stored state, or the conflict that refused it.
+
+    Fields: ``ok`` (True: written); ``state`` (the state as stored, with its new
+    ``revision`` and ``etag``; None on conflict); ``etag`` (the new etag; None on
+    conflict); ``conflict`` (True: refused because the experiment exists or its
+    etag changed, nothing written); ``error`` (the conflict's message; None when ok).
+    """
 
     ok: bool
     state: ExperimentState | None = None

@@ -11,6 +11,7 @@ __all__ = ["DEFAULT_RULES", "Rules"]
 
 S = LifecycleState
 
+#: The default lifecycle (API.md): each state -> the states it may move to; Archived is terminal.
 DEFAULT_RULES: Mapping[LifecycleState, frozenset[LifecycleState]] = {
     S.DRAFT: frozenset({S.PENDING_APPROVAL, S.ARCHIVED}),
     S.PENDING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.DRAFT}),
@@ -25,10 +26,12 @@ DEFAULT_RULES: Mapping[LifecycleState, frozenset[LifecycleState]] = {
 
 
 class Rules:
-    """A transition table: from-state -> the states it may move to.
+    """A transition table: from-state -> the states it may move to. Pure data, no I/O.
 
-    ``Rules(mapping)`` accepts state names or members; states missing from the
-    mapping are terminal.
+    ``Rules(table)``: ``table`` maps a state (a LifecycleState or its name) to the
+    states it may move to; states missing from it are terminal. None gives
+    ``DEFAULT_RULES`` (API.md's lifecycle). Raises ValidationError for an unknown
+    state name. Pass it (or the mapping) as ``Governance(rules=...)``.
     """
 
     __slots__ = ("_allowed", "_sources")
@@ -53,9 +56,11 @@ class Rules:
         return self._sources[target]
 
     def permits(self, source: LifecycleState, target: LifecycleState) -> bool:
+        """Whether the rules allow a move from ``source`` to ``target``."""
         return target in self._allowed[source]
 
     def reachable(self, start: LifecycleState) -> frozenset[LifecycleState]:
+        """Every state reachable from ``start`` in any number of moves, ``start`` included."""
         seen = {start}
         todo = [start]
         while todo:
@@ -66,6 +71,7 @@ class Rules:
         return frozenset(seen)
 
     def as_dict(self) -> dict[str, list[str]]:
+        """The table as plain data: each state's name -> the names of the states it may move to."""
         return {s.value: [t.value for t in self.allowed(s)] for s in LifecycleState}
 
 

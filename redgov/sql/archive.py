@@ -26,7 +26,13 @@ class SqlArchive:
     entries from Redis, as long as an exporter copied them first. The reads ask the
     copy for one experiment's entries up to the retention cut, or for single
     entries (a version, a policy's latest evaluation, a transition's approvals).
-    Call ``close()`` (or use it as a context manager) when done.
+    Call ``close()`` (or use it as a context manager) when done; a Backplane closes its
+    archive when it closes.
+
+    ``url``: the SQLAlchemy URL of a copy ``export`` wrote (its schema must exist).
+    Its methods implement ``core.Archive`` for the backplanes: ``log_key`` names a
+    scope by its log key, entries come back as ``(entry id, fields)``. Raises
+    SqlCopyError when the copy cannot be used.
     """
 
     def __init__(self, url: str) -> None:
@@ -52,7 +58,7 @@ class SqlArchive:
         return None if found is None else int(found)
 
     def fetch(self, log_key: str, ids: Sequence[str]) -> dict[str, dict[str, bytes]]:
-        """The fields of each entry found, by entry id."""
+        """The stream fields of each entry of ``ids`` the copy holds for the scope of ``log_key``, by entry id."""
         if not ids:
             return {}
         scope_id = self._scope_id(log_key)
@@ -62,8 +68,12 @@ class SqlArchive:
 
     def history(self, log_key: str, experiment: str, kinds: Sequence[str], *, before: str | None,
                 limit: int | None, newest_first: bool, state_writes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
-        """The experiment's entries of these kinds with an id at or below ``before`` (None: all), in log
-        order (``newest_first``: reversed), at most ``limit``; ``state_writes``: only those with a ``rev``."""
+        """The entries of ``experiment`` in the scope of ``log_key`` of these ``kinds`` (``"transition"``, ...).
+
+        Only those with an id at or below ``before`` (None: all), in log order
+        (``newest_first``: reversed), at most ``limit`` (None: all); ``state_writes``:
+        only those that wrote the state (carrying a ``rev``).
+        """
         scope_id = self._scope_id(log_key)
         if scope_id is None:
             return []
@@ -71,18 +81,21 @@ class SqlArchive:
                                   newest_first=newest_first, state_writes=state_writes)
 
     def version(self, log_key: str, experiment: str, number: int | None) -> tuple[str, dict[str, bytes]] | None:
-        """Version ``number`` of the experiment (None: the highest), or None."""
+        """Version ``number`` of ``experiment`` in the scope of ``log_key`` (None: the highest), or None."""
         scope_id = self._scope_id(log_key)
         return None if scope_id is None else self._copy.version(scope_id, experiment, number)
 
     def latest_policy(self, log_key: str, experiment: str, policy: str) -> tuple[str, dict[str, bytes]] | None:
-        """The latest evaluation of ``policy`` for the experiment, or None."""
+        """The latest evaluation of ``policy`` for ``experiment`` in the scope of ``log_key``, or None."""
         scope_id = self._scope_id(log_key)
         return None if scope_id is None else self._copy.latest_policy(scope_id, experiment, policy)
 
     def linked_approvals(self, log_key: str, transition_id: str) -> list[tuple[str, dict[str, bytes]]]:
-        """The approvals linked to a transition (role gates, the manual approval it consumed, approvals
-        appended with its id), in log order, each with its ``tid``."""
+        """The approvals linked to transition ``transition_id`` in the scope of ``log_key``, in log order.
+
+        Those are its role-gate approvals, the manual approval it consumed and approvals
+        appended with its id, each with its ``tid`` field.
+        """
         scope_id = self._scope_id(log_key)
         return [] if scope_id is None else self._copy.linked_approvals(scope_id, transition_id)
 

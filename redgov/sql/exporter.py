@@ -47,7 +47,17 @@ XREAD_STREAMS = 1000
 
 @dataclass(slots=True)
 class ExportSummary:
-    """What an export (or a follow, until it stopped) did."""
+    """What an export (or a follow, until it stopped) did; ``line()`` is the CLI's one-line summary.
+
+    Fields: ``url`` (the copy, its password hidden); ``prefix`` (the backplane's);
+    ``mode`` (``"snapshot"`` for ``export``, ``"follow"``); ``scopes`` (scope logs
+    known); ``entries`` (log entries copied by this run); ``experiments`` (experiments
+    whose state the copy folded); ``batches`` (SQL transactions committed);
+    ``trimmed`` (entries removed from Redis, with ``trim=True``); ``seconds`` and
+    ``rate`` (elapsed time, entries per second); ``stopped_by`` (what ended a follow:
+    a signal name, ``"KeyboardInterrupt"`` or ``"stop"``; None for an export);
+    ``warnings`` (readable lines, e.g. entries Redis removed before they were exported).
+    """
 
     url: str
     prefix: str
@@ -294,12 +304,19 @@ class Exporter:
 
 def export(backplane: Backplane, url: str, *, progress: bool = True, chunk: int = CHUNK, trim: bool = False,
            keep: timedelta = timedelta(0)) -> ExportSummary:
-    """Copy every scope's history (and the experiments' current states) of the backplane's prefix to url.
+    """Copy every scope's history (and the experiments' current states) of ``backplane``'s prefix to ``url``.
 
-    Idempotent: entries up to each scope's cursor are skipped, so re-running adds
-    nothing and an interrupted run resumes. ``trim=True`` then removes from Redis
-    every experiment's entries up to its scope's cursor (keeping entries newer than
-    ``keep``), as ``trim`` does.
+    ``url`` is a SQLAlchemy URL (``sqlite:///gov.db``, ``postgresql+psycopg://...``);
+    the schema is created when missing. Every scope found (SCAN of the prefix) is
+    copied up to the last entry it had when the export began. Each batch of at most
+    ``chunk`` entries, with the cursors it advances, is ONE SQL transaction, so
+    re-running adds nothing and an interrupted run resumes; the copy is not one
+    snapshot across scopes. ``progress`` shows a bar on a terminal's stderr.
+    ``trim=True`` then removes from Redis every experiment's entries up to its scope's
+    cursor, sparing those newer than ``keep`` (a timedelta, by the server's clock),
+    as ``trim`` does. Returns an ExportSummary. Raises SqlCopyError (the copy cannot
+    be used; a SQL error, the password hidden), AccessDeniedError and other
+    RedgovErrors for server refusals.
     """
     with SqlCopy(url, create=True) as copy:
         exporter = Exporter(backplane, copy, chunk=chunk, trim=trim, keep=keep, progress=progress)
@@ -336,11 +353,16 @@ def _stop_on_signals(stop: threading.Event, summary: Callable[[str], None]) -> I
 def follow(backplane: Backplane, url: str, *, progress: bool = True, chunk: int = CHUNK, trim: bool = False,
            keep: timedelta = timedelta(0), stop: threading.Event | None = None, block_ms: int = BLOCK_MS,
            rediscover: float = REDISCOVER_S, handle_signals: bool = True) -> ExportSummary:
-    """Export continuously until ``stop`` is set or SIGINT/SIGTERM arrives; returns the summary.
+    """Export ``backplane``'s prefix to ``url`` continuously until ``stop`` is set or SIGINT/SIGTERM arrives.
 
-    At-least-once reads from Redis, exactly-once rows in SQL: each batch's rows and
-    cursors commit together. New scopes are picked up every ``rediscover`` seconds.
-    ``trim=True`` trims, after each batch, the experiments the batch holds entries of.
+    Tails every scope log (XREAD BLOCK up to ``block_ms``; polling on a Cluster) and
+    commits batches of at most ``chunk`` entries: at-least-once reads from Redis,
+    exactly-once rows in SQL (each batch's rows and cursors are one SQL transaction).
+    New scopes are looked for every ``rediscover`` seconds. ``trim=True`` trims, after
+    each batch, the experiments the batch holds entries of (sparing entries newer than
+    ``keep``). ``handle_signals`` (main thread only) turns SIGINT/SIGTERM into a stop;
+    ``progress`` shows a bar on a terminal. Returns an ExportSummary saying what
+    stopped it. Raises SqlCopyError and RedgovErrors as ``export`` does.
     """
     event = stop if stop is not None else threading.Event()
     with SqlCopy(url, create=True) as copy:

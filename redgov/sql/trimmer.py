@@ -38,7 +38,13 @@ _MAX_SEQ = 2**53 - 1
 
 @dataclass(slots=True)
 class TrimSummary:
-    """What a trim did: entries removed from Redis, and those left in the scope logs."""
+    """What a trim did; ``line()`` is the CLI's one-line summary.
+
+    Fields: ``url`` (the copy, its password hidden); ``prefix`` (the backplane's);
+    ``scopes`` (scope logs trimmed); ``experiments`` (experiments examined);
+    ``trimmed`` (entries removed from Redis); ``remaining`` (entries left in those
+    scope logs).
+    """
 
     url: str
     prefix: str
@@ -159,12 +165,16 @@ def trim_scope(backplane: Backplane, row: ScopeRow, cut: str | None,
 
 
 def trim(backplane: Backplane, url: str, *, keep: timedelta = timedelta(0)) -> TrimSummary:
-    """Remove from Redis each experiment's entries up to (never beyond) its scope's exported cursor.
+    """Remove from Redis the history ``backplane``'s prefix has already exported to the SQL copy at ``url``.
 
-    For every scope of the backplane's prefix in the copy, every experiment of the
-    scope's index is trimmed by the ``trim`` script, repeatedly until it removes
-    fewer entries than asked; the entries left in each scope log are counted.
-    ``keep`` spares entries newer than that (by the server's clock).
+    For every scope of the prefix in the copy, every experiment of the scope's index
+    loses its entries up to (never beyond) the scope's exported cursor, with what
+    indexes them; the state writes removed are folded into its retention base, so
+    ``replay``/``verify`` still hold and ``SqlArchive`` reads the removed history back.
+    Each call of the ``trim`` script (up to 64 entries of one experiment) is
+    atomic; the trim as a whole is not. ``keep`` (a timedelta) spares entries newer
+    than that, by the server's clock. Returns a TrimSummary. Raises SqlCopyError (the
+    copy cannot be used), CorruptDataError, AccessDeniedError and other RedgovErrors.
     """
     with SqlCopy(url, create=False) as copy:
         rows = copy.scopes(backplane.prefix)
