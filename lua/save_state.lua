@@ -63,8 +63,11 @@ else
   if stored[2] then redis.call('HDEL', state_key, 'b') end
 end
 if not current then hist().register(experiment) end
-if (state == 'Running' or state == 'Ramping') and stored[4] ~= 'Running' and stored[4] ~= 'Ramping' then
-  redis.call('HSET', state_key, 'rs', modified_at) -- when it entered Running or Ramping (TrafficLimit)
+local was_running = stored[4] == 'Running' or stored[4] == 'Ramping'
+if state == 'Running' or state == 'Ramping' then -- rs: when it entered them, kept while in them (TrafficLimit)
+  if not was_running then redis.call('HSET', state_key, 'rs', modified_at) end
+elseif was_running then
+  redis.call('HDEL', state_key, 'rs')
 end
 if trim then retention().apply(trim) end
 local reply = {1, revision, id}

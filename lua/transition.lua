@@ -28,7 +28,7 @@ Errors: REDGOV_NOT_FOUND, REDGOV_CONFLICT (an etag conflict names the current et
         REDGOV_INVALID_TRANSITION, REDGOV_APPROVAL_REQUIRED,
         REDGOV_POLICY_VIOLATION <failed group numbers, 0-based> <current state> <detail> (the evaluations
         are recorded), REDGOV_CORRUPT, REDGOV_DENIED
-State hash field rs: when the experiment last entered Running or Ramping (epoch µs), set on entering.
+State hash field rs: when the experiment entered Running or Ramping (epoch µs), present while it is in them.
 ]]
 -- @include lib/common.lua
 -- @include lib/idem.lua
@@ -200,7 +200,11 @@ if actor == '' then
 else
   redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'b', actor)
 end
-if (target == 'Running' or target == 'Ramping') and not running then redis.call('HSET', state_key, 'rs', now) end
+if target == 'Running' or target == 'Ramping' then
+  if not running then redis.call('HSET', state_key, 'rs', now) end
+elseif running then
+  redis.call('HDEL', state_key, 'rs')
+end
 if not stored[1] then
   redis.call('HSET', state_key, 'v', '0', 'm', '{}')
   hist().register(experiment)

@@ -192,3 +192,52 @@ def test_transition_on_a_corrupt_key_names_it_and_writes_nothing(backplane: Back
     with pytest.raises(CorruptDataError, match=re.escape(scope.experiment("e").history)):
         gov.transition("e", LifecycleState.PENDING_APPROVAL)
     assert gov.state("e") == created and backplane.client.xrange(scope.log) == log
+
+
+def test_every_code_is_emitted_by_a_script_and_triggered_through_the_api(redis_url: str, prefix: str) -> None:
+    """Each REDGOV_ code of the table is raised by some script, and each is reached here through the public API."""
+    emitted = set()
+    for path in LUA.rglob("*.lua"):
+        text = path.read_text()
+        emitted |= set(re.findall(r"REDGOV_([A-Z_]+)", text)) | set(re.findall(r"refuse\('([A-Z_]+)'", text))
+    assert {code.removeprefix("REDGOV_") for code in error_codes()} <= emitted
+
+    admin = redis.Redis.from_url(redis_url)
+    user = f"u{prefix}"
+    gov = redgov.Governance(redgov.connect(redis_url, prefix=prefix), gates=[redgov.ManualGate(to_state="Approved")],
+                            policies=[redgov.ConflictPrevention("a", "b")])
+    seen: dict[str, type[BaseException]] = {}
+
+    def expect(code: str, error: type[redgov.RedgovError], action: object) -> None:
+        with pytest.raises(error) as raised:
+            action()  # type: ignore[operator]
+        assert type(raised.value) is error
+        seen[code] = error
+
+    S = LifecycleState
+    try:
+        expect("REDGOV_NOT_FOUND", redgov.NotFoundError, lambda: gov.transition("a", S.PENDING_APPROVAL))
+        gov.create("a")
+        expect("REDGOV_CONFLICT", redgov.ConflictError, lambda: gov.create("a"))
+        expect("REDGOV_INVALID_TRANSITION", redgov.InvalidTransitionError, lambda: gov.transition("a", S.RUNNING))
+        gov.transition("a", S.PENDING_APPROVAL)
+        expect("REDGOV_APPROVAL_REQUIRED", redgov.ApprovalRequiredError, lambda: gov.transition("a", S.APPROVED))
+        gov.create("b")
+        gov.transition("b", S.PENDING_APPROVAL)
+        for name in ("a", "b"):
+            gov.approve(name, S.APPROVED, approver="ana")
+            gov.transition(name, S.APPROVED)
+        gov.transition("b", S.RUNNING)
+        expect("REDGOV_POLICY_VIOLATION", redgov.PolicyViolationError, lambda: gov.transition("a", S.RUNNING))
+        state_key = gov.backplane.core.scope(None, None).experiment("a").state
+        admin.hset(state_key, "r", "minus one")
+        expect("REDGOV_CORRUPT", redgov.CorruptDataError, lambda: gov.transition("a", S.ARCHIVED))
+        admin.execute_command("ACL", "SETUSER", user, "on", ">pw", f"~{prefix}*", "+@all", "-xadd")
+        with redgov.Governance(redgov.connect(redis_url, prefix=prefix, username=user, password="pw")) as denied:
+            expect("REDGOV_DENIED", redgov.AccessDeniedError, lambda: denied.create("c"))
+        assert admin.hget(gov.backplane.core.scope(None, None).experiment("c").state, "s") is None
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        gov.close()
+        admin.close()
+    assert set(seen) == set(error_codes())

@@ -49,7 +49,21 @@ __all__ = ["ScopeRow", "SqlCopy", "SqlCopyError", "open_engine", "progress_bar",
 
 class SqlCopyError(ConfigError):
     """The SQL copy cannot be used: unreachable or unknown database, incompatible schema,
-    a non-empty restore target. Nothing was written when it is raised."""
+    a non-empty restore target. Nothing was written when it is raised.
+
+    When an option of the call would let it proceed (``force=True`` for a non-empty
+    restore target, ``source_prefix=`` for a copy of several prefixes), ``option`` and
+    ``value`` name it and ``render(spelled)`` words the message for another spelling of
+    it (the command line's ``--force``); ``reason`` is the message without the remedy.
+    """
+
+    def __init__(self, message: str, *, remedy: str = "", option: str = "", value: str = "") -> None:
+        self.reason, self.remedy, self.option, self.value = message, remedy, option, value
+        super().__init__(self.render(f"{option}={value}" if option else ""))
+
+    def render(self, spelled: str) -> str:
+        """The message with the remedy's option spelled ``spelled`` (``{option}`` in ``remedy``)."""
+        return f"{self.reason}: {self.remedy.format(option=spelled)}" if self.remedy else self.reason
 
 
 def progress_bar(enabled: bool, total: int | None, desc: str) -> Any:

@@ -35,7 +35,7 @@ from ..backplane import Backplane
 from ..codec import Entry, decode_fields, fold_states, text, to_micros
 from ..errors import CorruptDataError, RedgovError, map_reply_error
 from ..keys import Scope, glob_escape, prefix_pattern
-from ..records import DECODERS, ENCODER, ExperimentState
+from ..records import DECODERS, ENCODER, ExperimentState, LifecycleState
 from .copy import ScopeRow, SqlCopy, SqlCopyError, progress_bar
 from .write import with_name
 
@@ -47,11 +47,18 @@ INDEX_CHUNK = 500
 _CLUSTER_FLUSH = 1000
 #: the transition create.lua writes beside the state snapshot (restore_index.lua: '+<id>')
 _SCRIPT = "restore_index"
+_RUNNING = (LifecycleState.RUNNING, LifecycleState.RAMPING)
 
 
 @dataclass(slots=True)
 class RestoreSummary:
-    """What a restore did."""
+    """What a restore did; ``line()`` is the CLI's one-line summary.
+
+    Fields: ``url`` (the copy, its password hidden); ``prefix`` (the target prefix);
+    ``source_prefix`` (the copy's prefix restored from); ``scopes``, ``entries`` and
+    ``experiments`` restored; ``replaced_keys`` (existing keys replaced with
+    ``force``); ``seconds`` and ``rate`` (elapsed time, entries per second).
+    """
 
     url: str
     prefix: str
@@ -70,7 +77,7 @@ class RestoreSummary:
                 f"into prefix {self.prefix!r}{source} from {self.url} in {self.seconds:.2f} s "
                 f"({self.rate:,.0f} entries/s)")
         if self.replaced_keys:
-            text += f"; replaced {self.replaced_keys:,} existing keys (--force)"
+            text += f"; replaced {self.replaced_keys:,} existing keys (forced)"
         return text
 
 
@@ -129,10 +136,22 @@ class ScopeRebuild:
 
     def state(self, name: str) -> ExperimentState | None:
         """The experiment's current state, folded from its state-writing entries (None: it has none)."""
+        return self._fold(name)[0]
+
+    def _fold(self, name: str) -> tuple[ExperimentState | None, int | None]:
+        """The current state and, when it is Running or Ramping, when it entered them (epoch µs: the
+        state hash's ``rs``, as the write scripts set it) — the first write of the last running streak."""
         x = self.experiments[name]
         if not x.writes:
-            return None
-        return fold_states(x.writes, name, self.target.tenant, self.target.environment)[-1]
+            return None, None
+        states = fold_states(x.writes, name, self.target.tenant, self.target.environment)
+        since = None
+        for state in states:
+            if state.state not in _RUNNING:
+                since = None
+            elif since is None:
+                since = to_micros(state.last_modified)
+        return states[-1], since
 
     def commands(self) -> Iterator[tuple[Any, ...] | IndexCall]:
         """Every XADD (in log order), then each experiment's ``restore_index`` calls."""
@@ -141,8 +160,8 @@ class ScopeRebuild:
         for name, x in self.experiments.items():
             keys = self.target.experiment(name).standard
             keys = keys[:3] + (ops,) + keys[3:]
-            state = self.state(name)
-            state_text = "" if state is None else _state_text(state)
+            state, since = self._fold(name)
+            state_text = "" if state is None else _state_text(state, since)
             for start in range(0, len(x.ids), INDEX_CHUNK):
                 last = start + INDEX_CHUNK >= len(x.ids)
                 yield IndexCall(name, keys, (name, state_text if last else "", *x.ids[start:start + INDEX_CHUNK]))
@@ -156,12 +175,14 @@ def _check(entry_id: str, kind: str, fields: Mapping[str, bytes], log_key: str) 
         raise CorruptDataError(f"log entry {entry_id} of {log_key} cannot be decoded: {exc!r}") from None
 
 
-def _state_text(state: ExperimentState) -> str:
+def _state_text(state: ExperimentState, running_since: int | None = None) -> str:
     """The state hash fields restore_index writes ('\\n'-separated pairs; names and JSON hold no newline)."""
     parts = ["s", state.state.value, "v", str(state.config_version), "t", str(to_micros(state.last_modified))]
     if state.last_modified_by:
         parts += ["b", state.last_modified_by]
     parts += ["m", ENCODER.encode(state.metadata).decode("utf-8"), "e", state.etag, "r", str(state.revision)]
+    if running_since is not None:
+        parts += ["rs", str(running_since)]
     return "\n".join(parts)
 
 
@@ -178,8 +199,8 @@ def _choose_prefix(rows: list[ScopeRow], wanted: str | None, target: str, url: s
         return target
     if len(prefixes) == 1:
         return prefixes[0]
-    raise SqlCopyError(f"the SQL copy at {url} holds the prefixes {', '.join(map(repr, prefixes))}; "
-                       "say which to restore (source_prefix=..., --source-prefix)")
+    raise SqlCopyError(f"the SQL copy at {url} holds the prefixes {', '.join(map(repr, prefixes))}",
+                       remedy="say which to restore with {option}", option="source_prefix", value="'<prefix>'")
 
 
 def _is_cluster(client: Any) -> bool:
@@ -188,16 +209,20 @@ def _is_cluster(client: Any) -> bool:
 
 def restore(backplane: Backplane, url: str, *, force: bool = False, progress: bool = True,
             source_prefix: str | None = None) -> RestoreSummary:
-    """Rebuild the scopes of a SQL copy into the backplane's prefix.
+    """Rebuild the scopes of the SQL copy at ``url`` into ``backplane``'s prefix.
 
     The copy's scopes of ``source_prefix`` (default: the backplane's prefix if the copy
     has it, else the copy's only prefix) are restored under the backplane's prefix,
     with their original entry ids and every index. A non-empty target prefix is
     refused unless ``force``, which replaces the keys of each restored scope (keys of
-    other scopes stay). On a single server each scope is one MULTI/EXEC, so a failure
-    leaves nothing of that scope written (on a Cluster, see the module docstring).
-    Raises SqlCopyError (the copy cannot be used, the target is not empty, a scope was
-    written to meanwhile), CorruptDataError (an entry in the copy cannot be decoded).
+    other scopes stay). Atomicity: on a single server each scope is one MULTI/EXEC
+    under WATCH of its log, so a failure (or a write to the scope meanwhile) leaves
+    nothing of that scope written; on a Cluster it is not atomic, and a failure
+    midway deletes what was written of the scope. Scopes are restored one by one.
+    ``progress`` shows a bar on a terminal. Returns a RestoreSummary. Raises
+    SqlCopyError (the copy cannot be used, the target is not empty, a scope was
+    written to meanwhile), CorruptDataError (an entry in the copy cannot be decoded),
+    AccessDeniedError and other RedgovErrors for server refusals.
     """
     started = time.perf_counter()
     client = backplane.client
@@ -211,9 +236,9 @@ def restore(backplane: Backplane, url: str, *, force: bool = False, progress: bo
             with redis_refusals(f"restoring into prefix {target!r}"):
                 for key in client.scan_iter(match=prefix_pattern(target), count=1000):
                     shown = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else str(key)
-                    raise SqlCopyError(f"the restore target prefix {target!r} is not empty (it has {shown}, ...): "
-                                       "restore into an empty prefix, or pass force=True (--force) to replace "
-                                       "the scopes the copy holds")
+                    raise SqlCopyError(f"the restore target prefix {target!r} is not empty (it has {shown}, ...)",
+                                       remedy="restore into an empty prefix, or pass {option} to replace the "
+                                       "scopes the copy holds", option="force", value="True")
         total = copy.count_entries([r.scope_id for r in rows])
         bar = progress_bar(progress, total, "restore")
         try:
@@ -348,7 +373,7 @@ def _undo(client: Any, scope: Scope) -> None:
 
 def _refused(scope: Scope, error: BaseException, force: bool) -> Exception:
     """The error of a scope whose restore the server refused midway (what was written is deleted again)."""
-    outcome = "nothing of it was restored" + (", and its previous keys are gone (--force)" if force else "")
+    outcome = "nothing of it was restored" + (", and its previous keys are gone (forced)" if force else "")
     if isinstance(error, ResponseError):
         mapped = map_reply_error(error, script=_SCRIPT)
         if isinstance(mapped, RedgovError):
