@@ -7,6 +7,7 @@ scope's Redis stream; records are typed msgspec Structs.
 from typing import TYPE_CHECKING, Any
 
 from .backplane import Backplane
+from .changes import Change
 from .connect import connect
 from .errors import (
     AccessDeniedError,
@@ -22,13 +23,11 @@ from .errors import (
     UnavailableError,
     ValidationError,
 )
-from .gates import AutomaticGate, Gate, ManualGate, RoleGate
-from .governance import Governance
-from .changes import Change
 from .events import GovernanceEvent
+from .gates import AutomaticGate, Gate, ManualGate, RoleGate
 from .govcore import TransitionRequest
+from .governance import Governance
 from .policies import ConflictPrevention, ErrorRate, Policy, TimeWindow, TrafficLimit
-from .rules import DEFAULT_RULES, Rules
 from .records import (
     ApprovalRecord,
     ConfigurationVersion,
@@ -39,6 +38,7 @@ from .records import (
     Severity,
     StateTransition,
 )
+from .rules import DEFAULT_RULES, Rules
 
 __version__ = "0.1.0"
 

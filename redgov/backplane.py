@@ -17,6 +17,7 @@ from redis.commands.core import Script
 from redis.exceptions import ClusterError, ResponseError, TryAgainError
 from redis.retry import Retry
 
+from .cache import MISS
 from .core import Archive, Call, Core, Plan, settle
 from .errors import AccessDeniedError, RedgovError, UnavailableError
 from .keys import Scope
@@ -28,8 +29,6 @@ from .records import (
     SaveResult,
     StateTransition,
 )
-
-from .cache import MISS
 
 if TYPE_CHECKING:
     from .cache import StateCache

@@ -90,7 +90,7 @@ def client_options(timeout: float, retries: int, kwargs: dict[str, Any]) -> dict
     return options
 
 
-def _check_cache(cache: bool, scheme: str) -> None:
+def check_cache(cache: bool, scheme: str) -> None:
     if cache and scheme.endswith("+cluster"):
         raise ValidationError(
             "cache=True is not supported on Redis Cluster (client-side caching tracks keys per node); "
@@ -200,7 +200,7 @@ def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False,
     """
     optimistic = redis_kwargs.pop("optimistic_concurrency", True)
     scheme = scheme_of(url)
-    _check_cache(cache, scheme)
+    check_cache(cache, scheme)
     client, on_close = open_client(url, timeout=timeout, retries=retries, **redis_kwargs)
     state_cache = None
     try:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .validate import check_state
 from .errors import ValidationError
 from .records import LifecycleState
+from .validate import check_state
 
 __all__ = ["AutomaticGate", "Gate", "ManualGate", "RoleGate"]
 

@@ -8,22 +8,23 @@ must be consumed and which approval records to write. The script reads the
 current state, picks its step and writes, all in one call, so a transition
 never reads first and never retries. Operations of several round trips
 (rollback, diff, replay, verify, evaluate_policies, listing) are plans: the
-shells drive them, so they are written once for both.
+shells drive them, so they are written once for both. The policy plans are in
+``govpolicies``, the read plans in ``govreads``; ``GovernanceCore`` joins them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 import msgspec
 
+from .calls import Call, Plan, new_etag, new_ids
 from .changes import Change, config_hash, diff
-from .codec import decode_fields, decode_state_hash, from_micros, state_fields, stored, text, to_micros
-from .core import Call, Core, Plan, _settled, check_version_number, new_etag, new_ids
+from .codec import decode_fields, stored, text, to_micros
+from .core import Core
 from .errors import (
-    CorruptDataError,
     InvalidTransitionError,
     NotFoundError,
     PolicyViolationError,
@@ -31,29 +32,27 @@ from .errors import (
     ValidationError,
 )
 from .gates import AutomaticGate, Gate, ManualGate, RoleGate
-from .keys import ExperimentKeys, Scope
-from .policies import RUNNING_STATES, TELEMETRY_KEYS, ConflictPrevention, Policy, PolicyContext, TrafficLimit, check_telemetry
+from .govpolicies import PolicyPlans, replay_refusal
+from .govreads import ReadPlans, compare
+from .keys import ExperimentKeys
+from .policies import TELEMETRY_KEYS, Policy, check_telemetry
 from .records import (
     ENCODER,
     ApprovalRecord,
     ConfigurationVersion,
     ExperimentState,
     LifecycleState,
-    PolicyEvaluation,
     Severity,
     StateTransition,
     new_id,
     utcnow,
 )
 from .rules import Rules
-from .validate import check_data, check_name, check_scope_part, check_state
+from .validate import check_data, check_name, check_scope_part, check_state, check_version_number
 
 __all__ = ["DEFAULT_IDEMPOTENCY_WINDOW", "GovernanceCore", "TransitionRequest", "compare"]
 
 DEFAULT_IDEMPOTENCY_WINDOW = timedelta(hours=24)
-#: experiments listed per round trip
-LIST_PAGE = 200
-_POLICY_DECODER = msgspec.json.Decoder(PolicyEvaluation)
 
 
 class TransitionRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,7 +111,7 @@ class _Target:
         self.steps = "|" + "|".join(parts) + "|" if parts else "|"
 
 
-class GovernanceCore:
+class GovernanceCore(PolicyPlans, ReadPlans):
     """Validation, Calls and plans for one Governance configuration."""
 
     def __init__(
@@ -238,29 +237,6 @@ class GovernanceCore:
 
     # -- transition ---------------------------------------------------------------------------
 
-    def _evaluate(self, experiment: str, target: LifecycleState | None, current: LifecycleState | None,
-                  telemetry: Mapping[str, Any], now: datetime, tenant: str | None,
-                  environment: str | None, *, running_since: datetime | None = None,
-                  in_script: bool = False) -> list[PolicyEvaluation]:
-        """Evaluations of every policy decidable here: all but the conflict groups of a move into Running
-        or Ramping, and (``in_script``: the transition script decides them) stable times of stored state."""
-        ctx = PolicyContext(experiment, target, current, telemetry, now, running_since,
-                            self.require_telemetry)
-        out = []
-        for policy in self.policies:
-            if isinstance(policy, ConflictPrevention):
-                if not policy.covers(experiment) or target in RUNNING_STATES:
-                    continue  # not this experiment's group, or decided against the members' states
-            elif in_script and isinstance(policy, TrafficLimit) and policy.stored_stability(telemetry) is not None:
-                continue  # the stable time is the stored state's: decided inside the script
-            compliant, reason = policy.decide(ctx)
-            out.append(PolicyEvaluation(
-                experiment=experiment, policy=policy.name, compliant=compliant, severity=policy.severity,
-                reason=reason, timestamp=now, current_state=current, target_state=target,
-                metadata={"type": policy.kind, **({"telemetry": dict(telemetry)} if telemetry else {})},
-                tenant=tenant, environment=environment))
-        return out
-
     def transition(self, experiment: str, to: LifecycleState | str, *, actor: str | None = None,
                    reason: str | None = None, metadata: Mapping[str, Any] | None = None,
                    telemetry: Mapping[str, Any] | None = None, tenant: str | None = None,
@@ -319,7 +295,7 @@ class GovernanceCore:
 
         def parse(reply: list[Any]) -> StateTransition:
             if int(reply[0]) == 4:  # the first call with this idempotency key was refused by a policy
-                _replay_refusal(reply, experiment, scope.log)
+                replay_refusal(reply, experiment, scope.log)
             if int(reply[0]) == 3:  # the first call with this idempotency key
                 entry = decode_fields(text(reply[2]), {"k": b"transition", "x": experiment.encode(), "r": reply[5],
                                                        "from": reply[3], "rev": reply[1], "etag": reply[4]},
@@ -371,83 +347,6 @@ class GovernanceCore:
                 step["approvals"].append(approval_index[gate])
             details[str(number)] = step
         return details
-
-    def _groups(self, experiment: str, target: LifecycleState, telemetry: Mapping[str, Any], now: datetime,
-                tenant: str | None, environment: str | None, records: list[bytes], scope: Scope,
-                idem_keys: int) -> list[dict[str, Any]]:
-        """The policies the transition script decides, each with both verdicts: the ConflictPrevention groups
-        of a move into Running or Ramping, and the TrafficLimits that need the stored stable time."""
-        groups: list[dict[str, Any]] = []
-        for policy in self.policies:
-            need = policy.stored_stability(telemetry) if isinstance(policy, TrafficLimit) else None
-            if need is None:
-                continue
-            reasons = policy.verdicts(telemetry)
-            group: dict[str, Any] = {"name": policy.name, "since": to_micros(now - need), "why": reasons[1]}
-            if policy.severity is not Severity.CRITICAL:
-                group["soft"] = 1
-            for (outcome, compliant), reason in zip((("ok", True), ("fail", False)), reasons):
-                records.append(stored(PolicyEvaluation(
-                    experiment=experiment, policy=policy.name, compliant=compliant, severity=policy.severity,
-                    reason=reason, timestamp=now, target_state=target,
-                    metadata={"type": policy.kind, "telemetry": dict(telemetry)},
-                    tenant=tenant, environment=environment)))
-                group[outcome] = len(records)
-            groups.append(group)
-        if target not in RUNNING_STATES:
-            return groups
-        key_number = 12 + idem_keys  # KEYS[12] is the idempotency record when there is one
-        for policy in self.policies:
-            if not (isinstance(policy, ConflictPrevention) and policy.covers(experiment)):
-                continue
-            others = []
-            for name in policy.others(experiment):
-                others.append([name, key_number])
-                key_number += 1
-            group = {"name": policy.name, "others": others}
-            if policy.severity is not Severity.CRITICAL:
-                group["soft"] = 1
-            for outcome, compliant in (("ok", True), ("fail", False)):
-                reason = ("no conflicting experiment is Running or Ramping" if compliant else
-                          f"another experiment of {', '.join(policy.experiments)} is Running or Ramping")
-                records.append(stored(PolicyEvaluation(
-                    experiment=experiment, policy=policy.name, compliant=compliant, severity=policy.severity,
-                    reason=reason, timestamp=now, target_state=target,
-                    metadata={"type": policy.kind, "experiments": list(policy.experiments)},
-                    tenant=tenant, environment=environment)))
-                group[outcome] = len(records)
-            groups.append(group)
-        return groups
-
-    def _refuse(self, experiment: str, target: LifecycleState, evaluations: Sequence[PolicyEvaluation],
-                blocking: Sequence[PolicyEvaluation], scope: Scope, exp: ExperimentKeys, extra: tuple[str, ...],
-                intent: str) -> Call[StateTransition]:
-        """A Critical telemetry policy refused: persist the evaluations, then raise."""
-        names = "; ".join(f"{e.policy}: {e.reason}" for e in blocking)
-        message = f"experiment {experiment}: {names}"
-        sources = "|".join(s.value for s in self.rules.sources(target))
-        call = self._record(experiment, evaluations, scope, exp, f"{target.value}|{sources}|", extra, intent,
-                            message)
-
-        def parse(reply: Any) -> NoReturn:
-            if int(reply[0]) == 4:  # the first call with this idempotency key was refused
-                _replay_refusal(reply, experiment, scope.log)
-            raise PolicyViolationError(message, call.parse(reply))
-
-        return Call(call.keys, call.args, parse, call.script, None, call.state_key, call.scope)
-
-    def _record(self, experiment: str, evaluations: Sequence[PolicyEvaluation], scope: Scope, exp: ExperimentKeys,
-                move: str, extra: tuple[str, ...], intent: str, refusal: str) -> Call[list[PolicyEvaluation]]:
-        args: list[Any] = [experiment, self.initial_state.value if self.auto_create else "", move, self.core.retain,
-                           intent, self._window_ms, refusal]
-        for evaluation in evaluations:
-            args += [evaluation.policy, stored(evaluation)]
-
-        def parse(reply: list[Any]) -> list[PolicyEvaluation]:
-            state = LifecycleState(text(reply[1]))
-            return [msgspec.structs.replace(e, current_state=state) for e in evaluations]
-
-        return self.core.write("record_evaluations", scope, exp, tuple(args), parse, extra_keys=extra)
 
     # -- approvals --------------------------------------------------------------------------
 
@@ -542,174 +441,3 @@ class GovernanceCore:
                 raise NotFoundError(f"experiment {experiment} has no configuration version {number}")
             configurations.append(found.configuration)
         return diff(configurations[0], configurations[1])
-
-    # -- policies ---------------------------------------------------------------------------
-
-    def evaluate_policies(self, experiment: str, *, telemetry: Mapping[str, Any] | None,
-                          target: LifecycleState | str | None, tenant: str | None,
-                          environment: str | None) -> Plan[list[PolicyEvaluation]]:
-        """Evaluate every policy (each conflict group against its members' states) and persist the evaluations."""
-        experiment, tenant, environment = self._names(experiment, tenant, environment)
-        goal = None if target is None else check_state(target, "target state")
-        measured = check_telemetry(telemetry, self.telemetry_keys)
-        members = self.conflict_group_members(experiment)
-        states = yield self.states_of(members, tenant, environment)
-        current = states.get(experiment)
-        if current is None and not self.auto_create:
-            raise NotFoundError(f"experiment {experiment} does not exist (create it first)")
-        since = None
-        if current in RUNNING_STATES and any(isinstance(p, TrafficLimit) and p.stored_stability(measured)
-                                             for p in self.policies):
-            since = yield self.running_since(experiment, tenant, environment)
-        now = self.now()
-        evaluations = self._evaluate(experiment, goal, current, measured, now, tenant, environment,
-                                     running_since=since)
-        if goal in RUNNING_STATES:
-            for policy in self.policies:
-                if isinstance(policy, ConflictPrevention) and policy.covers(experiment):
-                    compliant, reason = policy.judge(experiment, {n: states.get(n) for n in policy.experiments})
-                    evaluations.append(PolicyEvaluation(
-                        experiment=experiment, policy=policy.name, compliant=compliant, severity=policy.severity,
-                        reason=reason, timestamp=now, current_state=current, target_state=goal,
-                        metadata={"type": policy.kind, "experiments": list(policy.experiments)},
-                        tenant=tenant, environment=environment))
-        scope, exp = self.core.keys(experiment, tenant, environment)
-        recorded: list[PolicyEvaluation] = yield self._record(experiment, evaluations, scope, exp, "", (), "", "")
-        return recorded
-
-    def running_since(self, experiment: str, tenant: str | None, environment: str | None) -> Call[datetime | None]:
-        """When the experiment last entered Running or Ramping (field rs of its state hash; a state without
-        it, as a restored one, gives its last state write: a lower bound of the stable time)."""
-        key = self.core.scope(tenant, environment).experiment(experiment).state
-
-        def parse(reply: Any) -> datetime | None:
-            for field, value in zip(("rs", "t"), reply):
-                if value is not None:
-                    try:
-                        return from_micros(int(value))
-                    except (TypeError, ValueError, OverflowError):
-                        raise CorruptDataError(f"key {key} field {field} holds {value!r}, expected a time") from None
-            return None
-
-        return Call((key,), ("HMGET", key, "rs", "t"), parse)
-
-    def conflict_group_members(self, experiment: str) -> tuple[str, ...]:
-        members: list[str] = [experiment]
-        for policy in self.policies:
-            if isinstance(policy, ConflictPrevention) and policy.covers(experiment):
-                members += [e for e in policy.experiments if e not in members]
-        return tuple(members)
-
-    def states_of(self, experiments: Sequence[str], tenant: str | None,
-                  environment: str | None) -> Call[dict[str, LifecycleState | None]]:
-        """The current state name of each experiment (one call: a script reading their state hashes)."""
-        scope = self.core.scope(tenant, environment)
-        keys = tuple(scope.experiment(name).state for name in experiments)
-        settled = _settled(keys)
-
-        def parse(reply: Any) -> dict[str, LifecycleState | None]:
-            out: dict[str, LifecycleState | None] = {}
-            for name, key, values in zip(experiments, keys, settled(reply)):
-                state = decode_state_hash(values, key, name, tenant, environment)
-                out[name] = None if state is None else state.state
-            return out
-
-        return Call(keys, tuple(("HMGET", key, *state_fields()) for key in keys), parse, batch=True)
-
-    # -- reading ------------------------------------------------------------------------------
-
-    def allowed_transitions(self, experiment: str, *, tenant: str | None,
-                            environment: str | None) -> Plan[list[LifecycleState]]:
-        state = yield self.core.get_state(experiment, tenant, environment)
-        if state is None:
-            if not self.auto_create:
-                raise NotFoundError(f"experiment {experiment} does not exist (create it first)")
-            return self.rules.allowed(self.initial_state)
-        return self.rules.allowed(state.state)
-
-    def experiments(self, *, tenant: str | None, environment: str | None,
-                    state: LifecycleState | str | None = None) -> Plan[list[ExperimentState]]:
-        """The experiments of a scope (only those in ``state``), by name: the index read in pages."""
-        wanted = None if state is None else check_state(state, "state")
-        scope = self.core.scope(tenant, environment)
-        out: list[ExperimentState] = []
-        after = "-"
-        while True:
-            names = yield Call((scope.index,), ("ZRANGEBYLEX", scope.index, after, "+", "LIMIT", 0, LIST_PAGE),
-                               _names_reply(scope.index))
-            if not names:
-                break
-            keys = tuple(scope.experiment(name).state for name in names)
-
-            def parse(reply: Any, names: list[str] = names, keys: tuple[str, ...] = keys) -> list[ExperimentState]:
-                found = []
-                for name, key, values in zip(names, keys, _settled(keys)(reply)):
-                    decoded = decode_state_hash(values, key, name, tenant, environment)
-                    if decoded is not None:
-                        found.append(decoded)
-                return found
-
-            page = yield Call(keys, tuple(("HMGET", key, *state_fields()) for key in keys), parse, batch=True)
-            out.extend(s for s in page if wanted is None or s.state is wanted)
-            if len(names) < LIST_PAGE:
-                break
-            after = "(" + names[-1]
-        return out
-
-    def replay(self, experiment: str, *, until: datetime | None, tenant: str | None,
-               environment: str | None) -> Plan[ExperimentState | None]:
-        if until is not None and (not isinstance(until, datetime) or until.tzinfo is None):
-            raise ValidationError(f"until must be a timezone-aware datetime, got {until!r}")
-        states = yield from self.core.state_writes(experiment, tenant, environment, until)
-        return states[-1] if states else None
-
-    def verify(self, experiment: str, *, tenant: str | None, environment: str | None) -> Plan[list[str]]:
-        replayed = yield from self.replay(experiment, until=None, tenant=tenant, environment=environment)
-        stored_state = yield self.core.get_state(experiment, tenant, environment)
-        return compare(replayed, stored_state)
-
-
-def _replay_refusal(reply: list[Any], experiment: str, log_key: str) -> NoReturn:
-    """Raise the PolicyViolationError an idempotency key's first call got, with the evaluations it recorded."""
-    rest = text(reply[1]).removeprefix("REDGOV_POLICY_VIOLATION ")
-    _failed, current_text, detail = rest.split(" ", 2)
-    current = LifecycleState(current_text)
-    evaluations = [msgspec.structs.replace(
-        decode_fields("-", {"k": b"policy", "x": experiment.encode(), "r": record}, log_key).record,
-        current_state=current) for record in reply[2:]]
-    raise PolicyViolationError(detail, evaluations)
-
-
-def _names_reply(key: str) -> Callable[[Any], list[str]]:
-    def parse(reply: Any) -> list[str]:
-        try:
-            return [text(name) for name in reply]
-        except (TypeError, UnicodeDecodeError) as exc:
-            raise CorruptDataError(f"scope index {key} cannot be decoded: {exc!r}") from None
-
-    return parse
-
-
-def compare(replayed: ExperimentState | None, stored_state: ExperimentState | None) -> list[str]:
-    """Differences between the state folded from the log and the stored state (readable lines)."""
-    if replayed is None and stored_state is None:
-        return []
-    if replayed is None:
-        return [f"the log holds no state write, but a state is stored ({stored_state.state.value}, "  # type: ignore[union-attr]
-                f"revision {stored_state.revision})"]  # type: ignore[union-attr]
-    if stored_state is None:
-        return [f"the log ends in {replayed.state.value} (revision {replayed.revision}), but no state is stored"]
-    out = []
-    for name in ExperimentState.__struct_fields__:
-        a, b = getattr(replayed, name), getattr(stored_state, name)
-        if a != b:
-            out.append(f"{name}: the log says {_show(a)}, the stored state says {_show(b)}")
-    return out
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, LifecycleState):
-        return value.value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return repr(value)

@@ -14,7 +14,8 @@ from typing import Any
 from .errors import ValidationError
 from .records import LifecycleState
 
-__all__ = ["MAX_DEPTH", "MAX_NAME_LENGTH", "check_data", "check_name", "check_scope_part", "check_state"]
+__all__ = ["MAX_DEPTH", "MAX_NAME_LENGTH", "check_data", "check_name", "check_scope_part", "check_state",
+           "check_version_number"]
 
 #: Longest experiment name, tenant, environment, policy, actor or id (characters).
 MAX_NAME_LENGTH = 1024
@@ -106,3 +107,10 @@ def _walk(value: object, path: str, depth: int) -> None:
         return
     raise ValidationError(f"{path}: a {type(value).__name__} ({value!r}) cannot be stored; use strings, numbers, "
                           "booleans, null, lists and mappings")
+
+
+def check_version_number(value: object, what: str) -> int:
+    """A version number: an integer from 1 to 2**53 - 1 (sorted-set scores are exact up to there)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**53 - 1:
+        raise ValidationError(f"{what} must be an integer from 1 to 2**53 - 1, got {value!r}")
+    return value

@@ -22,7 +22,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..codec import Entry, fold_states
+from ..codec import Entry, fold_states, text
 from ..errors import CorruptDataError
 from ..records import DECODERS, ENCODER
 from .copy import ScopeRow, SqlCopy
@@ -47,10 +47,6 @@ class CursorMoved(Exception):
     def __init__(self, scope_ids: Sequence[int]) -> None:
         super().__init__(f"cursors moved underneath for scopes {list(scope_ids)}")
         self.scope_ids = list(scope_ids)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 @dataclass(slots=True)
@@ -113,7 +109,7 @@ class Batch:
         if part is None:
             part = self.parts[row.scope_id] = _ScopePart(row, (row.last_ms, row.last_seq), (row.last_ms, row.last_seq))
         for entry_id_raw, raw_fields in raw:
-            entry_id = _text(entry_id_raw)
+            entry_id = text(entry_id_raw)
             ms_text, _, seq_text = entry_id.partition("-")
             ms, seq = int(ms_text), int(seq_text)
             if (ms, seq) <= part.end:
@@ -139,7 +135,7 @@ class Batch:
             raise CorruptDataError(f"log entry {entry_id} of {row.log_key} cannot be decoded: {exc!r}") from None
         extra = None
         if not _KNOWN.issuperset(fields):
-            extra = msgspec.json.encode({_text(k): _text(val) for k, val in fields.items()
+            extra = msgspec.json.encode({text(k): text(val) for k, val in fields.items()
                                          if k not in _KNOWN}).decode()
         scope_id = row.scope_id
         names = self.touched.get(scope_id)

@@ -1,0 +1,278 @@
+"""``AsyncGovernance``: the Governance API awaited over an AsyncBackplane."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from ..changes import Change
+from ..errors import RedgovError
+from ..events import GovernanceEvent, WatchCursor
+from ..govcore import TransitionRequest
+from ..governance import GovernanceBase
+from ..records import (
+    ApprovalRecord,
+    ConfigurationVersion,
+    ExperimentState,
+    LifecycleState,
+    PolicyEvaluation,
+    StateTransition,
+)
+from .backplane import AsyncBackplane
+
+__all__ = ["AsyncGovernance"]
+
+
+class AsyncGovernance(GovernanceBase[AsyncBackplane]):
+    """The asyncio twin of ``redgov.Governance``: the same lifecycle API over an AsyncBackplane, as coroutines.
+
+    ``AsyncGovernance(backplane, *, rules=None, gates=(), policies=(), initial_state=Draft,
+    auto_versioning=True, clock=None, idempotency_window=24 h, auto_create=False,
+    require_telemetry=False)``:
+
+    - ``backplane``: an ``AsyncBackplane`` (``redgov.aio.connect(url)``); anything else
+      is a ValidationError.
+    - ``rules``: a ``Rules`` or a mapping state -> allowed states (default ``DEFAULT_RULES``).
+    - ``gates``: AutomaticGate, ManualGate and RoleGate objects.
+    - ``policies``: TrafficLimit, ErrorRate, TimeWindow, ConflictPrevention or custom
+      ``Policy`` objects, with unique names.
+    - ``initial_state``: where ``create`` puts an experiment.
+    - ``auto_versioning``: the state's ``config_version`` follows each new version.
+    - ``clock``: a callable returning an aware datetime; stamps records and drives
+      time-based policies (default: UTC now).
+    - ``idempotency_window``: how long an ``idempotency_key`` is remembered (a timedelta).
+    - ``auto_create``: True lets a write to an experiment never created start it from
+      ``initial_state`` instead of raising NotFoundError.
+    - ``require_telemetry``: True makes a policy whose telemetry is missing non-compliant.
+
+    The same scripts as Governance, so the same atomicity and errors. Differences:
+    methods are awaited, ``watch`` is an async iterator, ``close`` a coroutine and
+    ``async with`` closes the backplane.
+    """
+
+    _backplane_type = AsyncBackplane
+
+    async def close(self) -> None:
+        """Close the backplane (its client, cache and archive); awaited. ``async with`` does it on exit."""
+        await self.backplane.close()
+
+    async def __aenter__(self) -> AsyncGovernance:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def create(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
+                     actor: str | None = None, configuration: Mapping[str, Any] | None = None,
+                     metadata: Mapping[str, Any] | None = None, idempotency_key: str | None = None) -> ExperimentState:
+        """Create ``experiment`` in the scope ``tenant`` + ``environment``, in the initial state (revision 1).
+
+        Writes the state (by ``actor``, with ``metadata``) and a transition from None into
+        it; with ``configuration`` also version 1 (followed by the state when
+        auto-versioning). One Lua script call (create.lua): all or nothing, applied once
+        however often re-sent; a repeat with the same ``idempotency_key`` within the
+        window returns the first call's result and writes nothing. Returns the new
+        ExperimentState. Raises ConflictError (it exists; the key was used for another
+        operation), ValidationError.
+        """
+        return await self.backplane.run(self.core.create(
+            experiment, tenant=tenant, environment=environment, actor=actor, configuration=configuration,
+            metadata=metadata, idempotency_key=idempotency_key))
+
+    async def state(self, experiment: str, *, tenant: str | None = None,
+                    environment: str | None = None) -> ExperimentState | None:
+        """The current state of ``experiment`` in the scope ``tenant`` + ``environment`` (None: never created).
+
+        One round trip, or a cache hit. Raises ValidationError, CorruptDataError.
+        """
+        return await self.backplane.get_state(experiment, tenant=tenant, environment=environment)
+
+    async def transition(self, experiment: str, to: LifecycleState | str, *, actor: str | None = None,
+                         reason: str | None = None, metadata: Mapping[str, Any] | None = None,
+                         telemetry: Mapping[str, Any] | None = None, tenant: str | None = None,
+                         environment: str | None = None, expected_etag: str | None = None,
+                         idempotency_key: str | None = None) -> StateTransition:
+        """Move ``experiment`` (in ``tenant`` + ``environment``) to state ``to``; returns the StateTransition written.
+
+        One atomic Lua script call (transition.lua), all or nothing: the etag check
+        (``expected_etag``: write only if the state's etag is still that one), the rule
+        check, the gates (a ManualGate consumes its recorded approval; a RoleGate reads
+        ``metadata["actorRole"]``), the ConflictPrevention groups, the state write
+        (revision + 1, a new etag: both on the returned transition), the history entry
+        (``actor``, ``reason``, ``metadata``) and the approval and policy records.
+        ``telemetry`` feeds the policies (unknown keys: ValidationError). A re-send after a
+        lost reply is applied once; a repeat with the same ``idempotency_key`` within the
+        window returns the first call's result (or raises its policy refusal again) and
+        writes nothing.
+
+        Raises NotFoundError (never created), ConflictError (etag changed: its
+        ``current_etag``/``current_state`` say what was found; the key was used for another
+        operation), InvalidTransitionError (the rules forbid it), ApprovalRequiredError (a
+        gate did not approve), PolicyViolationError (a Critical policy failed: its
+        ``evaluations`` are recorded, nothing else is written), ValidationError (bad input).
+        Otherwise nothing is written when it raises.
+        """
+        return await self.backplane.run(self.core.transition(
+            experiment, to, actor=actor, reason=reason, metadata=metadata, telemetry=telemetry, tenant=tenant,
+            environment=environment, expected_etag=expected_etag, idempotency_key=idempotency_key))
+
+    async def transition_many(self, requests: Iterable[TransitionRequest]) -> list[StateTransition | RedgovError]:
+        """Many transitions in one pipelined round trip (one by one on a Cluster); each succeeds or fails on its own.
+
+        ``requests`` is an iterable of ``TransitionRequest`` (the arguments of one
+        ``transition`` each). Each transition is atomic as in ``transition``; the batch is
+        not. Invalid input raises ValidationError before anything is sent. Returns, in
+        request order, each StateTransition or the RedgovError that refused it.
+        """
+        calls = [self.core.transition(r.experiment, r.to, actor=r.actor, reason=r.reason, metadata=r.metadata,
+                                      telemetry=r.telemetry, tenant=r.tenant, environment=r.environment,
+                                      expected_etag=r.expected_etag, idempotency_key=r.idempotency_key)
+                 for r in requests]
+        return await self.backplane.run_many(calls)
+
+    async def approve(self, experiment: str, to: LifecycleState | str, *, approver: str, reason: str | None = None,
+                      approved: bool = True, tenant: str | None = None, environment: str | None = None,
+                      idempotency_key: str | None = None) -> ApprovalRecord:
+        """Record ``approver``'s approval of moving ``experiment`` from its current state to ``to``; returns it.
+
+        ``approved=False`` records a rejection instead, which withdraws a pending approval
+        of that move; ``reason`` says why; ``tenant`` + ``environment`` is the scope. A
+        ManualGate on the move is satisfied by the approval; the transition consumes it and
+        is linked to it. Approvals lapse when the experiment leaves the state they were
+        given in. One Lua script call (approve.lua), all or nothing, applied once;
+        ``idempotency_key`` as in ``create``. Raises NotFoundError (never created),
+        InvalidTransitionError (no rule allows the move from the current state),
+        ConflictError (the key was used for another operation), ValidationError.
+        """
+        return await self.backplane.run(self.core.approve(
+            experiment, to, approver=approver, reason=reason, approved=approved, tenant=tenant,
+            environment=environment, idempotency_key=idempotency_key))
+
+    async def allowed_transitions(self, experiment: str, *, tenant: str | None = None,
+                                  environment: str | None = None) -> list[LifecycleState]:
+        """The states the rules allow ``experiment`` (in ``tenant`` + ``environment``) to move to now.
+
+        Gates and policies are not judged. One read. Raises NotFoundError (never created,
+        unless ``auto_create``: then the moves from ``initial_state``), ValidationError.
+        """
+        return await self.backplane.drive(self.core.allowed_transitions(experiment, tenant=tenant,
+                                                                        environment=environment))
+
+    async def history(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
+                      limit: int | None = None, newest_first: bool = False) -> list[StateTransition]:
+        """The transitions of ``experiment`` (in ``tenant`` + ``environment``) in order; ``AsyncBackplane.transitions``.
+
+        ``newest_first=True`` reverses it; ``limit`` returns at most that many. Read in
+        pages, not one atomic snapshot. Raises ValidationError, CorruptDataError.
+        """
+        return await self.backplane.transitions(experiment, tenant=tenant, environment=environment, limit=limit,
+                                                newest_first=newest_first)
+
+    async def experiments(self, *, tenant: str | None = None, environment: str | None = None,
+                          state: LifecycleState | str | None = None) -> list[ExperimentState]:
+        """The experiments of the scope ``tenant`` + ``environment`` by name; only those in ``state`` when given.
+
+        The scope's index and the states are read in pages (two round trips per 200
+        names), not one atomic snapshot. Raises ValidationError (an unknown state name),
+        CorruptDataError.
+        """
+        return await self.backplane.drive(self.core.experiments(tenant=tenant, environment=environment,
+                                                                state=state))
+
+    async def create_version(self, experiment: str, configuration: Mapping[str, Any], *, actor: str | None = None,
+                             description: str | None = None, tenant: str | None = None,
+                             environment: str | None = None, idempotency_key: str | None = None) -> ConfigurationVersion:
+        """Add the next version of ``experiment``'s ``configuration`` (a JSON-like mapping); returns it.
+
+        By ``actor``, with ``description``, in the scope ``tenant`` + ``environment``. Its
+        number is assigned inside the script (the highest + 1, never reused); with
+        auto-versioning the state's ``config_version`` follows it (a state write: the
+        revision grows by 1, a new etag). One Lua script call (create_version.lua), all or
+        nothing, applied once; ``idempotency_key`` as in ``create``. Raises NotFoundError
+        (never created, unless ``auto_create``), ConflictError (the key was used for
+        another operation), ValidationError.
+        """
+        return await self.backplane.run(self.core.create_version(
+            experiment, configuration, actor=actor, description=description, tenant=tenant,
+            environment=environment, idempotency_key=idempotency_key))
+
+    async def rollback(self, experiment: str, to_version: int, *, actor: str | None = None,
+                       tenant: str | None = None, environment: str | None = None,
+                       idempotency_key: str | None = None) -> ConfigurationVersion:
+        """A new version of ``experiment`` restoring version ``to_version``'s configuration; returns it.
+
+        The new version has ``is_rollback=True`` and ``rolled_back_from=to_version``; by
+        ``actor``, in the scope ``tenant`` + ``environment``. Reads that (immutable)
+        version, then writes like ``create_version`` (one script call; ``idempotency_key``
+        as there). Raises NotFoundError (no such version or experiment), ConflictError,
+        ValidationError.
+        """
+        return await self.backplane.drive(self.core.rollback(
+            experiment, to_version, actor=actor, tenant=tenant, environment=environment,
+            idempotency_key=idempotency_key))
+
+    async def diff(self, experiment: str, from_version: int, to_version: int, *, tenant: str | None = None,
+                   environment: str | None = None) -> list[Change]:
+        """The path-level ``Change``s from version ``from_version`` of ``experiment`` to version ``to_version``.
+
+        Scope ``tenant`` + ``environment``. Two reads of immutable versions. Raises
+        NotFoundError (either version is missing), ValidationError.
+        """
+        return await self.backplane.drive(self.core.diff(experiment, from_version, to_version, tenant=tenant,
+                                                         environment=environment))
+
+    async def evaluate_policies(self, experiment: str, *, telemetry: Mapping[str, Any] | None = None,
+                                target: LifecycleState | str | None = None, tenant: str | None = None,
+                                environment: str | None = None) -> list[PolicyEvaluation]:
+        """Evaluate every policy on ``experiment`` now and persist the evaluations; returns them.
+
+        ``telemetry`` feeds the policies; ``target`` is the state of the move asked about
+        (None: none; ConflictPrevention judges only moves into Running or Ramping);
+        ``tenant`` + ``environment`` is the scope. The states the policies need are read
+        first, then the evaluations are written by one Lua script call
+        (record_evaluations.lua, all or nothing): the two are not one atomic step. Nothing
+        is refused: non-compliant evaluations are returned, not raised. Raises
+        NotFoundError (never created), ValidationError (an unknown telemetry key or state).
+        """
+        return await self.backplane.drive(self.core.evaluate_policies(
+            experiment, telemetry=telemetry, target=target, tenant=tenant, environment=environment))
+
+    async def replay(self, experiment: str, *, until: datetime | None = None, tenant: str | None = None,
+                     environment: str | None = None) -> ExperimentState | None:
+        """The state of ``experiment`` folded from its log alone, as of ``until`` (None: now), or None.
+
+        ``until`` is an aware datetime; ``tenant`` + ``environment`` the scope. Equals
+        ``state()`` when consistent. Read in pages. Raises HistoryTrimmedError (``until`` is
+        before the retention cut and no archive is attached), ValidationError.
+        """
+        return await self.backplane.drive(self.core.replay(experiment, until=until, tenant=tenant,
+                                                           environment=environment))
+
+    async def verify(self, experiment: str, *, tenant: str | None = None,
+                     environment: str | None = None) -> list[str]:
+        """The differences between the replayed and the stored state of ``experiment``, one line each; [] when equal.
+
+        Scope ``tenant`` + ``environment``. The log is read in pages, then the state: not
+        one atomic snapshot, so a write in between can show as a difference.
+        """
+        return await self.backplane.drive(self.core.verify(experiment, tenant=tenant, environment=environment))
+
+    async def watch(self, *, tenant: str | None = None, environment: str | None = None,
+                    experiments: Iterable[str] | None = None, from_id: str = "$", block_ms: int = 1000,
+                    timeout: float | None = None) -> AsyncIterator[GovernanceEvent]:
+        """An async iterator of the scope's GovernanceEvents as they are written (XREAD BLOCK on its log).
+
+        ``tenant`` + ``environment`` is the scope; ``experiments`` keeps only their events
+        (None: all). ``from_id="$"`` starts at new events, ``"0"`` replays the scope from
+        its first event, an event id resumes after it. Each read blocks up to ``block_ms``
+        (cut to fit the socket timeout); it runs until the caller stops iterating, or for
+        ``timeout`` seconds. Raises ValidationError (a bad ``from_id``, ``block_ms`` or
+        ``timeout``), CorruptDataError (the log key is not a stream).
+        """
+        cursor = WatchCursor(self.backplane.core, tenant=tenant, environment=environment, experiments=experiments,
+                             from_id=from_id, block_ms=block_ms, timeout=timeout)
+        await self.backplane.drive(cursor.start())
+        while cursor.active():
+            for event in cursor.accept(await self.backplane.run(cursor.next_read(self.backplane.socket_timeout))):
+                yield event
