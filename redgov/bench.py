@@ -41,7 +41,8 @@ def run_benchmarks(url: str | None, n: int, as_json: bool) -> int:
             continue
         module = _load(path)
         argv = ["--url", url or DEFAULT_URL, "--n", str(n)] + (["--json"] if as_json else [])
-        sys.stdout.write(f"== benchmarks/{name}.py ==\n")
-        sys.stdout.flush()
+        header = sys.stderr if as_json else sys.stdout  # with --json, stdout carries only JSON
+        header.write(f"== benchmarks/{name}.py ==\n")
+        header.flush()
         status = max(status, int(module.main(argv)))
     return status

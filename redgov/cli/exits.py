@@ -1,0 +1,65 @@
+"""Exit status: the one function that decides it, and the one-line message of an error.
+
+0 success; 1 a governance refusal; 2 bad usage or configuration; 3 the server or
+the stored data failed. Anything else is a bug in redgov: exit 4, "internal error".
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import errors
+from ..embedded import EmbeddedError
+from .parser import UsageError
+
+__all__ = ["FAILED", "INTERNAL", "OK", "REFUSED", "USAGE", "exit_code", "label", "message_for", "one_line"]
+
+OK, REFUSED, USAGE, FAILED, INTERNAL = 0, 1, 2, 3, 4
+
+#: RedgovErrors that say the server or its data failed, not that governance refused
+_SERVER_FAILURES: tuple[type[BaseException], ...] = tuple(
+    cls for cls in (errors.CorruptDataError, errors.AccessDeniedError, errors.UnavailableError, EmbeddedError,
+                    getattr(errors, "DurabilityError", None))
+    if isinstance(cls, type))
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit status for ``error``: 1 refusal, 2 usage or configuration, 3 server or data, 4 a bug."""
+    if isinstance(error, _SERVER_FAILURES):
+        return FAILED
+    if isinstance(error, (UsageError, errors.ConfigError, errors.ValidationError)):  # SqlCopyError too
+        return USAGE
+    if isinstance(error, errors.RedgovError):  # conflict, invalid transition, approval, policy, lease, not found
+        return REFUSED
+    if isinstance(error, (RedisError, RedisClusterException, OSError)):  # connect, timeout, server refusals
+        return FAILED
+    return INTERNAL
+
+
+def label(code: int) -> str:
+    return {REFUSED: "refused", USAGE: "error", FAILED: "error"}.get(code, "internal error")
+
+
+def one_line(text: str) -> str:
+    """A message on one line (redis-py and SQLAlchemy messages may span several)."""
+    return " ".join(str(text).split())
+
+
+def _unreachable(error: BaseException) -> bool:
+    """The server could not be used at all (the message then names the url)."""
+    return isinstance(error, (RedisConnectionError, RedisTimeoutError, RedisClusterException, ConnectionError))
+
+
+def message_for(error: BaseException, code: int, url: str | None) -> str:
+    """The one-line message of an error: the url when the server could not be reached, a hint for
+    ``redis+cluster://`` against a single server, and "a bug" for exit 4."""
+    message = one_line(str(error)) or type(error).__name__
+    if _unreachable(error):
+        message = f"cannot use {url or 'the server'}: {message}"
+        if "cluster mode is not enabled" in message.lower():
+            message += " (a single server: use redis:// instead of redis+cluster://)"
+    if code == INTERNAL:
+        message += " (a bug in redgov: run with --debug for the traceback)"
+    return message

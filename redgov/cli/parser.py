@@ -1,0 +1,335 @@
+"""The ``redgov`` argument parser: every command, argument and option, each with its help.
+
+Global options (``--url --prefix --config --tenant --env --archive --json --debug``)
+are accepted before or after the command: they live on a parent parser used twice,
+by the main parser with real defaults and by every subcommand with
+``default=argparse.SUPPRESS``, so a value given before the command is not
+overwritten by a subcommand's default. Usage errors raise ``UsageError`` (exit 2)
+instead of exiting, so ``--json`` can report them like any other error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from datetime import datetime
+from typing import Any, NoReturn
+
+from .. import __version__
+from ..records import LifecycleState
+from ..rules import DEFAULT_RULES
+
+__all__ = ["DEFAULT_URL", "STATE_NAMES", "UsageError", "build_parser", "rules_text", "wants_json"]
+
+DEFAULT_URL = "embedded://.redgov/redgov.db"
+STATE_NAMES = ", ".join(s.value for s in LifecycleState)
+
+
+class UsageError(Exception):
+    """Bad usage of the command line (exit 2); ``usage`` is the usage line of the parser that refused."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+def rules_text() -> str:
+    """The default lifecycle rules, one ``from -> to, to`` line per state (as in README)."""
+    width = max(len(s.value) for s in LifecycleState)
+    lines = []
+    for source in LifecycleState:
+        targets = [t.value for t in LifecycleState if t in DEFAULT_RULES[source]]
+        lines.append(f"  {source.value:<{width}} -> {', '.join(targets) if targets else '(terminal)'}")
+    return "\n".join(lines)
+
+
+# -- argument types --------------------------------------------------------------------
+
+
+def _state(text: str) -> LifecycleState:
+    try:
+        return LifecycleState(text)
+    except ValueError:
+        for state in LifecycleState:
+            if text.lower() in (state.value.lower(), state.name.lower()):
+                return state
+        raise argparse.ArgumentTypeError(f"unknown state {text!r}; one of {STATE_NAMES}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a version number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a version number >= 1, got {value}")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of entries, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of entries >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _when(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time with a timezone, got {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no timezone; add Z or +00:00")
+    return moment
+
+
+def _telemetry(text: str) -> tuple[str, float | int]:
+    """``KEY=VALUE`` with a finite number as the value."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"telemetry {text!r} is not KEY=VALUE (e.g. errorRate=0.01)")
+    try:
+        value: float | int = int(raw)
+    except ValueError:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"telemetry {text!r}: the value of {key} must be a number, "
+                                             f"got {raw!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"telemetry {text!r}: the value of {key} must be a finite number")
+    return key, value
+
+
+# -- the parsers -----------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage())
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs keep their line breaks (state lists, rules, exit codes)."""
+
+
+def _global_options(parser: argparse.ArgumentParser, *, after: bool) -> None:
+    """The options every command accepts; ``after``: the subcommand's copies, which default to SUPPRESS."""
+    group = parser.add_argument_group("global options (before or after the command)")
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after else value
+
+    group.add_argument("--url", default=default(None), metavar="URL",
+                       help=f"Redis url: redis://, rediss://, unix://, redis+cluster://, memory://, embedded:// "
+                            f"(default: $REDGOV_URL, else the config's persistence, else {DEFAULT_URL})")
+    group.add_argument("--prefix", default=default(None), metavar="P",
+                       help="key prefix of the installation (default: the config's keyPrefix, else gov)")
+    group.add_argument("--config", default=default(None), metavar="FILE",
+                       help="governance config file (YAML or JSON): gates, policies, persistence, export url")
+    group.add_argument("--tenant", default=default(None), metavar="T", help="tenant of the scope (default: none)")
+    group.add_argument("--env", dest="environment", default=default(None), metavar="E",
+                       help="environment of the scope (default: none)")
+    group.add_argument("--archive", default=default(None), metavar="SQL_URL",
+                       help="SQL copy that history reads fall back to after `redgov trim` or retention "
+                            "(default: $REDGOV_EXPORT_URL, else the config's persistence.export.url)")
+    group.add_argument("--json", action="store_true", default=default(False),
+                       help="print exactly one JSON object per outcome on stdout, errors included")
+    group.add_argument("--debug", action="store_true", default=default(False),
+                       help="show the traceback of an error instead of one line")
+
+
+DESCRIPTION = """\
+Redis-native experiment governance: lifecycle state, transitions, approvals,
+configuration versions and policy evaluations, authoritative across processes.
+
+lifecycle states: {states}
+"""
+
+EPILOG = """\
+exit status:
+  0  success
+  1  a governance refusal (conflict, invalid transition, approval, policy, lease, not found;
+     verify: differences found)
+  2  bad usage or configuration (unknown command, option or state; bad config or input file)
+  3  the server or the stored data failed (cannot connect, timeout, permission, corrupt data,
+     the embedded server cannot start)
+  4  a bug in redgov (an unexpected error; --debug shows its traceback)
+
+`redgov COMMAND --help` describes a command's arguments and options.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="redgov", description=DESCRIPTION.format(states=STATE_NAMES), epilog=EPILOG,
+                     formatter_class=_Formatter)
+    _global_options(parser, after=False)
+    parser.add_argument("--version", action="version", version=f"redgov {__version__}",
+                        help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                                     title="commands")
+    commands.required = True
+
+    def command(name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary + ("\n\n" + details if details else ""),
+                                  formatter_class=_Formatter)
+        _global_options(sub, after=True)
+        return sub
+
+    def experiment(sub: argparse.ArgumentParser, what: str = "the experiment's name") -> None:
+        sub.add_argument("experiment", metavar="EXP", help=what)
+
+    def scope_limit(sub: argparse.ArgumentParser, entries: str) -> None:
+        sub.add_argument("--limit", type=_limit, metavar="N", help=f"show at most N {entries}")
+        sub.add_argument("--newest-first", action="store_true", dest="newest_first",
+                         help=f"newest {entries} first (with --limit: the newest N)")
+
+    def idempotency(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--idempotency-key", dest="idempotency_key", metavar="K",
+                         help="run this write at most once: a repeat with the same key returns the first result")
+
+    states_help = f"one of: {STATE_NAMES}"
+    rules = "default transition rules (from -> allowed to):\n" + rules_text()
+
+    # -- reading and changing the lifecycle
+    p = command("list", "list the experiments of the scope, by name")
+    p.add_argument("--state", type=_state, metavar="STATE", help=f"only experiments in this state ({states_help})")
+
+    p = command("create", "create an experiment in the initial state (with configuration version 1)")
+    experiment(p, "the new experiment's name")
+    p.add_argument("--configuration", metavar="FILE",
+                   help="its first configuration version, from a YAML or JSON file ('-': standard input)")
+    p.add_argument("--actor", help="who creates it (recorded)")
+    idempotency(p)
+
+    p = command("state", "show an experiment's current state")
+    experiment(p)
+
+    p = command("transition", "move an experiment to another state",
+                f"states: {STATE_NAMES}\n\n{rules}\n\nGates (manual approvals, roles) and policies from --config "
+                "apply on top of the rules.")
+    experiment(p)
+    p.add_argument("state", type=_state, metavar="STATE", help=f"the target state, {states_help}")
+    p.add_argument("--actor", help="who moves it (recorded)")
+    p.add_argument("--reason", help="why (recorded with the transition)")
+    p.add_argument("--telemetry", type=_telemetry, action="append", metavar="KEY=VALUE",
+                   help="a number the policies read, e.g. errorRate=0.01, trafficPercentage=20, "
+                        "runningDuration=3600 (repeat for several)")
+    p.add_argument("--role", help="the actor's role, recorded as metadata actorRole (what role gates check)")
+    p.add_argument("--etag", help="refuse with a conflict unless the stored state still has this etag")
+    idempotency(p)
+
+    p = command("approve", "record an approval (or a rejection) of a move, for a manual gate",
+                f"states: {STATE_NAMES}\n\nThe approval is for the move from the current state to STATE; the next "
+                "transition into STATE consumes it.")
+    experiment(p)
+    p.add_argument("state", type=_state, metavar="STATE", help=f"the state the approved move goes to, {states_help}")
+    p.add_argument("--approver", required=True, help="who approves (recorded; required)")
+    p.add_argument("--reason", help="why (recorded with the approval)")
+    p.add_argument("--reject", action="store_true", help="record a rejection instead (withdraws a pending approval)")
+    idempotency(p)
+
+    p = command("history", "list an experiment's transitions")
+    experiment(p)
+    scope_limit(p, "transitions")
+
+    p = command("approvals", "list an experiment's approvals and rejections")
+    experiment(p)
+    scope_limit(p, "approvals")
+
+    p = command("evaluations", "list an experiment's policy evaluations")
+    experiment(p)
+    scope_limit(p, "evaluations")
+
+    # -- configuration versions
+    p = command("configure", "add a configuration version from a YAML or JSON file")
+    experiment(p)
+    p.add_argument("file", metavar="FILE", help="the configuration: a YAML or JSON mapping ('-': standard input)")
+    p.add_argument("--description", help="what changed (recorded with the version)")
+    p.add_argument("--actor", help="who configures it (recorded)")
+    idempotency(p)
+
+    p = command("versions", "list an experiment's configuration versions (* marks the live one)")
+    experiment(p)
+    scope_limit(p, "versions")
+
+    p = command("diff", "path-level changes between two configuration versions")
+    experiment(p)
+    p.add_argument("a", type=_positive_int, metavar="A", help="the version to compare from")
+    p.add_argument("b", type=_positive_int, metavar="B", help="the version to compare to")
+
+    p = command("rollback", "restore the configuration of version N as a new version")
+    experiment(p)
+    p.add_argument("version", type=_positive_int, metavar="N", help="the version whose configuration is restored")
+    p.add_argument("--actor", help="who rolls back (recorded)")
+    idempotency(p)
+
+    # -- the event log
+    p = command("replay", "fold an experiment's event log into its state")
+    experiment(p)
+    p.add_argument("--until", type=_when, metavar="TIME",
+                   help="the state as of this time (ISO 8601 with a timezone, e.g. 2026-11-26T12:00:00Z)")
+
+    p = command("verify", "compare replayed and stored state: one line per difference, exit 1 if any",
+                "Without EXP every experiment of the scope is checked.")
+    p.add_argument("experiment", nargs="?", metavar="EXP",
+                   help="the experiment to check (default: every experiment of the scope)")
+
+    p = command("watch", "print the scope's events as they happen (Ctrl-C stops)")
+    p.add_argument("--from", dest="from_id", default="$", metavar="ID",
+                   help="'0' replays from the first event, an event id resumes after it (default: new events only)")
+    p.add_argument("--experiment", action="append", dest="experiments", metavar="EXP",
+                   help="only this experiment's events (repeat for several)")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="stop after this many seconds")
+
+    # -- the SQL copy
+    p = command("export", "copy the live state and history to SQL")
+    p.add_argument("--to", dest="to_url", metavar="SQL_URL",
+                   help="SQL url, e.g. sqlite:///gov.db (default: $REDGOV_EXPORT_URL, else the config's export url)")
+    p.add_argument("--follow", action="store_true", help="keep tailing the logs until SIGINT/SIGTERM")
+    p.add_argument("--trim", action="store_true",
+                   help="then remove the exported history from Redis, experiment by experiment")
+    p.add_argument("--keep", type=_seconds, metavar="SECONDS", help="seconds of recent entries trimming keeps")
+
+    p = command("restore", "rebuild the prefix from a SQL copy (a progress bar on a terminal)")
+    p.add_argument("--from", required=True, dest="from_url", metavar="SQL_URL", help="the SQL copy (required)")
+    p.add_argument("--force", action="store_true", help="replace the scopes the copy holds in a non-empty prefix")
+    p.add_argument("--source-prefix", dest="source_prefix", metavar="P",
+                   help="the copy's prefix to restore (default: --prefix if the copy has it, else its only one)")
+
+    p = command("trim", "remove from Redis the history the SQL copy holds (per experiment, never beyond it)",
+                "History reads then need the copy: --archive SQL_URL or the config's export url.")
+    p.add_argument("--to", dest="to_url", metavar="SQL_URL",
+                   help="SQL url of the copy (default: $REDGOV_EXPORT_URL, else the config's export url)")
+    p.add_argument("--keep", type=_seconds, metavar="SECONDS", help="seconds of recent entries to keep")
+
+    # -- tools
+    command("demo", "walk a sample experiment through its whole lifecycle")
+    p = command("bench", "run the benchmarks briefly and print their ratio tables")
+    p.add_argument("--n", type=_limit, default=2000, metavar="N", help="operations per benchmark (default 2000)")
+    command("schema", "print the JSON Schema of the configuration DSL")
+    return parser
+
+
+def wants_json(argv: list[str]) -> bool:
+    """Whether ``--json`` is among the options (before a ``--``): known before parsing, for usage errors."""
+    for token in argv:
+        if token == "--":
+            return False
+        if token == "--json":
+            return True
+    return False
