@@ -557,6 +557,18 @@ def test_incompatible_schema_version_is_refused(bp: redgov.Backplane, target: re
     assert prefix_keys(target.client, target.prefix) == []
 
 
+def test_reading_a_copy_that_does_not_exist_creates_no_file(bp: redgov.Backplane, target: redgov.Backplane,
+                                                            tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.db"
+    url = f"sqlite:///{missing}"
+    for attempt in (lambda: SqlArchive(url), lambda: trim(bp, url), lambda: restore(target, url, progress=False)):
+        with pytest.raises(SqlCopyError, match="does not exist"):
+            attempt()
+    assert not missing.exists()
+    assert export(bp, url, progress=False).url  # exporting creates it
+    assert missing.exists()
+
+
 def test_a_database_that_is_not_a_copy_is_refused(bp: redgov.Backplane, sqlite_url: str) -> None:
     engine = sa.create_engine(sqlite_url)
     try:

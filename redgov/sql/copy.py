@@ -8,6 +8,7 @@ SQLAlchemy error into one ``SqlCopyError`` naming the copy. Its reads serve
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -119,8 +120,12 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
-def open_engine(url: str) -> Engine:
-    """An engine for url, connected once to prove it works; SqlCopyError otherwise."""
+def open_engine(url: str, *, must_exist: bool = False) -> Engine:
+    """An engine for url, connected once to prove it works; SqlCopyError otherwise.
+
+    ``must_exist``: a SQLite file that does not exist is refused instead of created (reading a copy
+    never leaves an empty database file behind).
+    """
     shown = safe_url(url)
     if not isinstance(url, str) or not url:
         raise SqlCopyError(f"the SQL copy needs a database url (e.g. sqlite:///gov.db), got {url!r}")
@@ -139,6 +144,10 @@ def open_engine(url: str) -> Engine:
     except (sa_exc.ArgumentError, TypeError, ValueError) as exc:
         raise SqlCopyError(f"bad database url {shown}: {exc}") from None
     if engine.dialect.name == "sqlite":
+        path = parsed.database
+        if must_exist and path and path != ":memory:" and not parsed.query.get("uri") and not os.path.exists(path):
+            engine.dispose()
+            raise SqlCopyError(f"there is no SQL copy at {shown}: {path} does not exist (export to it first)")
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
     try:
@@ -187,7 +196,7 @@ class SqlCopy:
 
     def __init__(self, url: str, *, create: bool) -> None:
         self.url = safe_url(url)
-        self.engine = open_engine(url)
+        self.engine = open_engine(url, must_exist=not create)
         try:
             self._prepare(create)
         except BaseException:
