@@ -74,9 +74,13 @@ def seed_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def config_error(source: Any) -> str:
+    return str(config_exception(source))
+
+
+def config_exception(source: Any) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         load_config(source)
-    return str(info.value)
+    return info.value
 
 
 # -- the seed's samples ---------------------------------------------------------------
@@ -481,10 +485,12 @@ BAD = [
 
 @pytest.mark.parametrize(("text", "expected"), BAD)
 def test_refusals_name_path_and_value(text: str, expected: str) -> None:
-    message = config_error(text)
-    assert message.startswith(expected), message
-    nested = config_error("experimentFramework:\n" + "".join(f"  {line}\n" for line in text.splitlines()))
-    assert nested.startswith("experimentFramework." + expected.replace("(line 3, column 3)", "(line 4, column 5)"))
+    error = config_exception(text)
+    assert error.errors[0].startswith(expected), str(error)  # the first problem found; others may follow
+    assert expected.split(":")[0] in str(error)
+    nested = config_exception("experimentFramework:\n" + "".join(f"  {line}\n" for line in text.splitlines()))
+    assert nested.errors[0].startswith(
+        "experimentFramework." + expected.replace("(line 3, column 3)", "(line 4, column 5)")), str(nested)
 
 
 def test_refusals_in_json_text() -> None:
@@ -496,9 +502,15 @@ def test_refusals_in_json_text() -> None:
 
 def test_refusal_in_file_names_file(tmp_path: Path) -> None:
     path = tmp_path / "gov.yaml"
-    path.write_text("governance:\n  approvalGates:\n    - type: automatic\n      fromStat: Draft\n")
+    path.write_text("governance:\n  approvalGates:\n    - type: automatic\n      fromStat: Draft\n      toState: Running\n")
     assert config_error(path) == (f"{path}: governance.approvalGates[0].fromStat: unknown key; "
                                   f"did you mean 'fromState'?")
+    path.write_text("governance:\n  approvalGates:\n    - type: automatic\n      fromStat: Draft\n")
+    error = config_exception(path)
+    assert str(error) == (f"{path}: 2 configuration errors:\n"
+                          f"  governance.approvalGates[0].fromStat: unknown key; did you mean 'fromState'?\n"
+                          f"  governance.approvalGates[0].toState: missing required key (expected one of {ALL_STATES})")
+    assert error.errors == tuple(line.strip() for line in str(error).splitlines()[1:])
 
 
 def test_bad_source_type() -> None:
@@ -573,8 +585,8 @@ def test_config_schema() -> None:
     assert set(root["properties"]) == {"experimentFramework", "governance"}
     governance = defs["GovernanceConfig"]
     assert governance["additionalProperties"] is False
-    assert set(governance["properties"]) == {"initialState", "enableAutoVersioning", "approvalGates",
-                                             "policies", "persistence"}
+    assert set(governance["properties"]) == {"initialState", "enableAutoVersioning", "requireTelemetry",
+                                             "approvalGates", "policies", "persistence"}
     assert set(defs["LifecycleState"]["enum"]) == {s.value for s in LifecycleState}
     assert set(defs["RoleGateConfig"]["properties"]) == {"type", "fromState", "toState", "properties",
                                                          "allowedRoles"}
