@@ -152,8 +152,9 @@ class Core(Reads):
     def save_state(self, state: ExperimentState, expected_etag: str | None) -> Call[SaveResult]:
         if not isinstance(state, ExperimentState):
             raise ValidationError(f"save_state takes an ExperimentState, got {type(state).__name__}"
-                                  + (" (did a get_state return None: the experiment does not exist?)"
-                                     if state is None else ""))
+                                  + ("; None comes from a get_state of an experiment that does not exist, or "
+                                     "from the .state of a SaveResult whose save was refused (check .conflict: "
+                                     "without an expected_etag save_state only creates)" if state is None else ""))
         if expected_etag is not None and (not isinstance(expected_etag, str) or not expected_etag):
             raise ValidationError(f"expected_etag must be a non-empty string or None, got {expected_etag!r}")
         etag, op, _ = new_ids()

@@ -21,6 +21,7 @@ from redgov import (
     SaveResult,
     Severity,
     StateTransition,
+    ValidationError,
 )
 from redgov.aio import AsyncBackplane
 
@@ -315,3 +316,11 @@ def test_governance_on_every_engine(any_backplane: Backplane) -> None:
     assert [e.kind for e in gov.watch(from_id="0", timeout=0.1)][:2] == ["state", "transition"]
     results = gov.transition_many([redgov.TransitionRequest(experiment="exp", to=S.PAUSED)])
     assert isinstance(results[0], redgov.StateTransition)
+
+
+def test_saving_the_state_of_a_refused_save_says_what_happened(backplane: Backplane) -> None:
+    first = backplane.save_state(ExperimentState(experiment="twice", state=LifecycleState.DRAFT))
+    again = backplane.save_state(ExperimentState(experiment="twice", state=LifecycleState.DRAFT))
+    assert first.ok and again.conflict and again.state is None
+    with pytest.raises(ValidationError, match="SaveResult whose save was refused .*without an expected_etag"):
+        backplane.save_state(again.state, expected_etag=first.etag)  # type: ignore[arg-type]

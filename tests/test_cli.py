@@ -221,6 +221,12 @@ def test_usage_errors_in_process(capsys: pytest.CaptureFixture[str], monkeypatch
     assert "initialState" in run("--config", "typo.yaml", "state", "exp", code=2)[1]
     assert run.json("state", "exp", "--config", "typo.yaml", code=2)["error"] == "ConfigError"
     assert run.json("--url", "ftp://x", "state", "exp", code=2)["error"] == "ValidationError"
+    (tmp_path / "three.yaml").write_text("governance:\n  initialState: Nope\n  policies:\n"
+                                         "    - {type: errorRate, maxErrorRate: 5}\n    - {type: bogus}\n")
+    every = run("--config", "three.yaml", "list", code=2)[1].splitlines()
+    assert "3 configuration errors" in every[0] and len(every) == 4, every  # one problem per line
+    assert [line.split(":")[0].strip() for line in every[1:]] == [
+        "governance.initialState", "governance.policies[0].maxErrorRate", "governance.policies[1].type"]
     assert "no timezone" in run("replay", "exp", "--until", "2026-01-01T00:00:00", code=2)[1]
 
 

@@ -30,13 +30,7 @@ NAMESPACES: tuple[types.ModuleType, ...] = (redgov, redgov.aio, redgov.sql)
 #: policies.py, config.py, govcore.py). They are excluded from the checks below until documented;
 #: ``test_pending_names_still_need_docs`` fails once one of them passes, so it is removed from here.
 #: The lead empties this set.
-PENDING: set[str] = {
-    # config.py / config/ (its owner)
-    "redgov.GovernanceConfig", "redgov.GovernanceConfig.auto_versioning", "redgov.GovernanceConfig.export_url",
-    "redgov.GovernanceConfig.gates", "redgov.GovernanceConfig.optimistic_concurrency",
-    "redgov.GovernanceConfig.policies", "redgov.GovernanceConfig.prefix", "redgov.from_config",
-    "redgov.load_config",
-}
+PENDING: set[str] = set()
 
 #: Parameters that only pass things through (not documented one by one).
 CATCH_ALL = {"args", "kwargs"}

@@ -53,9 +53,11 @@ def _unreachable(error: BaseException) -> bool:
 
 
 def message_for(error: BaseException, code: int, url: str | None) -> str:
-    """The one-line message of an error: the url when the server could not be reached, a hint for
+    """The message of an error, on one line (a ConfigError of several problems: one per line): the url when the server could not be reached, a hint for
     ``redis+cluster://`` against a single server, and "a bug" for exit 4."""
     message = one_line(str(error)) or type(error).__name__
+    if isinstance(error, errors.ConfigError) and len(getattr(error, "errors", ())) > 1:
+        message = "\n".join(line.rstrip() for line in str(error).splitlines())  # one problem per line
     if _unreachable(error):
         message = f"cannot use {url or 'the server'}: {message}"
         if "cluster mode is not enabled" in message.lower():
