@@ -78,6 +78,19 @@ def access_probe(core: Core, scope: Scope) -> Call[None]:
     return Call(keys, (), parse, "check_access")
 
 
+def init_shell(shell: Any, client: Any, *, prefix: str, optimistic_concurrency: bool, archive: Archive | None,
+               retain_history: int | None, cache: StateCache | None) -> None:
+    """What Backplane and AsyncBackplane set up alike: the core, the client, the socket timeout, the cache."""
+    shell.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
+                      retain_history=retain_history)
+    shell.client = client
+    shell._cluster = type(client).__name__ == "RedisCluster"
+    #: the socket timeout: blocking reads (watch) are cut to fit in it
+    shell.socket_timeout = socket_timeout(client)
+    #: the local get_state cache (None: every read goes to Redis)
+    shell.cache = cache
+
+
 class Backplane:
     """The persistence interface (the seed's) over one Redis or Redis Cluster client.
 
@@ -114,18 +127,12 @@ class Backplane:
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
                  archive: Archive | None = None, retain_history: int | None = None,
                  on_close: Callable[[], None] | None = None, cache: StateCache | None = None) -> None:
-        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
-                         retain_history=retain_history)
-        self.client = client
+        init_shell(self, client, prefix=prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
+                   retain_history=retain_history, cache=cache)
         self._scripts: dict[str, Script] = {
             name: client.register_script(spec.text) for name, spec in self.core.specs.items()
         }
-        self._cluster = type(client).__name__ == "RedisCluster"
         self._on_close = on_close
-        #: the socket timeout: blocking reads (watch) are cut to fit in it
-        self.socket_timeout = socket_timeout(client)
-        #: the local get_state cache (None: every read goes to Redis)
-        self.cache = cache
 
     @property
     def prefix(self) -> str:

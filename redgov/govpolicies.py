@@ -11,49 +11,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import msgspec
 
 from .calls import Call, Plan, settled
 from .codec import decode_fields, decode_state_hash, from_micros, state_fields, stored, text, to_micros
-from .core import Core
 from .errors import (
     CorruptDataError,
     NotFoundError,
     PolicyViolationError,
 )
+from .govreads import GovernanceSettings
 from .keys import ExperimentKeys, Scope
-from .policies import RUNNING_STATES, ConflictPrevention, Policy, PolicyContext, TrafficLimit, check_telemetry
+from .policies import RUNNING_STATES, ConflictPrevention, PolicyContext, TrafficLimit, check_telemetry
 from .records import (
     LifecycleState,
     PolicyEvaluation,
     Severity,
     StateTransition,
 )
-from .rules import Rules
 from .validate import check_state
 
 __all__ = ["PolicyPlans", "replay_refusal"]
 
 
-class PolicyPlans:
+class PolicyPlans(GovernanceSettings):
     """The policy half of ``GovernanceCore`` (a mixin)."""
-
-    if TYPE_CHECKING:  # provided by GovernanceCore
-        core: Core
-        rules: Rules
-        policies: tuple[Policy, ...]
-        initial_state: LifecycleState
-        auto_create: bool
-        require_telemetry: bool
-        telemetry_keys: tuple[str, ...]
-        _window_ms: int
-
-        def now(self) -> datetime: ...
-
-        def _names(self, experiment: object, tenant: object,
-                   environment: object) -> tuple[str, str | None, str | None]: ...
 
     def _evaluate(self, experiment: str, target: LifecycleState | None, current: LifecycleState | None,
                   telemetry: Mapping[str, Any], now: datetime, tenant: str | None,

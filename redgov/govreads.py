@@ -22,14 +22,14 @@ from .records import (
 from .rules import Rules
 from .validate import check_state
 
-__all__ = ["LIST_PAGE", "ReadPlans", "compare"]
+__all__ = ["LIST_PAGE", "GovernanceSettings", "ReadPlans", "compare"]
 
 #: experiments listed per round trip
 LIST_PAGE = 200
 
 
-class ReadPlans:
-    """The reading half of ``GovernanceCore`` (a mixin)."""
+class GovernanceSettings:
+    """What the plan mixins of ``GovernanceCore`` read from it (declared once, for type checkers)."""
 
     if TYPE_CHECKING:  # provided by GovernanceCore
         core: Core
@@ -46,6 +46,9 @@ class ReadPlans:
         def _names(self, experiment: object, tenant: object,
                    environment: object) -> tuple[str, str | None, str | None]: ...
 
+
+class ReadPlans(GovernanceSettings):
+    """The reading half of ``GovernanceCore`` (a mixin)."""
 
     def allowed_transitions(self, experiment: str, *, tenant: str | None,
                             environment: str | None) -> Plan[list[LifecycleState]]:

@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 from redis.commands.core import AsyncScript
 from redis.exceptions import ClusterError, ResponseError, TryAgainError
 
-from ..backplane import SLOT_SETTLE_SECONDS, access_probe, backplane_repr, slot_moving, socket_timeout
+from ..backplane import SLOT_SETTLE_SECONDS, access_probe, backplane_repr, init_shell, slot_moving
 from ..cache import MISS, StateCache
-from ..core import Archive, Call, Core, Plan, settle
+from ..core import Archive, Call, Plan, settle
 from ..embedded import EmbeddedServer
 from ..errors import RedgovError, UnavailableError
 from ..records import (
@@ -47,17 +47,13 @@ class AsyncBackplane:
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
                  archive: Archive | None = None, retain_history: int | None = None,
                  cache: StateCache | None = None, server: EmbeddedServer | None = None) -> None:
-        self.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
-                         retain_history=retain_history)
-        self.client = client
+        init_shell(self, client, prefix=prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
+                   retain_history=retain_history, cache=cache)
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(spec.text) for name, spec in self.core.specs.items()
         }
-        self._cluster = type(client).__name__ == "RedisCluster"
         self._server = server
         self._server_open = False
-        self.socket_timeout = socket_timeout(client)
-        self.cache = cache
 
     @property
     def prefix(self) -> str:
