@@ -30,7 +30,7 @@ from .codec import (
 from .errors import HistoryTrimmedError, ValidationError
 from .keys import ExperimentKeys, Scope
 from .records import ApprovalRecord, ConfigurationVersion, ExperimentState, PolicyEvaluation, StateTransition
-from .validate import check_name
+from .validate import check_name, check_version_number
 
 if TYPE_CHECKING:
     from .calls import Archive
@@ -304,8 +304,7 @@ class Reads:
 
     def version(self, experiment: str, number: int, tenant: str | None,
                 environment: str | None) -> Plan[ConfigurationVersion | None]:
-        if isinstance(number, bool) or not isinstance(number, int):
-            raise ValidationError(f"version number must be an integer, got {number!r}")
+        check_version_number(number, "version number")  # scores above 2**53 - 1 would match a neighbour
         return (yield from self._one_version(experiment, number, tenant, environment))
 
     def _one_version(self, experiment: str, number: int | None, tenant: str | None,

@@ -62,6 +62,9 @@ def test_bad_state_is_refused_before_any_write(backplane: Backplane, make, messa
         (lambda bp: bp.get_state(None), "experiment must be a string"),
         (lambda bp: bp.get_state("e", tenant=3), "tenant"),
         (lambda bp: bp.version("e", "2"), "version number"),
+        (lambda bp: bp.append_version(ConfigurationVersion(experiment="e", version=2**53, configuration={})),
+         r"version number must be an integer from 1 to 2\*\*53 - 1, got 9007199254740992"),
+        (lambda bp: bp.version("e", 2**53 + 1), "2\\*\\*53 - 1"),
     ],
 )
 def test_bad_input_everywhere(backplane: Backplane, call, message: str) -> None:  # type: ignore[no-untyped-def]
