@@ -12,8 +12,10 @@ ARGV[8] retain: history entries kept for the experiment (0 = all)
 ARGV[9] ApprovalRecord, JSON (from_state is the entry's 'from' field)
 ARGV[10] idempotency intent ('' = no key)
 ARGV[11] idempotency window, ms
-Returns: {1, approval entry id, from state}; a re-send {2, ...}; an idempotency replay
-         {3, entry id, from state, approval record}
+ARGV[12] valid for, ms ('' = until consumed or lapsed): the approval stops satisfying its gate that long
+        after now (server clock, TIME); kept as entry field vu and in the pending field ('<id>|<vu>')
+Returns: {1, approval entry id, from state, valid until ms or ''}; a re-send {2, ...}; an idempotency replay
+         {3, entry id, from state, approval record, valid until ms or ''}
 Errors: REDGOV_NOT_FOUND, REDGOV_INVALID_TRANSITION <no rule allows the move>, REDGOV_CORRUPT, REDGOV_DENIED
 ]]
 -- @include lib/common.lua
@@ -22,7 +24,7 @@ Errors: REDGOV_NOT_FOUND, REDGOV_INVALID_TRANSITION <no rule allows the move>, R
 -- @include lib/retain.lua
 local op, expire, experiment, target, sources = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local approved, initial, retain, record = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
-local intent, window = ARGV[10], ARGV[11]
+local intent, window, valid_for = ARGV[10], ARGV[11], ARGV[12]
 local idem_key = nil
 if intent ~= '' then idem_key = KEYS[12] end
 local what = 'experiment ' .. experiment
@@ -58,11 +60,19 @@ local trim
 trim, err = retention().plan(retain, 1, length)
 if err then return err end
 
-local id = hist().add_entry('A', experiment, record, {'from', current})
-hist().pend(current, target, id, approved == '1', pending)
+local valid_until = ''
+local fields = {'from', current}
+if valid_for ~= '' then
+  local clock = redis.call('TIME')
+  valid_until = string.format('%d', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    + tonumber(valid_for))
+  fields = {'from', current, 'vu', valid_until}
+end
+local id = hist().add_entry('A', experiment, record, fields)
+hist().pend(current, target, id, approved == '1', pending, valid_until)
 hist().register(experiment)
 if trim then retention().apply(trim) end
-local reply = {1, id, current}
+local reply = {1, id, current, valid_until}
 op_done(op, reply, expire)
-if idem_key then idem().done(idem_key, intent, {1, id, current, record}, window) end
+if idem_key then idem().done(idem_key, intent, {1, id, current, record, valid_until}, window) end
 return reply

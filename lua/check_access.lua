@@ -1,7 +1,7 @@
 --[[ check_access: whether this user's ACL allows every command redgov runs on a scope's keys (Redis >= 7.0).
 KEYS[1..11] standard keys of a probe experiment of the scope (lib/common.lua)
 KEYS[12] an idempotency record of that experiment
-KEYS[13] its lease hash
+KEYS[13] its lease (a string)
 Returns: '' when everything is allowed (or the server cannot tell), else '<COMMAND> <key>', the first refused
 ]]
 if not redis.acl_check_cmd then return '' end
@@ -12,7 +12,7 @@ local function check(command, key, ...)
 end
 local H, X, L, Z, S = 'hash', 'stream', 'list', 'zset', 'string'
 local plan = {{1, H}, {2, X}, {3, L}, {4, H}, {5, L}, {6, L}, {7, Z}, {8, H}, {9, H}, {10, H}, {11, Z}, {12, S},
-  {13, H}}
+  {13, S}}
 for _, item in ipairs(plan) do
   local key, kind, refused = KEYS[item[1]], item[2], nil
   if kind == H then
@@ -30,7 +30,7 @@ for _, item in ipairs(plan) do
       or check('ZCARD', key) or check('ZCOUNT', key, '0', '1') or check('ZRANGEBYSCORE', key, '0', '1')
       or check('ZREVRANGEBYSCORE', key, '1', '0') or check('ZRANGEBYLEX', key, '-', '+')
   else
-    refused = check('GET', key) or check('SET', key, 'v')
+    refused = check('GET', key) or check('SET', key, 'v', 'PXAT', '1') or check('DEL', key)
   end
   if refused then return refused end
 end

@@ -46,7 +46,8 @@ err = util().expect_all(log_key, 'stream', history_key, 'list', index_key, 'zset
 if err then return err end
 
 local revision = tonumber(stored[2] or '0') + 1
-redis.call('HSET', state_key, 's', initial, 'v', config_version, 't', now, 'm', metadata, 'e', etag, 'r', revision)
+redis.call('HSET', state_key, 's', initial, 'v', config_version, 't', now, 'm', metadata, 'e', etag, 'r', revision,
+  'es', now)
 if actor ~= '' then redis.call('HSET', state_key, 'b', actor) end
 if initial == 'Running' or initial == 'Ramping' then redis.call('HSET', state_key, 'rs', now) end
 hist().register(experiment)

@@ -1,6 +1,7 @@
 --[[ create_version: add the next configuration version (its number assigned here); optionally follow it.
 KEYS[1..11] standard keys (lib/common.lua)
-KEYS[12..] the idempotency record {T}:i:<exp>:<key> (when ARGV[11] is not '')
+KEYS[12..] the idempotency record {T}:i:<exp>:<key> (when ARGV[11] is not ''), then the experiment's lease
+        {T}:k:<exp> (when ARGV[13] is not '': always the last key)
 ARGV[1] operation id ('' = no dedupe)
 ARGV[2] '1' when the ops bucket needs its expiry set
 ARGV[3] experiment name
@@ -14,9 +15,10 @@ ARGV[10] ConfigurationVersion record, JSON (the version number, the state it was
         followed write's revision and etag are entry fields)
 ARGV[11] idempotency intent ('' = no key)
 ARGV[12] idempotency window, ms
+ARGV[13] fencing token: refuse unless the experiment's lease holds it ('' = not fenced)
 Returns: {1, version number, revision (0: the state was not written), current state ('' = none)};
          a re-send {2, ...}; an idempotency replay {3, number, revision, state, etag, version record}
-Errors: REDGOV_NOT_FOUND, REDGOV_CORRUPT, REDGOV_DENIED
+Errors: REDGOV_NOT_FOUND, REDGOV_LEASE, REDGOV_CORRUPT, REDGOV_DENIED
 ]]
 -- @include lib/common.lua
 -- @include lib/idem.lua
@@ -24,7 +26,7 @@ Errors: REDGOV_NOT_FOUND, REDGOV_CORRUPT, REDGOV_DENIED
 -- @include lib/retain.lua
 local op, expire, experiment, follow, must_exist = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local etag, now, actor, retain, record = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
-local intent, window = ARGV[11], ARGV[12]
+local intent, window, fence = ARGV[11], ARGV[12], ARGV[13]
 local idem_key = nil
 if intent ~= '' then idem_key = KEYS[12] end
 local what = 'experiment ' .. experiment
@@ -39,6 +41,10 @@ local current = stored[1]
 if current and not is_state(current) then return util().bad_value(state_key, 's', current, 'a lifecycle state') end
 if not current and must_exist == '1' then return refuse('NOT_FOUND', what .. ' does not exist (create it first)') end
 if stored[2] and not is_count(stored[2]) then return util().bad_value(state_key, 'r', stored[2], 'a revision') end
+if fence ~= '' then
+  err = util().fenced(KEYS[#KEYS], fence, what)
+  if err then return err end
+end
 local number
 number, err = retention().highest_version()
 if err then return err end

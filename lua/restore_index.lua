@@ -43,7 +43,8 @@ for i = IDS, #ARGV do
       hist().link(rec['transition_id'], {id})
     elseif from then -- approve.lua
       local to = tostring(rec['to_state'])
-      hist().pend(from, to, id, rec['approved'] == true, redis.call('HEXISTS', state_key, 'p:' .. from .. '>' .. to) == 1)
+      hist().pend(from, to, id, rec['approved'] == true, redis.call('HEXISTS', state_key, 'p:' .. from .. '>' .. to) == 1,
+        retention().entry_field(fields, 'vu'))
     end
   elseif code == 't' then -- create.lua and append_transition.lua: their transition ids are unique per scope
     redis.call('HSET', links_key, 'x:' .. tostring(rec['transition_id']), id)

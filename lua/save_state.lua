@@ -63,6 +63,7 @@ else
   if stored[2] then redis.call('HDEL', state_key, 'b') end
 end
 if not current then hist().register(experiment) end
+if stored[4] ~= state then redis.call('HSET', state_key, 'es', modified_at) end -- entered its state (gates)
 local was_running = stored[4] == 'Running' or stored[4] == 'Ramping'
 if state == 'Running' or state == 'Ramping' then -- rs: when it entered them, kept while in them (TrafficLimit)
   if not was_running then redis.call('HSET', state_key, 'rs', modified_at) end

@@ -1,7 +1,8 @@
 --[[ transition: move one experiment to a new lifecycle state, atomically.
 KEYS[1..4] standard keys (lib/common.lua): state, log, history, ops bucket
-KEYS[5..] with a plan: standard keys 5-11, then the idempotency record {T}:i:<exp>:<key> (plan.idem) and
-        the state hashes of the other experiments of the conflict groups (plan.groups)
+KEYS[5..] with a plan: standard keys 5-11, then the idempotency record {T}:i:<exp>:<key> (plan.idem), the
+        state hashes of the other experiments of the conflict groups (plan.groups) and the experiment's
+        lease {T}:k:<exp> (plan.lease)
 ARGV[1] operation id (the same on every re-send of this call; '' = no dedupe)
 ARGV[2] '1' when the ops bucket needs its expiry set
 ARGV[3] experiment name
@@ -12,23 +13,26 @@ ARGV[7] now, epoch microseconds
 ARGV[8] actor ('' = none)
 ARGV[9] steps: '|<state>:<n>|...', the states the rules allow into the target; n > 0 names a step detail
 ARGV[10] plan, JSON ('' = none): retain (history kept, 0 = all), initial (state of an experiment not
-        created yet, absent = it must exist), details {"<n>": {deny?, manual?, approvals: list of i}},
+        created yet, absent = it must exist), details {"<n>": {deny?, manual?, approvals: list of i, after?:
+        epoch µs the experiment must have entered its state by, gate, wait (text), span (µs)}},
         policies: list of (i, policy name) pairs (evaluations decided in Python), groups: the policies
         decided here, each {name, ok: i, fail: i, soft?: 1 when a failure only records, and either others:
         list of (experiment, key number) pairs (conflict prevention: none of them may be Running or
         Ramping) or since: epoch µs, why: text (a stable time: the experiment must have been Running or
         Ramping since at most then; field rs of its state, else t)}, tid (transition id), idem (the
-        idempotency record is KEYS[12]), intent, window (ms)
+        idempotency record is KEYS[12]), intent, window (ms), lease: (token, key number) (refuse unless the
+        experiment's lease holds that fencing token)
 ARGV[11] the StateTransition record, JSON (from_state, revision and etag are entry fields)
 ARGV[12..] the approval and evaluation records the plan names by i (record i is ARGV[11 + i])
 Returns: {1, revision, entry id, from state}; a re-send {2, ...the same}; an idempotency replay
          {3, revision, entry id, from state, etag, transition record}, or {4, policy refusal, the
          evaluation records it wrote...} when the key's first call was refused by a policy
-Errors: REDGOV_NOT_FOUND, REDGOV_CONFLICT (an etag conflict names the current etag and state),
+Errors: REDGOV_NOT_FOUND, REDGOV_LEASE, REDGOV_CONFLICT (an etag conflict names the current etag and state),
         REDGOV_INVALID_TRANSITION, REDGOV_APPROVAL_REQUIRED,
         REDGOV_POLICY_VIOLATION <failed group numbers, 0-based> <current state> <detail> (the evaluations
         are recorded), REDGOV_CORRUPT, REDGOV_DENIED
-State hash field rs: when the experiment entered Running or Ramping (epoch µs), present while it is in them.
+State hash fields rs: when the experiment entered Running or Ramping (epoch µs), present while it is in them;
+es: when it entered its current state (epoch µs; an AutomaticGate with after waits from there).
 ]]
 -- @include lib/common.lua
 -- @include lib/idem.lua
@@ -67,6 +71,10 @@ if not revision or revision < 0 or revision % 1 ~= 0 or revision > 9007199254740
   return util().bad_value(state_key, 'r', stored[4], 'a revision')
 end
 revision = revision + 1
+if plan and plan['lease'] then
+  err = util().fenced(KEYS[plan['lease'][2]], plan['lease'][1], what)
+  if err then return err end
+end
 if expected ~= '' and stored[2] ~= expected then
   return refuse('CONFLICT', what .. ': expected etag ' .. expected .. ', found ' .. (stored[2] or 'none')
     .. ' (' .. (stored[1] or 'no state') .. ')')
@@ -82,6 +90,20 @@ if step_number ~= '0' then step = plan['details'][step_number] end
 if step and step['deny'] then
   return refuse('APPROVAL_REQUIRED', what .. ': ' .. current .. ' -> ' .. target .. ': ' .. step['deny'])
 end
+if step and step['after'] then -- an AutomaticGate with after: the experiment must have waited in its state
+  local times
+  times, err = read('HMGET', state_key, 'es', 't')
+  if err then return err end
+  local entered = times[1] or times[2] or now -- no es (older data, a restore): the last state write
+  if not string.match(entered, '^%d+$') then
+    return util().bad_value(state_key, times[1] and 'es' or 't', entered, 'a time in µs')
+  end
+  if tonumber(entered) > step['after'] then
+    return refuse('APPROVAL_REQUIRED', what .. ': ' .. current .. ' -> ' .. target .. ': ' .. step['gate']
+      .. ' approves it once the experiment has been ' .. current .. ' for ' .. step['wait'] .. '; allowed from @us:'
+      .. string.format('%d', tonumber(entered) + step['span']))
+  end
+end
 local approval_id = nil
 if step and step['manual'] then
   local field = 'p:' .. current .. '>' .. target
@@ -92,8 +114,17 @@ if step and step['manual'] then
     return refuse('APPROVAL_REQUIRED', what .. ': ' .. current .. ' -> ' .. target
       .. ' needs a recorded manual approval (' .. step['manual'] .. ')')
   end
-  approval_id = util().split(found, '|')[1]
+  local parts = util().split(found, '|')
+  approval_id = parts[1]
   if not is_id(approval_id) then return util().bad_value(state_key, field, found, 'an approval entry id') end
+  if parts[2] then -- given with valid_for: judged by the server's clock
+    if not is_count(parts[2]) then return util().bad_value(state_key, field, found, "'<id>|<valid until ms>'") end
+    local clock = redis.call('TIME')
+    if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(parts[2]) then
+      return refuse('APPROVAL_REQUIRED', what .. ': ' .. current .. ' -> ' .. target .. ' needs a recorded manual '
+        .. 'approval (' .. step['manual'] .. '); the approval ' .. approval_id .. ' expired at @ms:' .. parts[2])
+    end
+  end
 end
 local role_approvals = step and step['approvals']
 if role_approvals and #role_approvals == 0 then role_approvals = nil end
@@ -195,10 +226,10 @@ end
 if type(id) == 'table' then return failed_on(log_key, id['err']) end -- the first write: nothing was written
 redis.call('RPUSH', history_key, 'T' .. id)
 if actor == '' then
-  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision)
+  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'es', now)
   if stored[3] then redis.call('HDEL', state_key, 'b') end
 else
-  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'b', actor)
+  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'b', actor, 'es', now)
 end
 if target == 'Running' or target == 'Ramping' then
   if not running then redis.call('HSET', state_key, 'rs', now) end

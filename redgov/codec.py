@@ -37,7 +37,7 @@ from .records import (
 from .validate import check_name, check_scope_part
 
 __all__ = ["Entry", "MAX_RECORD_BYTES", "decode_entry", "decode_fields", "decode_state_hash", "encode_record",
-           "fold_states", "from_micros", "stored", "text", "to_micros"]
+           "fold_states", "from_micros", "from_millis", "stored", "text", "to_micros"]
 
 R = TypeVar("R", bound=msgspec.Struct)
 
@@ -69,6 +69,11 @@ def to_micros(value: datetime) -> int:
 
 def from_micros(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
+
+
+def from_millis(value: int) -> datetime:
+    """An epoch-milliseconds server time (TIME in a script) as an aware UTC datetime."""
+    return _EPOCH + timedelta(milliseconds=value)
 
 
 def _utc(value: datetime) -> datetime:
@@ -123,7 +128,7 @@ def encode_record(record: R) -> tuple[R, bytes]:
     changes = {
         name: _utc(value)
         for name in _DATETIME_FIELDS[type(record)]
-        if (value := getattr(checked, name)).tzinfo is not UTC
+        if (value := getattr(checked, name)) is not None and value.tzinfo is not UTC
     }
     if changes:
         checked = msgspec.structs.replace(checked, **changes)
@@ -183,6 +188,8 @@ def decode_fields(entry_id: str, fields: Mapping[str, bytes], log_key: str, *,
             changes[_FROM_FIELD[kind]] = LifecycleState(text(source))
         if kind == "approval" and "tid" in fields:
             changes["transition_id"] = text(fields["tid"])
+        if kind == "approval" and "vu" in fields:  # valid until, server ms (approve.lua)
+            changes["valid_until"] = from_millis(int(fields["vu"]))
         if tenant is not None and record.tenant is None:
             changes["tenant"] = tenant
         if environment is not None and record.environment is None:

@@ -30,8 +30,10 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CorruptDataError",
+    "DurabilityError",
     "HistoryTrimmedError",
     "InvalidTransitionError",
+    "LeaseError",
     "NotFoundError",
     "PolicyViolationError",
     "RedgovError",
@@ -73,6 +75,36 @@ class ConflictError(RedgovError):
         super().__init__(message)
         self.current_etag = current_etag
         self.current_state = current_state
+
+
+class LeaseError(ConflictError):
+    """The experiment's lease is held by another owner, or the lease passed in has expired or been
+    taken over (its fencing token is no longer the current one); nothing was written.
+
+    Raised by ``acquire_lease`` (another owner holds it unexpired), ``renew_lease`` (the lease
+    is no longer this one), and by ``transition``/``create_version`` given ``lease=`` when that
+    lease is not the experiment's current, unexpired lease (checked inside the same script).
+    """
+
+
+class DurabilityError(RedgovError):
+    """A write was applied on the primary but too few replicas confirmed it in time.
+
+    Raised after a write when ``connect(..., wait_replicas=N)`` (Redis ``WAIT``) or
+    ``wait_aof=True`` (``WAITAOF``) got fewer acknowledgements than asked within
+    ``wait_timeout``. The write is NOT undone: it is on the primary and may reach the replicas
+    later, or be lost if the primary fails before they copy it. ``message`` says so and names
+    the counts (or quotes the server when it refused the WAIT itself); ``acknowledged`` is the
+    number of replicas that confirmed it, ``wanted`` the number asked for, and ``result`` what
+    the call would have returned: the write's result, the list of results of ``run_many``, or
+    the result of a multi-step operation (``rollback``: every step was applied).
+    """
+
+    def __init__(self, message: str, *, acknowledged: int = 0, wanted: int = 0, result: object = None) -> None:
+        super().__init__(message)
+        self.acknowledged = acknowledged
+        self.wanted = wanted
+        self.result = result
 
 
 class InvalidTransitionError(RedgovError):
@@ -182,8 +214,11 @@ _CODES: dict[str, type[RedgovError]] = {
     "REDGOV_NOT_FOUND": NotFoundError,
     "REDGOV_CORRUPT": CorruptDataError,
     "REDGOV_DENIED": AccessDeniedError,
+    "REDGOV_LEASE": LeaseError,
 }
 _CODE_RE = re.compile(r"(REDGOV_[A-Z_]+)\s*(.*)", re.DOTALL)
+#: a time in a script's message, '@ms:<epoch ms>' or '@us:<epoch µs>', shown as ISO 8601 UTC
+_MS_RE = re.compile(r"@(ms|us):(\d{1,19})")
 _FOUND_RE = re.compile(r"expected etag \S+, found (\S+) \((\w+)\)$")
 _DENIED = ("NOPERM", "user executing the script can't", "NOAUTH", "WRONGPASS")
 _UNAVAILABLE = ("OOM ", "READONLY", "LOADING", "BUSY ", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS",
@@ -203,7 +238,7 @@ def map_reply_error(exc: ResponseError, keys: Sequence[object] = (), *, script: 
     message = str(exc)
     match = _CODE_RE.search(message)
     if match:
-        code, detail = match.group(1), match.group(2).strip()
+        code, detail = match.group(1), _MS_RE.sub(_iso, match.group(2).strip())
         cls = _CODES.get(code, RedgovError)
         if cls is ConflictError:
             found = _FOUND_RE.search(detail)
@@ -228,6 +263,14 @@ def map_reply_error(exc: ResponseError, keys: Sequence[object] = (), *, script: 
         return CorruptDataError(f"script {script} failed on keys {names} (their data is not what redgov wrote): "
                                 f"{message}")
     return exc
+
+
+def _iso(found: re.Match[str]) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    unit, value = found.group(1), int(found.group(2))
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value * (1000 if unit == "ms" else 1))
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def raise_for_reply(exc: ResponseError, keys: Sequence[object] = (), *, script: str | None = None) -> NoReturn:

@@ -9,6 +9,7 @@ script, which consumes the recorded approval.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from .errors import ValidationError
@@ -61,15 +62,40 @@ class Gate:
 
 
 class AutomaticGate(Gate):
-    """Approves every move it applies to; nothing is recorded.
+    """Approves every move it applies to, at once or once the experiment has waited ``after``.
+
+    Without ``after`` nothing is recorded. With ``after`` the move is refused with
+    ApprovalRequiredError (saying when it becomes allowed) until the experiment has been in
+    its current state for that long, judged inside the transition script from when it
+    entered that state (the Governance ``clock``'s time of that transition) — the seed's
+    ``autoApproveAfter``.
 
     Args:
         to_state: the state the gated moves go to.
         from_state: the state they come from (None: any state).
+        after: how long the experiment must have been in its current state (a timedelta
+            >= 0; None: no wait).
+
+    Raises:
+        ValidationError: an unknown state, or ``after`` not a non-negative timedelta.
     """
 
     kind = "automatic"
-    __slots__ = ()
+    __slots__ = ("after",)
+
+    def __init__(self, *, to_state: LifecycleState | str, from_state: LifecycleState | str | None = None,
+                 after: timedelta | None = None) -> None:
+        super().__init__(to_state=to_state, from_state=from_state)
+        if after is not None and (not isinstance(after, timedelta) or after < timedelta(0)):
+            raise ValidationError(f"AutomaticGate after must be a timedelta >= 0 or None, got {after!r}")
+        self.after = after if after else None
+
+    def _key(self) -> tuple[Any, ...]:
+        return (*super()._key(), self.after)
+
+    def __repr__(self) -> str:
+        shown = super().__repr__()
+        return shown if self.after is None else f"{shown[:-1]}, after={self.after!r})"
 
 
 class ManualGate(Gate):

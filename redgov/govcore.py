@@ -22,7 +22,7 @@ import msgspec
 
 from .calls import Call, Plan, new_etag, new_ids
 from .changes import Change, config_hash, diff
-from .codec import decode_fields, stored, text, to_micros
+from .codec import decode_fields, from_millis, stored, text, to_micros
 from .core import Core
 from .errors import (
     InvalidTransitionError,
@@ -32,6 +32,7 @@ from .errors import (
     ValidationError,
 )
 from .gates import AutomaticGate, Gate, ManualGate, RoleGate
+from .govleases import LeasePlans, check_lease
 from .govpolicies import PolicyPlans, replay_refusal
 from .govreads import ReadPlans, compare
 from .keys import ExperimentKeys
@@ -41,6 +42,7 @@ from .records import (
     ApprovalRecord,
     ConfigurationVersion,
     ExperimentState,
+    Lease,
     LifecycleState,
     Severity,
     StateTransition,
@@ -53,6 +55,8 @@ from .validate import check_data, check_name, check_scope_part, check_state, che
 __all__ = ["DEFAULT_IDEMPOTENCY_WINDOW", "GovernanceCore", "TransitionRequest", "compare"]
 
 DEFAULT_IDEMPOTENCY_WINDOW = timedelta(hours=24)
+#: longest ``approve(valid_for=...)`` accepted
+MAX_VALID_FOR = timedelta(days=366)
 
 
 class TransitionRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +79,20 @@ class TransitionRequest(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str | None = None
 
 
+def _span_text(span: timedelta) -> str:
+    """A duration as people write it: 15m, 1h 30m, 2d 3h, 45s, 250ms."""
+    ms = int(span.total_seconds() * 1000)
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms // 1000
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join(parts)
+
+
 def _actor(value: object, what: str) -> str | None:
     return None if value is None else check_name(value, what)
 
@@ -88,21 +106,26 @@ def _reason(value: object) -> str | None:
 class _Target:
     """What a transition into one target needs from the rules and gates (computed once per target)."""
 
-    __slots__ = ("dynamic", "manual_only", "sources", "steps")
+    __slots__ = ("dynamic", "manual_only", "sources", "steps", "waits")
 
     def __init__(self, core: GovernanceCore, target: LifecycleState) -> None:
         self.sources: list[tuple[str, str | None, tuple[RoleGate, ...]]] = []
+        #: per source state, the AutomaticGate with the longest ``after`` (the experiment must wait in it)
+        self.waits: dict[str, AutomaticGate] = {}
         for source in core.rules.sources(target):
             manual = next((g.name for g in core.gates if isinstance(g, ManualGate) and g.applies(source, target)),
                           None)
             roles = tuple(g for g in core.gates if isinstance(g, RoleGate) and g.applies(source, target))
+            timed = [g for g in core.gates if isinstance(g, AutomaticGate) and g.after and g.applies(source, target)]
+            if timed:
+                self.waits[source.value] = max(timed, key=lambda g: g.after or timedelta(0))
             self.sources.append((source.value, manual, roles))
-        #: role gates decide per call; otherwise the steps string and details are fixed
-        self.dynamic = any(roles for _, _, roles in self.sources)
+        #: role gates and timed gates decide per call; otherwise the steps string and details are fixed
+        self.dynamic = any(roles for _, _, roles in self.sources) or bool(self.waits)
         self.manual_only: dict[str, Any] = {}
         parts = []
         for number, (name, manual, roles) in enumerate(self.sources, start=1):
-            if manual is not None or roles:
+            if manual is not None or roles or name in self.waits:
                 parts.append(f"{name}:{number}")
                 if manual is not None and not roles:
                     self.manual_only[str(number)] = {"manual": manual}
@@ -111,7 +134,7 @@ class _Target:
         self.steps = "|" + "|".join(parts) + "|" if parts else "|"
 
 
-class GovernanceCore(PolicyPlans, ReadPlans):
+class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans):
     """Validation, Calls and plans for one Governance configuration."""
 
     def __init__(
@@ -183,6 +206,18 @@ class GovernanceCore(PolicyPlans, ReadPlans):
         check_name(key, "idempotency_key")
         return (exp.idempotency(key),), intent  # type: ignore[arg-type]
 
+    def _fence(self, lease: Lease | None, experiment: str, tenant: str | None, environment: str | None) -> str | None:
+        """The fencing token a write with ``lease=`` checks (None: not fenced); the lease must be this
+        experiment's (same name and scope)."""
+        if lease is None:
+            return None
+        lease = check_lease(lease)
+        if (lease.experiment, lease.tenant, lease.environment) != (experiment, tenant, environment):
+            raise ValidationError(f"the lease is for experiment {lease.experiment!r} (tenant {lease.tenant!r}, "
+                                  f"environment {lease.environment!r}), not for {experiment!r} (tenant {tenant!r}, "
+                                  f"environment {environment!r})")
+        return str(lease.token)
+
     def _target(self, target: LifecycleState) -> _Target:
         found = self._targets.get(target)
         if found is None:
@@ -241,9 +276,10 @@ class GovernanceCore(PolicyPlans, ReadPlans):
                    reason: str | None = None, metadata: Mapping[str, Any] | None = None,
                    telemetry: Mapping[str, Any] | None = None, tenant: str | None = None,
                    environment: str | None = None, expected_etag: str | None = None,
-                   idempotency_key: str | None = None) -> Call[StateTransition]:
+                   idempotency_key: str | None = None, lease: Lease | None = None) -> Call[StateTransition]:
         experiment, tenant, environment = self._names(experiment, tenant, environment)
         target = check_state(to, "target state")
+        fence = self._fence(lease, experiment, tenant, environment)
         actor = _actor(actor, "actor")
         meta = check_data(metadata, "metadata")
         measured = check_telemetry(telemetry, self.telemetry_keys)
@@ -284,6 +320,9 @@ class GovernanceCore(PolicyPlans, ReadPlans):
         if groups:
             plan["groups"] = groups
             extra += tuple(scope.experiment(name).state for group in groups for name, _ in group.get("others", ()))
+        if fence is not None:
+            extra += (exp.lease(),)
+            plan["lease"] = [fence, 11 + len(extra)]
         if self.core.retain:
             plan["retain"] = self.core.retain
         if self.auto_create:
@@ -327,12 +366,16 @@ class GovernanceCore(PolicyPlans, ReadPlans):
         """The step details of this call: role gates decided on its metadata, manual gates named."""
         details: dict[str, Any] = {}
         approval_index: dict[Gate, int] = {}
-        for number, (_source, manual, roles) in enumerate(info.sources, start=1):
-            if manual is None and not roles:
+        for number, (source, manual, roles) in enumerate(info.sources, start=1):
+            timed = info.waits.get(source)
+            if manual is None and not roles and timed is None:
                 continue
             step: dict[str, Any] = {"approvals": []}
             if manual is not None:
                 step["manual"] = manual
+            if timed is not None and timed.after is not None:
+                span = to_micros(now) - to_micros(now - timed.after)
+                step.update(after=to_micros(now) - span, gate=timed.name, wait=_span_text(timed.after), span=span)
             for gate in roles:
                 ok, why = gate.decide(metadata)
                 if not ok:
@@ -352,9 +395,13 @@ class GovernanceCore(PolicyPlans, ReadPlans):
 
     def approve(self, experiment: str, to: LifecycleState | str, *, approver: str, reason: str | None,
                 approved: bool, tenant: str | None, environment: str | None,
-                idempotency_key: str | None = None) -> Call[ApprovalRecord]:
+                idempotency_key: str | None = None, valid_for: timedelta | None = None) -> Call[ApprovalRecord]:
         experiment, tenant, environment = self._names(experiment, tenant, environment)
         target = check_state(to, "target state")
+        if valid_for is not None and (not isinstance(valid_for, timedelta)
+                                      or not timedelta(milliseconds=1) <= valid_for <= MAX_VALID_FOR):
+            raise ValidationError(f"valid_for must be a timedelta from 1 ms to {MAX_VALID_FOR.days} days or None, "
+                                  f"got {valid_for!r}")
         check_name(approver, "approver")
         _reason(reason)
         if not isinstance(approved, bool):
@@ -371,14 +418,17 @@ class GovernanceCore(PolicyPlans, ReadPlans):
                                    f"{'an approval' if approved else 'a rejection'} of the move to {target.value}")
         args = (experiment, target.value, "|" + "|".join(s.value for s in sources) + "|", "1" if approved else "0",
                 self.initial_state.value if self.auto_create else "", self.core.retain, stored(record), intent,
-                self._window_ms)
+                self._window_ms, "" if valid_for is None else str(max(1, int(valid_for.total_seconds() * 1000))))
 
         def parse(reply: list[Any]) -> ApprovalRecord:
             if int(reply[0]) == 3:
-                entry = decode_fields(text(reply[1]), {"k": b"approval", "x": experiment.encode(), "r": reply[3],
-                                                       "from": reply[2]}, scope.log)
+                fields = {"k": b"approval", "x": experiment.encode(), "r": reply[3], "from": reply[2]}
+                if len(reply) > 4 and reply[4]:
+                    fields["vu"] = reply[4]
+                entry = decode_fields(text(reply[1]), fields, scope.log)
                 return entry.record  # type: ignore[no-any-return]
-            return msgspec.structs.replace(record, from_state=LifecycleState(text(reply[2])))
+            until = from_millis(int(reply[3])) if len(reply) > 3 and reply[3] else None
+            return msgspec.structs.replace(record, from_state=LifecycleState(text(reply[2])), valid_until=until)
 
         return self.core.write("approve", scope, exp, args, parse, extra_keys=extra)
 
@@ -387,8 +437,9 @@ class GovernanceCore(PolicyPlans, ReadPlans):
     def create_version(self, experiment: str, configuration: Mapping[str, Any], *, actor: str | None,
                        description: str | None, tenant: str | None, environment: str | None,
                        is_rollback: bool = False, rolled_back_from: int | None = None,
-                       idempotency_key: str | None = None) -> Call[ConfigurationVersion]:
+                       idempotency_key: str | None = None, lease: Lease | None = None) -> Call[ConfigurationVersion]:
         experiment, tenant, environment = self._names(experiment, tenant, environment)
+        fence = self._fence(lease, experiment, tenant, environment)
         actor = _actor(actor, "actor")
         if description is not None and not isinstance(description, str):
             raise ValidationError(f"description must be a string or None, got {description!r}")
@@ -404,7 +455,9 @@ class GovernanceCore(PolicyPlans, ReadPlans):
         kind = f"a rollback to version {rolled_back_from}" if is_rollback else "a new configuration version"
         extra, intent = self._idem(exp, idempotency_key, kind)
         args = (experiment, "1" if self.auto_versioning else "0", "0" if self.auto_create else "1", etag,
-                to_micros(now), actor or "", self.core.retain, stored(version), intent, self._window_ms)
+                to_micros(now), actor or "", self.core.retain, stored(version), intent, self._window_ms, fence or "")
+        if fence is not None:
+            extra += (exp.lease(),)
 
         def parse(reply: list[Any]) -> ConfigurationVersion:
             if int(reply[0]) == 3:
@@ -419,7 +472,8 @@ class GovernanceCore(PolicyPlans, ReadPlans):
         return self.core.write("create_version", scope, exp, args, parse, extra_keys=extra)
 
     def rollback(self, experiment: str, to_version: int, *, actor: str | None, tenant: str | None,
-                 environment: str | None, idempotency_key: str | None = None) -> Plan[ConfigurationVersion]:
+                 environment: str | None, idempotency_key: str | None = None,
+                 lease: Lease | None = None) -> Plan[ConfigurationVersion]:
         number = check_version_number(to_version, "to_version")
         old = yield from self.core.version(experiment, number, tenant, environment)
         if old is None:
@@ -427,7 +481,7 @@ class GovernanceCore(PolicyPlans, ReadPlans):
         call = self.create_version(experiment, old.configuration, actor=actor,
                                    description=f"rollback to version {number}", tenant=tenant,
                                    environment=environment, is_rollback=True, rolled_back_from=number,
-                                   idempotency_key=idempotency_key)
+                                   idempotency_key=idempotency_key, lease=lease)
         result: ConfigurationVersion = yield call
         return result
 

@@ -24,6 +24,7 @@ from .records import (
     ApprovalRecord,
     ConfigurationVersion,
     ExperimentState,
+    Lease,
     LifecycleState,
     PolicyEvaluation,
     StateTransition,
@@ -169,7 +170,7 @@ class Governance(GovernanceBase[Backplane]):
                    reason: str | None = None, metadata: Mapping[str, Any] | None = None,
                    telemetry: Mapping[str, Any] | None = None, tenant: str | None = None,
                    environment: str | None = None, expected_etag: str | None = None,
-                   idempotency_key: str | None = None) -> StateTransition:
+                   idempotency_key: str | None = None, lease: Lease | None = None) -> StateTransition:
         """Move the experiment to state ``to``; returns the transition written.
 
         One atomic script call (transition.lua): the etag check, the rule check, the
@@ -192,12 +193,16 @@ class Governance(GovernanceBase[Backplane]):
             expected_etag: refuse unless the stored etag is this one (optimistic concurrency).
             idempotency_key: a repeat within ``idempotency_window`` returns the first call's
                 result (or raises its refusal again) and writes nothing.
+            lease: a Lease from ``acquire_lease``: the write is refused (LeaseError) unless that
+                lease is still the experiment's current, unexpired lease, checked in the same
+                script call (a holder paused past its ttl cannot write). None: not fenced.
 
         Returns:
             The StateTransition, with ``from_state``, ``revision`` and ``etag`` of the write.
 
         Raises:
             NotFoundError: the experiment was never created.
+            LeaseError: ``lease`` expired or was taken over (a ConflictError).
             ConflictError: the etag changed (``current_etag``/``current_state`` name what is stored),
                 or the idempotency key was used for another operation.
             InvalidTransitionError: the rules do not allow the move from the current state.
@@ -208,7 +213,7 @@ class Governance(GovernanceBase[Backplane]):
         """
         return self.backplane.run(self.core.transition(
             experiment, to, actor=actor, reason=reason, metadata=metadata, telemetry=telemetry, tenant=tenant,
-            environment=environment, expected_etag=expected_etag, idempotency_key=idempotency_key))
+            environment=environment, expected_etag=expected_etag, idempotency_key=idempotency_key, lease=lease))
 
     def transition_many(self, requests: Iterable[TransitionRequest]) -> list[StateTransition | RedgovError]:
         """Many transitions in one pipelined round trip; each succeeds or fails on its own.
@@ -230,7 +235,8 @@ class Governance(GovernanceBase[Backplane]):
 
     def approve(self, experiment: str, to: LifecycleState | str, *, approver: str, reason: str | None = None,
                 approved: bool = True, tenant: str | None = None, environment: str | None = None,
-                idempotency_key: str | None = None) -> ApprovalRecord:
+                idempotency_key: str | None = None,
+                valid_for: timedelta | None = None) -> ApprovalRecord:
         """Record an approval (``approved=False``: a rejection) of the move from the current state to ``to``.
 
         A ManualGate on that move is satisfied by it; the transition that uses it consumes
@@ -246,9 +252,12 @@ class Governance(GovernanceBase[Backplane]):
             approved: False records a rejection.
             tenant, environment: the scope (None: the default).
             idempotency_key: a repeat within ``idempotency_window`` returns the first record.
+            valid_for: the approval stops satisfying its gate that long after it is recorded
+                (judged by the Redis server's clock when the transition runs; the refusal says
+                it expired and when); None: until it is consumed or lapses.
 
         Returns:
-            The ApprovalRecord written.
+            The ApprovalRecord written (``valid_until`` set when ``valid_for`` was given).
 
         Raises:
             NotFoundError: the experiment was never created.
@@ -257,7 +266,7 @@ class Governance(GovernanceBase[Backplane]):
         """
         return self.backplane.run(self.core.approve(experiment, to, approver=approver, reason=reason,
                                                     approved=approved, tenant=tenant, environment=environment,
-                                                    idempotency_key=idempotency_key))
+                                                    idempotency_key=idempotency_key, valid_for=valid_for))
 
     def allowed_transitions(self, experiment: str, *, tenant: str | None = None,
                             environment: str | None = None) -> list[LifecycleState]:
@@ -313,7 +322,7 @@ class Governance(GovernanceBase[Backplane]):
 
     def create_version(self, experiment: str, configuration: Mapping[str, Any], *, actor: str | None = None,
                        description: str | None = None, tenant: str | None = None, environment: str | None = None,
-                       idempotency_key: str | None = None) -> ConfigurationVersion:
+                       idempotency_key: str | None = None, lease: Lease | None = None) -> ConfigurationVersion:
         """Add the next configuration version; its number is assigned inside the script, never reused.
 
         With auto_versioning the state follows it (``config_version``, a state write).
@@ -327,20 +336,24 @@ class Governance(GovernanceBase[Backplane]):
             description: free text.
             tenant, environment: the scope (None: the default).
             idempotency_key: a repeat within ``idempotency_window`` returns the first version.
+            lease: refuse (LeaseError) unless this Lease is still the experiment's current one,
+                checked in the same script call; None: not fenced.
 
         Returns:
             The ConfigurationVersion written (number, hash, time).
 
         Raises:
             NotFoundError: the experiment was never created.
+            LeaseError: ``lease`` expired or was taken over.
             ValidationError: bad input; nothing is written.
         """
         return self.backplane.run(self.core.create_version(
             experiment, configuration, actor=actor, description=description, tenant=tenant,
-            environment=environment, idempotency_key=idempotency_key))
+            environment=environment, idempotency_key=idempotency_key, lease=lease))
 
     def rollback(self, experiment: str, to_version: int, *, actor: str | None = None, tenant: str | None = None,
-                 environment: str | None = None, idempotency_key: str | None = None) -> ConfigurationVersion:
+                 environment: str | None = None, idempotency_key: str | None = None,
+                 lease: Lease | None = None) -> ConfigurationVersion:
         """Add a new version restoring version ``to_version``'s configuration.
 
         Reads that (immutable) version, then writes like ``create_version``: two round trips;
@@ -352,13 +365,16 @@ class Governance(GovernanceBase[Backplane]):
             actor: who rolls back.
             tenant, environment: the scope (None: the default).
             idempotency_key: a repeat within ``idempotency_window`` returns the first version.
+            lease: as for ``create_version``: the write is fenced by this Lease.
 
         Raises:
             NotFoundError: the experiment or the version does not exist.
+            LeaseError: ``lease`` expired or was taken over.
             ValidationError: bad input; nothing is written.
         """
         return self.backplane.drive(self.core.rollback(experiment, to_version, actor=actor, tenant=tenant,
-                                                       environment=environment, idempotency_key=idempotency_key))
+                                                       environment=environment, idempotency_key=idempotency_key,
+                                                       lease=lease))
 
     def diff(self, experiment: str, from_version: int, to_version: int, *, tenant: str | None = None,
              environment: str | None = None) -> list[Change]:
@@ -404,6 +420,114 @@ class Governance(GovernanceBase[Backplane]):
         """
         return self.backplane.drive(self.core.evaluate_policies(experiment, telemetry=telemetry, target=target,
                                                                 tenant=tenant, environment=environment))
+
+    # -- coordination ----------------------------------------------------------------
+
+    def acquire_lease(self, experiment: str, *, owner: str, ttl: timedelta, tenant: str | None = None,
+                      environment: str | None = None) -> Lease:
+        """Acquire the experiment's lease for ``ttl``; returns it with its fencing token.
+
+        One script call (lease.lua) judging expiry by the Redis server's clock (``TIME``),
+        never a client's. A new acquisition gets a token greater than every token given
+        before for this experiment (kept in its state, so it survives the lease's expiry);
+        the same owner acquiring again while it holds the lease renews it (same token), so a
+        re-sent acquire is harmless. Pass the lease to ``transition``/``create_version``
+        (``lease=``) to fence writes: they are refused once it expired or was taken over.
+
+        Args:
+            experiment: its name (it must have been created).
+            owner: who holds it (a non-blank name; a host, process or controller id).
+            ttl: how long it lasts unless renewed (a timedelta from 1 ms to 7 days).
+            tenant, environment: the scope (None: the default).
+
+        Returns:
+            The Lease (experiment, owner, token, expires_at by the server clock, scope).
+
+        Raises:
+            LeaseError: another owner holds it unexpired (the message names it and until when).
+            NotFoundError: the experiment was never created.
+            ValidationError: bad input; nothing is written.
+        """
+        return self.backplane.run(self.core.acquire_lease(experiment, owner=owner, ttl=ttl, tenant=tenant,
+                                                          environment=environment))
+
+    def renew_lease(self, lease: Lease, *, ttl: timedelta) -> Lease:
+        """Extend ``lease`` to ``ttl`` from now (server clock), keeping its token; returns the new Lease.
+
+        One script call. Renew well before ``expires_at``: a lease that expired, even if no
+        one took it since, is not renewed (acquire it again: a new token).
+
+        Args:
+            lease: the Lease from ``acquire_lease`` or an earlier ``renew_lease``.
+            ttl: the new duration from now (a timedelta from 1 ms to 7 days).
+
+        Raises:
+            LeaseError: the lease expired or was taken over.
+            ValidationError: not a Lease, or a bad ttl.
+        """
+        return self.backplane.run(self.core.renew_lease(lease, ttl=ttl))
+
+    def release_lease(self, lease: Lease) -> None:
+        """End ``lease`` now, if it is still the experiment's current lease.
+
+        One script call. Releasing a lease that expired or was taken over releases nothing
+        (the new holder keeps its lease) and is not an error.
+
+        Args:
+            lease: the Lease to end.
+
+        Raises:
+            ValidationError: not a Lease.
+        """
+        self.backplane.run(self.core.release_lease(lease))
+
+    def wait_for(self, experiment: str, states: Iterable[LifecycleState | str] | LifecycleState | str, *,
+                 timeout: float, tenant: str | None = None, environment: str | None = None) -> ExperimentState:
+        """Return the experiment's state as soon as it is in one of ``states``; TimeoutError after ``timeout`` s.
+
+        Built on the scope's log, not polling: one script call reads the state and the log's
+        newest entry id together; if the state is not yet wanted, ``XREAD BLOCK`` waits on the
+        log from that id (so no change after the read is missed) and wakes on the first entry
+        that puts the experiment in a wanted state. It returns the state read then; if the
+        experiment already moved on, the state it was in at that moment (replayed from the
+        log). A standby controller uses it to wake when an experiment is paused.
+
+        Args:
+            experiment: its name (it must have been created, unless ``auto_create``).
+            states: a LifecycleState (or name) or several.
+            timeout: seconds to wait at most (0: only look).
+            tenant, environment: the scope (None: the default).
+
+        Returns:
+            The ExperimentState, in one of ``states``.
+
+        Raises:
+            TimeoutError: ``timeout`` passed first (the message names the states).
+            NotFoundError: the experiment was never created.
+            ValidationError: an unknown state, a bad timeout.
+        """
+        waiter = self.core.waiter(experiment, states, timeout=timeout, tenant=tenant, environment=environment)
+        point = self.backplane.run(waiter.start())
+        found = waiter.begin(point)
+        if found is not None:
+            return found
+        cursor = waiter.cursor
+        assert cursor is not None
+        self.backplane.drive(cursor.start())
+        while cursor.active():
+            event = waiter.hit(cursor.accept(self.backplane.run(cursor.next_read(self.backplane.socket_timeout))))
+            if event is None:
+                continue
+            if isinstance(event.record, ExperimentState):
+                return event.record
+            current = self.state(experiment, tenant=tenant, environment=environment)
+            if current is not None and current.state in waiter.wanted:
+                return current
+            moment = self.replay(experiment, until=event.record.timestamp,  # type: ignore[union-attr]
+                                    tenant=tenant, environment=environment)
+            if moment is not None:
+                return moment
+        raise waiter.timed_out(point[0])
 
     # -- event log -------------------------------------------------------------------
 

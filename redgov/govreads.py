@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -14,18 +14,22 @@ from .errors import (
     NotFoundError,
     ValidationError,
 )
+from .events import GovernanceEvent, WatchCursor
 from .policies import Policy
 from .records import (
     ExperimentState,
     LifecycleState,
+    StateTransition,
 )
 from .rules import Rules
 from .validate import check_state
 
-__all__ = ["LIST_PAGE", "GovernanceSettings", "ReadPlans", "compare"]
+__all__ = ["LIST_PAGE", "GovernanceSettings", "ReadPlans", "StateWaiter", "compare"]
 
 #: experiments listed per round trip
 LIST_PAGE = 200
+#: the longest XREAD BLOCK of wait_for (cut further to fit the socket timeout and the time left)
+WAIT_BLOCK_MS = 60_000
 
 
 class GovernanceSettings:
@@ -99,6 +103,78 @@ class ReadPlans(GovernanceSettings):
         replayed = yield from self.replay(experiment, until=None, tenant=tenant, environment=environment)
         stored_state = yield self.core.get_state(experiment, tenant, environment)
         return compare(replayed, stored_state)
+
+
+    def waiter(self, experiment: str, states: Iterable[LifecycleState | str] | LifecycleState | str, *,
+               timeout: float, tenant: str | None, environment: str | None) -> StateWaiter:
+        """A StateWaiter for ``wait_for`` (validates its arguments)."""
+        return StateWaiter(self, experiment, states, timeout, tenant, environment)
+
+class StateWaiter:
+    """What ``wait_for`` needs from both shells: the atomic starting point, then the watch's events.
+
+    ``start()`` reads the state and the scope log's newest id in one script call; ``begin``
+    gives the state when it is already wanted (else sets ``cursor`` to read the log from that
+    id, so nothing written after the state read is missed); ``hit`` picks from a batch of
+    events the first that moves the experiment into a wanted state.
+    """
+
+    def __init__(self, plans: ReadPlans, experiment: str, states: Iterable[LifecycleState | str] | LifecycleState | str,
+                 timeout: float, tenant: str | None, environment: str | None) -> None:
+        experiment, tenant, environment = plans._names(experiment, tenant, environment)
+        if isinstance(states, (str, LifecycleState)):
+            states = [states]
+        wanted = frozenset(check_state(s, "states") for s in states)
+        if not wanted:
+            raise ValidationError("states must name at least one lifecycle state")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < float("inf"):
+            raise ValidationError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        self.plans, self.experiment, self.tenant, self.environment = plans, experiment, tenant, environment
+        self.wanted, self.timeout = wanted, float(timeout)
+        self.cursor: WatchCursor | None = None
+
+    def start(self) -> Call[tuple[ExperimentState | None, str]]:
+        """The state and the log's newest entry id, read atomically (read_wait_point.lua)."""
+        scope, exp = self.plans.core.keys(self.experiment, self.tenant, self.environment)
+
+        def parse(reply: Any) -> tuple[ExperimentState | None, str]:
+            try:
+                values, newest = reply[0], text(reply[1])
+            except (IndexError, TypeError, UnicodeDecodeError) as exc:
+                raise CorruptDataError(f"wait point of {exp.state}: unexpected reply {reply!r} ({exc!r})") from None
+            return decode_state_hash(values, exp.state, self.experiment, self.tenant, self.environment), newest
+
+        return Call((exp.state, scope.log), state_fields(), parse, "read_wait_point")
+
+    def begin(self, point: tuple[ExperimentState | None, str], block_ms: int = WAIT_BLOCK_MS) -> ExperimentState | None:
+        """The state when it is already wanted; else None, and ``cursor`` reads the log after the point."""
+        state, newest = point
+        if state is None and not self.plans.auto_create:
+            raise NotFoundError(f"experiment {self.experiment} does not exist (create it first)")
+        current = state.state if state is not None else self.plans.initial_state
+        if state is not None and current in self.wanted:
+            return state
+        self.cursor = WatchCursor(self.plans.core, tenant=self.tenant, environment=self.environment,
+                                  experiments=[self.experiment], from_id=newest, block_ms=block_ms,
+                                  timeout=self.timeout)
+        return None
+
+    def hit(self, events: Iterable[GovernanceEvent]) -> GovernanceEvent | None:
+        """The first event that puts the experiment in a wanted state (a transition into one, a saved state)."""
+        for event in events:
+            record = event.record
+            if isinstance(record, StateTransition) and record.to_state in self.wanted:
+                return event
+            if isinstance(record, ExperimentState) and record.state in self.wanted:
+                return event
+        return None
+
+    def timed_out(self, state: ExperimentState | None) -> TimeoutError:
+        """The error when ``timeout`` passes first."""
+        names = ", ".join(sorted(s.value for s in self.wanted))
+        now = state.state.value if state is not None else "not created"
+        return TimeoutError(f"experiment {self.experiment} did not reach {names} within {self.timeout:g} s "
+                            f"(it was {now} when the wait began)")
 
 
 def _names_reply(key: str) -> Callable[[Any], list[str]]:

@@ -26,7 +26,9 @@ share a key.
 |                         |        | write (create's, appended ones: their ids are unique per scope)     |
 | ``{T}:ops:<minute>``    | hash   | operation id -> first reply of that write (expires: re-send dedupe) |
 | ``{T}:s:<exp>``         | hash   | current state ``s v t b m e r``; pending approvals ``p:<from>><to>`` |
-|                         |        | (and their count ``pn``)                                            |
+|                         |        | (``<entry id>[|<valid until ms>]``, their count ``pn``); ``es``/``rs``|
+|                         |        | when it entered its state / Running or Ramping (µs); ``lt`` the     |
+|                         |        | last lease fencing token                                            |
 | ``{T}:h:<exp>``         | list   | ``<code><entry id>`` of every entry of the experiment, in order     |
 |                         |        | (codes: S state, T/t transition with/without a state write,         |
 |                         |        | A approval, V/v version with/without, P policy evaluation)          |
@@ -37,7 +39,7 @@ share a key.
 | ``{T}:b:<exp>``         | hash   | retention: the state at the cut (where replay starts), entries      |
 |                         |        | removed per list, the last removed entry id                         |
 | ``{T}:i:<exp>:<key>``   | string | an idempotency key's first outcome (expires)                        |
-| ``{T}:k:<exp>``         | hash   | the experiment's lease: owner, fencing token, expiry                |
+| ``{T}:k:<exp>``         | string | the experiment's lease: fencing token, expiry, owner (expires)      |
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ class ExperimentKeys:
         return f"{self.tag}:i:{self.encoded}:{encode_part(key)}"
 
     def lease(self) -> str:
-        """The experiment's lease hash (owner, token, expiry)."""
+        """The experiment's lease: a string ``<token> <expiry ms> <owner>`` set with PXAT (expires with it)."""
         return f"{self.tag}:k:{self.encoded}"
 
 

@@ -304,6 +304,10 @@ class Reads:
 
     def version(self, experiment: str, number: int, tenant: str | None,
                 environment: str | None) -> Plan[ConfigurationVersion | None]:
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise ValidationError(f"version number must be an integer, got {number!r}")
+        if number < 1:
+            return None  # no version has it
         check_version_number(number, "version number")  # scores above 2**53 - 1 would match a neighbour
         return (yield from self._one_version(experiment, number, tenant, environment))
 

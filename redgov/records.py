@@ -176,6 +176,8 @@ class ApprovalRecord(_Record, frozen=True, kw_only=True):
       the move).
     - ``metadata``: free-form data (a RoleGate's carries ``actorRole``).
     - ``tenant``, ``environment``: the scope.
+    - ``valid_until``: when an approval given with ``valid_for`` stops satisfying its gate
+      (the Redis server's clock); None: until it is consumed or lapses.
     """
 
     experiment: str
@@ -191,6 +193,7 @@ class ApprovalRecord(_Record, frozen=True, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     tenant: str | None = None
     environment: str | None = None
+    valid_until: UTCDateTime | None = None
 
 
 class ConfigurationVersion(_Record, frozen=True, kw_only=True):
@@ -259,6 +262,29 @@ class PolicyEvaluation(_Record, frozen=True, kw_only=True):
     current_state: LifecycleState | None = None
     target_state: LifecycleState | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    tenant: str | None = None
+    environment: str | None = None
+
+
+class Lease(msgspec.Struct, frozen=True, kw_only=True):
+    """A lease on one experiment, held by ``owner`` until ``expires_at`` (the Redis server's clock).
+
+    Fields:
+
+    - ``experiment``: the experiment leased.
+    - ``owner``: who holds it (any non-blank name: a host, a process, a controller).
+    - ``token``: the fencing token. It grows by at least 1 on every acquisition of this
+      experiment's lease (it is at least the server's time in ms at acquisition, so it keeps
+      growing even across a restore); renewing keeps it. A write made with ``lease=`` is
+      refused unless this token is the experiment's current, unexpired lease.
+    - ``expires_at``: when the lease ends unless renewed (aware UTC datetime, server clock).
+    - ``tenant``, ``environment``: the scope.
+    """
+
+    experiment: str
+    owner: str
+    token: int
+    expires_at: UTCDateTime
     tenant: str | None = None
     environment: str | None = None
 

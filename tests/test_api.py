@@ -65,7 +65,7 @@ def test_connect_and_governance_signatures() -> None:
     assert "initial_state=<LifecycleState.DRAFT: 'Draft'>" in gov
     transition = plain(redgov.Governance.transition)
     assert transition == ("(experiment, to, *, actor=None, reason=None, metadata=None, telemetry=None, tenant=None, "
-                          "environment=None, expected_etag=None, idempotency_key=None)")
+                          "environment=None, expected_etag=None, idempotency_key=None, lease=None)")
 
 
 def test_enum_values_are_the_names_of_api_md() -> None:
@@ -100,6 +100,25 @@ def test_additions_of_2026_12_signatures() -> None:
     assert "auto_create=False" in plain(redgov.Governance)
     assert plain(redgov.Governance.experiments) == "(*, tenant=None, environment=None, state=None)"
     assert plain(redgov.Governance.history).endswith("limit=None, newest_first=False)")
+
+
+def test_coordination_signatures() -> None:
+    """API.md, Coordination."""
+    gov = redgov.Governance
+    assert plain(gov.acquire_lease) == "(experiment, *, owner, ttl, tenant=None, environment=None)"
+    assert plain(gov.renew_lease) == "(lease, *, ttl)"
+    assert plain(gov.release_lease) == "(lease)"
+    assert plain(gov.wait_for) == "(experiment, states, *, timeout, tenant=None, environment=None)"
+    for method in ("transition", "create_version"):
+        assert "lease=None" in plain(getattr(gov, method)), method
+    assert "valid_for=None" in plain(gov.approve)
+    assert "after=None" in plain(redgov.AutomaticGate)
+    assert list(redgov.Lease.__struct_fields__) == ["experiment", "owner", "token", "expires_at", "tenant",
+                                                    "environment"]
+    assert issubclass(redgov.LeaseError, redgov.ConflictError)
+    assert issubclass(redgov.DurabilityError, redgov.RedgovError)
+    for part in ("wait_replicas=0", "wait_timeout=1.0"):
+        assert part in plain(redgov.connect), part
 
 
 def test_the_asyncio_twins_have_every_method_with_the_same_signature() -> None:

@@ -6,7 +6,7 @@ import importlib
 import json
 import re
 from collections.abc import Iterator
-from datetime import time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,6 +85,16 @@ def config_exception(source: Any) -> ConfigError:
 
 # -- the seed's samples ---------------------------------------------------------------
 
+class SteppedClock:
+    """A Governance clock that stands still until a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 def test_sample_11_redis(samples: dict[str, Path], seed_env: None) -> None:
     config = load_config(samples["redis"])
     assert config.initial_state is S.DRAFT
@@ -96,10 +106,10 @@ def test_sample_11_redis(samples: dict[str, Path], seed_env: None) -> None:
     assert config.export_url is None
     assert config.gates() == [
         AutomaticGate(from_state=S.DRAFT, to_state=S.PENDING_APPROVAL),
-        AutomaticGate(from_state=S.PENDING_APPROVAL, to_state=S.APPROVED),
+        AutomaticGate(from_state=S.PENDING_APPROVAL, to_state=S.APPROVED, after=timedelta(minutes=15)),
         RoleGate("deployment-automation", from_state=S.APPROVED, to_state=S.RUNNING),
     ]
-    assert config.approval_gates[1].properties == {"autoApproveAfter": "00:15:00"}  # kept, unused
+    assert config.approval_gates[1].properties == {"autoApproveAfter": "00:15:00"}  # the seed's place for it
     traffic, errors = config.policies()
     assert isinstance(traffic, TrafficLimit) and isinstance(errors, ErrorRate)
     assert (traffic.max_traffic_percentage, traffic.min_stable_time) == (25.0, timedelta(minutes=10))
@@ -184,9 +194,13 @@ def test_from_config_sample_12_creates_and_transitions(samples: dict[str, Path])
 def test_from_config_policies_are_enforced(samples: dict[str, Path], seed_env: None) -> None:
     text = samples["redis"].read_text().replace("type: redis\n", "type: inMemory\n").replace(
         "      connectionString: ${REDIS_CONNECTION}\n", "")
-    with from_config(text) as gov:
+    clock = SteppedClock()
+    with from_config(text, clock=clock) as gov:
         gov.create("e")
         gov.transition("e", S.PENDING_APPROVAL)
+        with pytest.raises(ApprovalRequiredError, match="for 15m; allowed from 2026-03-02T10:15:00"):
+            gov.transition("e", S.APPROVED, telemetry={"errorRate": 0.05})  # autoApproveAfter: 00:15:00
+        clock.now += timedelta(minutes=15)
         with pytest.raises(PolicyViolationError):
             gov.transition("e", S.APPROVED, telemetry={"errorRate": 0.5})
         gov.transition("e", S.APPROVED, telemetry={"errorRate": 0.05})
@@ -208,10 +222,15 @@ def test_from_config_sample_11_on_redis(samples: dict[str, Path], redis_url: str
     connection = f"{parts.hostname}:{parts.port or 6379}" if plain else redis_url  # StackExchange style if we can
     monkeypatch.setenv("REDIS_CONNECTION", connection)
     text = samples["redis"].read_text().replace('"prod:governance:"', f'"{live_prefix}"')
-    with from_config(text) as gov:
+    clock = SteppedClock()
+    with from_config(text, clock=clock) as gov:
         assert gov.backplane.prefix == live_prefix
         gov.create("recs")
         gov.transition("recs", S.PENDING_APPROVAL)
+        clock.now += timedelta(minutes=14, seconds=59)
+        with pytest.raises(ApprovalRequiredError, match="once the experiment has been PendingApproval for 15m"):
+            gov.transition("recs", S.APPROVED)
+        clock.now += timedelta(seconds=1)
         gov.transition("recs", S.APPROVED)
         with pytest.raises(ApprovalRequiredError):
             gov.transition("recs", S.RUNNING)

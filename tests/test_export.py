@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,9 @@ def build_history(bp: redgov.Backplane, scopes: list[tuple[str | None, str | Non
         gov.evaluate_policies("b", telemetry={"errorRate": 0.5}, **sc)
         gov.create("c", **sc)
         gov.transition("c", S.PENDING_APPROVAL, **sc)
-        gov.approve("c", S.APPROVED, approver="bob", **sc)  # stays pending
+        gov.approve("c", S.APPROVED, approver="bob", valid_for=timedelta(hours=1), **sc)  # pending, expiring
+        lease = gov.acquire_lease("c", owner="ctl", ttl=timedelta(seconds=30), **sc)  # lt (not exported: leases
+        gov.create_version("c", {"x": 1}, lease=lease, **sc)                        # live in Redis only)
         # the plain Backplane scripts
         saved = bp.save_state(ExperimentState(experiment="d", state=S.DRAFT, metadata={"k": [1, 2]}, **sc))
         assert saved.ok
@@ -192,6 +195,7 @@ def dump(client: Any, prefix: str) -> dict[str, Any]:
             value = client.lrange(raw, 0, -1)
         elif kind == "hash":
             value = client.hgetall(raw)
+            value.pop(b"lt", None)  # the last lease token: leases live in Redis only (tokens also grow by time)
         elif kind == "zset":
             value = client.zrange(raw, 0, -1, withscores=True)
         else:

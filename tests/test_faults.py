@@ -421,6 +421,29 @@ def test_append_policy_evaluation(bp: Backplane, faults: FaultProxy, direct: Bac
     assert direct.latest_policy_evaluation("exp", "p") == appended
 
 
+def test_leases(bp: Backplane, faults: FaultProxy, direct: Backplane) -> None:
+    """A lost reply of acquire, renew, release or a fenced write: the re-send answers as the first call did."""
+    from datetime import timedelta
+
+    gov = Governance(bp)
+    gov.create("exp")
+    key = direct.core.keys("exp", None, None)[1].lease()
+    with cut(faults, bp, "lease"):
+        lease = gov.acquire_lease("exp", owner="ann", ttl=timedelta(seconds=30))
+    assert direct.client.get(key).split()[0] == str(lease.token).encode()
+    with cut(faults, bp, "lease"):
+        renewed = gov.renew_lease(lease, ttl=timedelta(seconds=60))
+    assert renewed.token == lease.token
+    before = counts(direct, "exp")
+    with cut(faults, bp, "transition"):
+        gov.transition("exp", S.PENDING_APPROVAL, lease=renewed)
+    grew(before, counts(direct, "exp"), revision=1, transitions=1)
+    with cut(faults, bp, "lease"):
+        gov.release_lease(renewed)
+    assert direct.client.get(key) is None
+    assert gov.acquire_lease("exp", owner="bob", ttl=timedelta(seconds=1)).token > lease.token
+
+
 def test_transition_many(bp: Backplane, faults: FaultProxy, direct: Backplane) -> None:
     """A pipelined batch whose replies are all lost (the server ran every call) is re-sent and applied once."""
     gov = Governance(bp)

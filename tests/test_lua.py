@@ -219,6 +219,10 @@ def test_every_code_is_emitted_by_a_script_and_triggered_through_the_api(redis_u
         expect("REDGOV_NOT_FOUND", redgov.NotFoundError, lambda: gov.transition("a", S.PENDING_APPROVAL))
         gov.create("a")
         expect("REDGOV_CONFLICT", redgov.ConflictError, lambda: gov.create("a"))
+        from datetime import timedelta
+
+        gov.acquire_lease("a", owner="one", ttl=timedelta(seconds=30))
+        expect("REDGOV_LEASE", redgov.LeaseError, lambda: gov.acquire_lease("a", owner="two", ttl=timedelta(seconds=1)))
         expect("REDGOV_INVALID_TRANSITION", redgov.InvalidTransitionError, lambda: gov.transition("a", S.RUNNING))
         gov.transition("a", S.PENDING_APPROVAL)
         expect("REDGOV_APPROVAL_REQUIRED", redgov.ApprovalRequiredError, lambda: gov.transition("a", S.APPROVED))

@@ -4,7 +4,7 @@
 --
 -- Redis runs a script's whole chunk on every call, and every closure it makes costs time (about a
 -- microsecond with its upvalues). So only what the hot paths use is defined at the top; the rest is
--- made on first use: util() returns split, bad_value, expect, expect_all.
+-- made on first use: util() returns split, bad_value, expect, expect_all, fenced.
 
 local STATE_NAMES = ' Draft PendingApproval Approved Running Ramping Paused RolledBack Archived Rejected '
 
@@ -99,6 +99,22 @@ local function util()
       if err then return err end
     end
     return nil
+  end
+
+  -- fenced: refuse (LEASE) unless the lease at key (lease.lua's '<token> <expiry ms> <owner>', set with
+  -- PXAT, so an expired lease is gone) holds token
+  function U.fenced(key, token, what)
+    local held, err = read('GET', key)
+    if err then return err end
+    local current = held and string.match(held, '^(%d+) %d+ ')
+    if current == token then return nil end
+    if held and not current then return U.bad_value(key, '(value)', held, "'<token> <expiry ms> <owner>'") end
+    if current then
+      return refuse('LEASE', what .. ': the lease with token ' .. token .. ' was taken over (the current token is '
+        .. current .. '); nothing was written')
+    end
+    return refuse('LEASE', what .. ': the lease with token ' .. token .. ' has expired and no lease is held; '
+      .. 'nothing was written')
   end
 
   util_made = U

@@ -12,12 +12,14 @@ local base_key, links_key, index_key = KEYS[9], KEYS[10], KEYS[11]
 local OPS_TTL_MS = 180000 -- a re-send is recognised for two minutes after its bucket's minute at least
 
 -- op_seen: the first reply of this operation when it already ran (a re-send), as {2, parts...};
--- a refusal that was recorded comes back as its error reply
+-- a refusal that was recorded comes back as its error reply. The record is written again (the same
+-- value): a replicated write after the original, so a WAIT that follows the re-send also covers it.
 local function op_seen(op)
   if op == '' then return nil, nil end
   local found = redis.pcall('HGET', ops_key, op)
   if not found then return nil, nil end
   if type(found) == 'table' then return nil, failed_on(ops_key, found['err']) end
+  redis.call('HSET', ops_key, op, found)
   if string.sub(found, 1, 1) == '!' then return nil, redis.error_reply(string.sub(found, 2)) end
   local out = util().split(found, '\n')
   table.insert(out, 1, 2)
@@ -108,10 +110,12 @@ local function hist()
   end
 
   -- pend: approve.lua's effect on the pending approvals: an approval of the move from `from` to `to`
-  -- records entry `id` as pending (the newest wins); a rejection withdraws a pending one
-  function H.pend(from, to, id, approved, pending)
+  -- records entry `id` as pending (the newest wins; '<id>|<valid until ms>' when it expires); a
+  -- rejection withdraws a pending one
+  function H.pend(from, to, id, approved, pending, valid_until)
     local field = 'p:' .. from .. '>' .. to
     if approved then
+      if valid_until and valid_until ~= '' then id = id .. '|' .. valid_until end
       redis.call('HSET', state_key, field, id)
       if not pending then redis.call('HINCRBY', state_key, 'pn', 1) end
     elseif pending then

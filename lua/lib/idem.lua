@@ -23,6 +23,7 @@ local function idem()
     if parts[1] ~= intent then
       return nil, refuse('CONFLICT', what .. ': the idempotency key was used for ' .. parts[1] .. ', not ' .. intent)
     end
+    redis.call('SET', key, found, 'KEEPTTL') -- replicated after the first call's writes: a WAIT covers them
     if string.sub(parts[2], 1, 1) == '!' then
       parts[1], parts[2] = 4, string.sub(parts[2], 2)
       return parts, nil

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..changes import Change
@@ -15,6 +15,7 @@ from ..records import (
     ApprovalRecord,
     ConfigurationVersion,
     ExperimentState,
+    Lease,
     LifecycleState,
     PolicyEvaluation,
     StateTransition,
@@ -92,7 +93,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
                          reason: str | None = None, metadata: Mapping[str, Any] | None = None,
                          telemetry: Mapping[str, Any] | None = None, tenant: str | None = None,
                          environment: str | None = None, expected_etag: str | None = None,
-                         idempotency_key: str | None = None) -> StateTransition:
+                         idempotency_key: str | None = None, lease: Lease | None = None) -> StateTransition:
         """Move ``experiment`` (in ``tenant`` + ``environment``) to state ``to``; returns the StateTransition written.
 
         One atomic Lua script call (transition.lua), all or nothing: the etag check
@@ -104,9 +105,11 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         ``telemetry`` feeds the policies (unknown keys: ValidationError). A re-send after a
         lost reply is applied once; a repeat with the same ``idempotency_key`` within the
         window returns the first call's result (or raises its policy refusal again) and
-        writes nothing.
+        writes nothing. With ``lease`` (from ``acquire_lease``) the write is refused unless
+        that lease is still the experiment's current, unexpired one (checked in the script).
 
-        Raises NotFoundError (never created), ConflictError (etag changed: its
+        Raises NotFoundError (never created), LeaseError (the lease expired or was taken
+        over), ConflictError (etag changed: its
         ``current_etag``/``current_state`` say what was found; the key was used for another
         operation), InvalidTransitionError (the rules forbid it), ApprovalRequiredError (a
         gate did not approve), PolicyViolationError (a Critical policy failed: its
@@ -115,7 +118,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         """
         return await self.backplane.run(self.core.transition(
             experiment, to, actor=actor, reason=reason, metadata=metadata, telemetry=telemetry, tenant=tenant,
-            environment=environment, expected_etag=expected_etag, idempotency_key=idempotency_key))
+            environment=environment, expected_etag=expected_etag, idempotency_key=idempotency_key, lease=lease))
 
     async def transition_many(self, requests: Iterable[TransitionRequest]) -> list[StateTransition | RedgovError]:
         """Many transitions in one pipelined round trip (one by one on a Cluster); each succeeds or fails on its own.
@@ -133,7 +136,8 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
 
     async def approve(self, experiment: str, to: LifecycleState | str, *, approver: str, reason: str | None = None,
                       approved: bool = True, tenant: str | None = None, environment: str | None = None,
-                      idempotency_key: str | None = None) -> ApprovalRecord:
+                      idempotency_key: str | None = None,
+                      valid_for: timedelta | None = None) -> ApprovalRecord:
         """Record ``approver``'s approval of moving ``experiment`` from its current state to ``to``; returns it.
 
         ``approved=False`` records a rejection instead, which withdraws a pending approval
@@ -141,13 +145,15 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         ManualGate on the move is satisfied by the approval; the transition consumes it and
         is linked to it. Approvals lapse when the experiment leaves the state they were
         given in. One Lua script call (approve.lua), all or nothing, applied once;
-        ``idempotency_key`` as in ``create``. Raises NotFoundError (never created),
-        InvalidTransitionError (no rule allows the move from the current state),
+        ``idempotency_key`` as in ``create``. ``valid_for``: the approval stops satisfying its
+        gate that long after it is recorded (server clock; ``valid_until`` on the record).
+        Raises NotFoundError (never created), InvalidTransitionError (no rule allows the move
+        from the current state),
         ConflictError (the key was used for another operation), ValidationError.
         """
         return await self.backplane.run(self.core.approve(
             experiment, to, approver=approver, reason=reason, approved=approved, tenant=tenant,
-            environment=environment, idempotency_key=idempotency_key))
+            environment=environment, idempotency_key=idempotency_key, valid_for=valid_for))
 
     async def allowed_transitions(self, experiment: str, *, tenant: str | None = None,
                                   environment: str | None = None) -> list[LifecycleState]:
@@ -182,35 +188,36 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
 
     async def create_version(self, experiment: str, configuration: Mapping[str, Any], *, actor: str | None = None,
                              description: str | None = None, tenant: str | None = None,
-                             environment: str | None = None, idempotency_key: str | None = None) -> ConfigurationVersion:
+                             environment: str | None = None, idempotency_key: str | None = None,
+                             lease: Lease | None = None) -> ConfigurationVersion:
         """Add the next version of ``experiment``'s ``configuration`` (a JSON-like mapping); returns it.
 
         By ``actor``, with ``description``, in the scope ``tenant`` + ``environment``. Its
         number is assigned inside the script (the highest + 1, never reused); with
         auto-versioning the state's ``config_version`` follows it (a state write: the
         revision grows by 1, a new etag). One Lua script call (create_version.lua), all or
-        nothing, applied once; ``idempotency_key`` as in ``create``. Raises NotFoundError
-        (never created, unless ``auto_create``), ConflictError (the key was used for
-        another operation), ValidationError.
+        nothing, applied once; ``idempotency_key`` as in ``create``; ``lease`` fences it as in
+        ``transition``. Raises NotFoundError (never created, unless ``auto_create``),
+        LeaseError, ConflictError (the key was used for another operation), ValidationError.
         """
         return await self.backplane.run(self.core.create_version(
             experiment, configuration, actor=actor, description=description, tenant=tenant,
-            environment=environment, idempotency_key=idempotency_key))
+            environment=environment, idempotency_key=idempotency_key, lease=lease))
 
     async def rollback(self, experiment: str, to_version: int, *, actor: str | None = None,
                        tenant: str | None = None, environment: str | None = None,
-                       idempotency_key: str | None = None) -> ConfigurationVersion:
+                       idempotency_key: str | None = None, lease: Lease | None = None) -> ConfigurationVersion:
         """A new version of ``experiment`` restoring version ``to_version``'s configuration; returns it.
 
         The new version has ``is_rollback=True`` and ``rolled_back_from=to_version``; by
         ``actor``, in the scope ``tenant`` + ``environment``. Reads that (immutable)
         version, then writes like ``create_version`` (one script call; ``idempotency_key``
-        as there). Raises NotFoundError (no such version or experiment), ConflictError,
-        ValidationError.
+        and ``lease`` as there). Raises NotFoundError (no such version or experiment),
+        LeaseError, ConflictError, ValidationError.
         """
         return await self.backplane.drive(self.core.rollback(
             experiment, to_version, actor=actor, tenant=tenant, environment=environment,
-            idempotency_key=idempotency_key))
+            idempotency_key=idempotency_key, lease=lease))
 
     async def diff(self, experiment: str, from_version: int, to_version: int, *, tenant: str | None = None,
                    environment: str | None = None) -> list[Change]:
@@ -237,6 +244,63 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         """
         return await self.backplane.drive(self.core.evaluate_policies(
             experiment, telemetry=telemetry, target=target, tenant=tenant, environment=environment))
+
+    async def acquire_lease(self, experiment: str, *, owner: str, ttl: timedelta, tenant: str | None = None,
+                            environment: str | None = None) -> Lease:
+        """Acquire ``experiment``'s lease (in ``tenant`` + ``environment``) for ``owner`` for ``ttl``.
+
+        As ``Governance.acquire_lease``: one script call, expiry judged by the server's clock,
+        a fencing token greater than every earlier one (the holder acquiring again renews,
+        same token). Raises LeaseError (another owner holds it), NotFoundError,
+        ValidationError (a blank owner, a ttl outside 1 ms..7 days).
+        """
+        return await self.backplane.run(self.core.acquire_lease(experiment, owner=owner, ttl=ttl, tenant=tenant,
+                                                                environment=environment))
+
+    async def renew_lease(self, lease: Lease, *, ttl: timedelta) -> Lease:
+        """Extend ``lease`` to ``ttl`` from now (server clock), same token; returns the new Lease.
+
+        One script call. Raises LeaseError (it expired or was taken over), ValidationError.
+        """
+        return await self.backplane.run(self.core.renew_lease(lease, ttl=ttl))
+
+    async def release_lease(self, lease: Lease) -> None:
+        """End ``lease`` now if it is still current; one that expired or was taken over releases nothing.
+
+        One script call. Raises ValidationError (not a Lease).
+        """
+        await self.backplane.run(self.core.release_lease(lease))
+
+    async def wait_for(self, experiment: str, states: Iterable[LifecycleState | str] | LifecycleState | str, *,
+                       timeout: float, tenant: str | None = None, environment: str | None = None) -> ExperimentState:
+        """Return ``experiment``'s state as soon as it is in one of ``states``; TimeoutError after ``timeout`` s.
+
+        As ``Governance.wait_for``, awaited: the state and the log's newest id read in one
+        script call, then ``XREAD BLOCK`` on the scope's log (in ``tenant`` + ``environment``)
+        from there, never polling. Raises TimeoutError, NotFoundError, ValidationError.
+        """
+        waiter = self.core.waiter(experiment, states, timeout=timeout, tenant=tenant, environment=environment)
+        point = await self.backplane.run(waiter.start())
+        found = waiter.begin(point)
+        if found is not None:
+            return found
+        cursor = waiter.cursor
+        assert cursor is not None
+        await self.backplane.drive(cursor.start())
+        while cursor.active():
+            event = waiter.hit(cursor.accept(await self.backplane.run(cursor.next_read(self.backplane.socket_timeout))))
+            if event is None:
+                continue
+            if isinstance(event.record, ExperimentState):
+                return event.record
+            current = await self.state(experiment, tenant=tenant, environment=environment)
+            if current is not None and current.state in waiter.wanted:
+                return current
+            moment = await self.replay(experiment, until=event.record.timestamp,  # type: ignore[union-attr]
+                                    tenant=tenant, environment=environment)
+            if moment is not None:
+                return moment
+        raise waiter.timed_out(point[0])
 
     async def replay(self, experiment: str, *, until: datetime | None = None, tenant: str | None = None,
                      environment: str | None = None) -> ExperimentState | None:

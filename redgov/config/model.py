@@ -74,10 +74,14 @@ class _GateConfig(_Config, tag_field="type", frozen=True, kw_only=True):
 
 
 class AutomaticGateConfig(_GateConfig, tag="automatic", frozen=True, kw_only=True):
-    """``type: automatic``: always approves the move from ``from_state`` (any, when None) to ``to_state``.
+    """``type: automatic``: approves the move from ``from_state`` (any, when None) to ``to_state``.
 
-    ``properties`` holds free-form settings (kept, not interpreted).
+    ``auto_approve_after`` (``autoApproveAfter: "hh:mm:ss"``, also read from ``properties`` as
+    in the seed's sample 11): the move waits until the experiment has been in its current
+    state that long. Other ``properties`` are kept, not interpreted.
     """
+
+    auto_approve_after: Duration | None = None
 
 
 class ManualGateConfig(_GateConfig, tag="manual", frozen=True, kw_only=True):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from ..gates import AutomaticGate, Gate, ManualGate, RoleGate
 from ..policies import ConflictPrevention, ErrorRate, Policy, TimeWindow, TrafficLimit
 from .formats import parse_duration, parse_time_of_day
 from .model import (
+    AutomaticGateConfig,
     ErrorRateConfig,
     GateConfig,
     ManualGateConfig,
@@ -22,8 +25,26 @@ def gate(config: GateConfig) -> Gate:
     """The AutomaticGate, ManualGate or RoleGate a gate configuration describes."""
     if isinstance(config, RoleGateConfig):
         return RoleGate(*config.allowed_roles, to_state=config.to_state, from_state=config.from_state)
-    kind = ManualGate if isinstance(config, ManualGateConfig) else AutomaticGate
-    return kind(to_state=config.to_state, from_state=config.from_state)
+    if isinstance(config, ManualGateConfig):
+        return ManualGate(to_state=config.to_state, from_state=config.from_state)
+    return AutomaticGate(to_state=config.to_state, from_state=config.from_state, after=_auto_approve_after(config))
+
+
+def _auto_approve_after(config: AutomaticGateConfig) -> timedelta | None:
+    """``autoApproveAfter``, as a key of the gate or (the seed's sample 11) of its ``properties``."""
+    given = config.properties.get("autoApproveAfter")
+    if given is not None and config.auto_approve_after is not None and given != config.auto_approve_after:
+        raise ValueError(f"autoApproveAfter is given twice, {config.auto_approve_after!r} and "
+                         f"properties.autoApproveAfter {given!r}; keep one")
+    text = config.auto_approve_after if config.auto_approve_after is not None else given
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f"properties.autoApproveAfter: expected a duration hh:mm:ss, got {text!r}")
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"autoApproveAfter: {exc}") from None
 
 
 def policy(config: PolicyConfig) -> Policy:

@@ -138,20 +138,28 @@ class ScopeRebuild:
         """The experiment's current state, folded from its state-writing entries (None: it has none)."""
         return self._fold(name)[0]
 
-    def _fold(self, name: str) -> tuple[ExperimentState | None, int | None]:
-        """The current state and, when it is Running or Ramping, when it entered them (epoch µs: the
-        state hash's ``rs``, as the write scripts set it) — the first write of the last running streak."""
+    def _fold(self, name: str) -> tuple[ExperimentState | None, dict[str, int]]:
+        """The current state and the times the write scripts keep beside it (epoch µs): ``es``, when it
+        entered its current state, and ``rs`` while it is Running or Ramping, when it entered them."""
         x = self.experiments[name]
         if not x.writes:
-            return None, None
+            return None, {}
         states = fold_states(x.writes, name, self.target.tenant, self.target.environment)
-        since = None
+        entered: int | None = None
+        running: int | None = None
+        previous: ExperimentState | None = None
         for state in states:
+            if previous is None or state.state is not previous.state:
+                entered = to_micros(state.last_modified)
             if state.state not in _RUNNING:
-                since = None
-            elif since is None:
-                since = to_micros(state.last_modified)
-        return states[-1], since
+                running = None
+            elif running is None:
+                running = to_micros(state.last_modified)
+            previous = state
+        times = {"es": entered} if entered is not None else {}
+        if running is not None:
+            times["rs"] = running
+        return states[-1], times
 
     def commands(self) -> Iterator[tuple[Any, ...] | IndexCall]:
         """Every XADD (in log order), then each experiment's ``restore_index`` calls."""
@@ -160,8 +168,8 @@ class ScopeRebuild:
         for name, x in self.experiments.items():
             keys = self.target.experiment(name).standard
             keys = keys[:3] + (ops,) + keys[3:]
-            state, since = self._fold(name)
-            state_text = "" if state is None else _state_text(state, since)
+            state, times = self._fold(name)
+            state_text = "" if state is None else _state_text(state, times)
             for start in range(0, len(x.ids), INDEX_CHUNK):
                 last = start + INDEX_CHUNK >= len(x.ids)
                 yield IndexCall(name, keys, (name, state_text if last else "", *x.ids[start:start + INDEX_CHUNK]))
@@ -175,14 +183,14 @@ def _check(entry_id: str, kind: str, fields: Mapping[str, bytes], log_key: str) 
         raise CorruptDataError(f"log entry {entry_id} of {log_key} cannot be decoded: {exc!r}") from None
 
 
-def _state_text(state: ExperimentState, running_since: int | None = None) -> str:
+def _state_text(state: ExperimentState, times: Mapping[str, int] | None = None) -> str:
     """The state hash fields restore_index writes ('\\n'-separated pairs; names and JSON hold no newline)."""
     parts = ["s", state.state.value, "v", str(state.config_version), "t", str(to_micros(state.last_modified))]
     if state.last_modified_by:
         parts += ["b", state.last_modified_by]
     parts += ["m", ENCODER.encode(state.metadata).decode("utf-8"), "e", state.etag, "r", str(state.revision)]
-    if running_since is not None:
-        parts += ["rs", str(running_since)]
+    for field_name, value in sorted((times or {}).items()):
+        parts += [field_name, str(value)]
     return "\n".join(parts)
 
 
