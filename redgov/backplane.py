@@ -3,8 +3,9 @@
 Each method builds a Call (or a plan of several) in ``core``, runs it and
 returns the parsed result. All decisions live in ``core``; this shell only does
 the I/O: EVALSHA through redis-py's ``Script`` (reloaded after NOSCRIPT), the
-client's own retries, the ACL preflight once per scope, and on a Cluster the
-wait for a migrating slot to settle.
+client's own retries, the ACL preflight once per scope, on a Cluster the wait
+for a migrating slot to settle, and with ``wait_replicas``/``wait_aof`` the
+``WAIT``/``WAITAOF`` sent after each write on the write's own connection.
 """
 
 from __future__ import annotations
@@ -14,12 +15,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import Script
-from redis.exceptions import ClusterError, ResponseError, TryAgainError
+from redis.exceptions import ClusterError, NoScriptError, ResponseError, TryAgainError
 from redis.retry import Retry
 
 from .cache import MISS
 from .core import Archive, Call, Core, Plan, settle
-from .errors import AccessDeniedError, RedgovError, UnavailableError
+from .durability import (
+    aof_refusal,
+    confirm,
+    describe_write,
+    durable_results,
+    evalsha,
+    hello_failed,
+    init_durability,
+    weakest,
+)
+from .errors import AccessDeniedError, DurabilityError, RedgovError, UnavailableError
 from .keys import Scope
 from .records import (
     ApprovalRecord,
@@ -79,14 +90,17 @@ def access_probe(core: Core, scope: Scope) -> Call[None]:
 
 
 def init_shell(shell: Any, client: Any, *, prefix: str, optimistic_concurrency: bool, archive: Archive | None,
-               retain_history: int | None, cache: StateCache | None) -> None:
-    """What Backplane and AsyncBackplane set up alike: the core, the client, the socket timeout, the cache."""
+               retain_history: int | None, cache: StateCache | None, wait_replicas: int = 0,
+               wait_timeout: float = 1.0, wait_aof: bool = False) -> None:
+    """What Backplane and AsyncBackplane set up alike: the core, the client, the socket timeout, the cache,
+    the durability settings (``init_durability``)."""
     shell.core = Core(prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
                       retain_history=retain_history)
     shell.client = client
     shell._cluster = type(client).__name__ == "RedisCluster"
     #: the socket timeout: blocking reads (watch) are cut to fit in it
     shell.socket_timeout = socket_timeout(client)
+    init_durability(shell, client, wait_replicas, wait_timeout, wait_aof)
     #: the local get_state cache (None: every read goes to Redis)
     shell.cache = cache
 
@@ -108,6 +122,16 @@ class Backplane:
     - ``on_close``: called once after ``close`` closed the client (connect uses it
       to release an embedded server).
     - ``cache``: a ``StateCache`` serving ``get_state`` (made by ``connect(cache=True)``).
+    - ``wait_replicas``: after each write, wait (Redis ``WAIT``, on the write's own
+      connection, in the write's round trip) until that many replicas confirmed it;
+      0 (the default) sends nothing more. Fewer within ``wait_timeout`` raises
+      ``DurabilityError``: the write IS applied on the primary (not undone).
+    - ``wait_timeout``: the most seconds each write waits for them (default 1.0; at
+      most half the client's socket timeout).
+    - ``wait_aof``: True sends ``WAITAOF 1 <wait_replicas> <ms>`` instead: the primary
+      and the replicas must have fsynced the write to their append-only files. Needs
+      Redis >= 7.2: on an older server the first write raises ValidationError before
+      anything is sent (``connect`` asks the server at once).
 
     Atomicity: every write is one Lua script call that checks, writes and indexes
     all or nothing, and is applied at most once however often it is re-sent (the
@@ -119,16 +143,33 @@ class Backplane:
     Errors: refusals are ``RedgovError`` subclasses (ConflictError, ValidationError,
     CorruptDataError, AccessDeniedError, UnavailableError, ...); connection and
     timeout errors propagate as redis-py raised them, after the client's retries.
-    The constructor sends nothing; it raises ValidationError for a bad ``prefix`` or
-    ``retain_history``. Closing the Backplane (``close`` or ``with``) closes the
+    With ``wait_replicas``/``wait_aof``, a write that too few replicas confirmed raises
+    ``DurabilityError`` carrying its result (see ``run``, ``run_many``, ``drive``).
+    The constructor sends nothing; it raises ValidationError for a bad ``prefix``,
+    ``retain_history``, ``wait_replicas``, ``wait_timeout`` or ``wait_aof``, and for
+    durability asked of a fakeredis or Cluster client. Closing the Backplane (``close`` or ``with``) closes the
     client, cache and archive.
     """
 
+    # set by init_shell (shared with AsyncBackplane):
+    core: Core
+    client: Any
+    cache: StateCache | None
+    socket_timeout: float | None
+    wait_replicas: int
+    wait_timeout: float
+    wait_aof: bool
+    _cluster: bool
+    _wait: tuple[Any, ...] | None
+    _aof_checked: bool
+
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
                  archive: Archive | None = None, retain_history: int | None = None,
-                 on_close: Callable[[], None] | None = None, cache: StateCache | None = None) -> None:
+                 on_close: Callable[[], None] | None = None, cache: StateCache | None = None,
+                 wait_replicas: int = 0, wait_timeout: float = 1.0, wait_aof: bool = False) -> None:
         init_shell(self, client, prefix=prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
-                   retain_history=retain_history, cache=cache)
+                   retain_history=retain_history, cache=cache, wait_replicas=wait_replicas,
+                   wait_timeout=wait_timeout, wait_aof=wait_aof)
         self._scripts: dict[str, Script] = {
             name: client.register_script(spec.text) for name, spec in self.core.specs.items()
         }
@@ -165,9 +206,17 @@ class Backplane:
         timeout errors propagate after the client's retries. On a Cluster a call
         refused while its slot migrates is sent again until the slot settles
         (``UnavailableError`` after about 10 s).
+
+        A write (a call with a ``scope``) on a Backplane with ``wait_replicas`` or
+        ``wait_aof`` is pipelined with ``WAIT``/``WAITAOF`` on one connection (one round
+        trip); when too few confirmed it, ``DurabilityError`` is raised with the parsed
+        result as ``result`` (the write is applied). A refused write raises its refusal
+        as usual, whatever the WAIT said.
         """
         if call.scope is not None:
             self._check_access(call)
+            if self._wait is not None:
+                return self._run_durable(call, self._wait)
         try:
             reply = self._execute(call)
         except ResponseError as exc:
@@ -181,6 +230,53 @@ class Backplane:
             if call.state_key is not None and self.cache is not None:
                 self.cache.wrote(call.state_key)
         return call.parse(reply)
+
+    def _run_durable(self, call: Call[T], wait: tuple[Any, ...]) -> T:
+        """``run`` for a write followed by WAIT/WAITAOF (never on a Cluster: refused when set up)."""
+        if not self._aof_checked:
+            self._check_aof()
+        try:
+            reply, ack = self._send_durable(call, wait)
+        except ResponseError as exc:
+            return call.failed(exc)
+        finally:
+            if call.state_key is not None and self.cache is not None:
+                self.cache.wrote(call.state_key)
+        result = call.parse(reply)
+        confirm(self, describe_write(call), ack, result)
+        return result
+
+    def _send_durable(self, call: Call[Any], wait: tuple[Any, ...]) -> tuple[Any, Any]:
+        """The write and the WAIT in one non-transactional pipeline (one connection); (reply, WAIT reply).
+
+        The script goes as a raw EVALSHA (no SCRIPT EXISTS round trip); after NOSCRIPT it is
+        loaded and the pair sent once more. A refused write's error is raised.
+        """
+        script = self._scripts[call.script] if call.script is not None else None
+        command = evalsha(script, call) if script is not None else call.args
+        for _attempt in range(2):
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*command)
+                pipe.execute_command(*wait)
+                reply, ack = pipe.execute(raise_on_error=False)
+            if script is None or not isinstance(reply, NoScriptError):
+                break
+            script.sha = self.client.script_load(script.script)
+            command = evalsha(script, call)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply, ack
+
+    def _check_aof(self) -> None:
+        """``wait_aof=True``: refuse a server older than Redis 7.2 (one HELLO, before the first write)."""
+        try:
+            hello = self.client.execute_command("HELLO")
+        except ResponseError as exc:
+            raise hello_failed(exc) from exc
+        refusal = aof_refusal(hello)
+        if refusal is not None:
+            raise refusal
+        self._aof_checked = True
 
     def _check_access(self, call: Call[Any]) -> None:
         """Once per scope: the ACL allows every command a write may run there (before its first write)."""
@@ -201,18 +297,27 @@ class Backplane:
 
         Each Call it yields runs on Redis (``run``), each ArchiveRead on the SQL copy;
         a failure is thrown into the plan where it yielded. Not atomic as a whole:
-        each step is its own round trip.
+        each step is its own round trip. With ``wait_replicas``/``wait_aof`` each write
+        step waits for its replicas; a write step they did not confirm is applied, so
+        the plan goes on with its result, and ``DurabilityError`` is raised at the end
+        with the plan's result as ``result``.
         """
+        unconfirmed: list[DurabilityError] = []
         try:
             step = next(plan)
             while True:
                 try:
                     result = self.run(step) if isinstance(step, Call) else step.run()
+                except DurabilityError as exc:  # applied on the primary: the plan goes on with its result
+                    unconfirmed.append(exc)
+                    step = plan.send(exc.result)
                 except BaseException as exc:  # the plan sees the failure where it yielded
                     step = plan.throw(exc)
                 else:
                     step = plan.send(result)
         except StopIteration as stop:
+            if unconfirmed:
+                raise weakest(unconfirmed, stop.value) from unconfirmed[-1]
             return stop.value  # type: ignore[no-any-return]
 
     def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
@@ -221,30 +326,46 @@ class Backplane:
         Each call is atomic on its own (its script); the batch is not: each succeeds or
         fails by itself. Each result is the parsed reply or the RedgovError that
         refused the call (returned, not raised).
+
+        With ``wait_replicas``/``wait_aof`` one ``WAIT``/``WAITAOF`` ends the pipeline
+        (it covers every write before it on that connection); when too few replicas
+        confirmed, ``DurabilityError`` is raised with ``result`` = the list this method
+        would have returned (the writes in it are applied). No WAIT is sent for a batch
+        without writes, nor checked when every write in it was refused.
         """
         if not calls:
             return []
         if self._cluster or not hasattr(self.client, "pipeline"):
-            return [self._settle(call) for call in calls]
+            results = [self._settle(call) for call in calls]
+            return results if self._wait is None else durable_results(results)
         for call in calls:
             self._check_access(call)
+        wait = self._wait if self._wait is not None and any(call.scope is not None for call in calls) else None
+        if wait is not None and not self._aof_checked:
+            self._check_aof()
         with self.client.pipeline(transaction=False) as pipe:
             for call in calls:
                 if call.script is None:
                     pipe.execute_command(*call.args)
                 else:
                     self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
+            if wait is not None:
+                pipe.execute_command(*wait)
             try:
                 replies = pipe.execute(raise_on_error=False)
             finally:
                 if self.cache is not None:
                     self.cache.wrote(*(call.state_key for call in calls))
-        return [settle(call, reply) for call, reply in zip(calls, replies)]
+        results = [settle(call, reply) for call, reply in zip(calls, replies)]
+        if wait is not None and any(call.scope is not None and not isinstance(reply, ResponseError)
+                                    for call, reply in zip(calls, replies)):
+            confirm(self, f"a batch of {len(calls)} calls (run_many)", replies[-1], results)
+        return results
 
     def _settle(self, call: Call[Any]) -> Any:
         try:
             return self.run(call)
-        except RedgovError as error:
+        except RedgovError as error:  # a DurabilityError too: run_many raises it for the batch
             return error
 
     def close(self) -> None:
@@ -288,7 +409,7 @@ class Backplane:
         scope, exp = self.core.keys(experiment, tenant, environment)
         found = cache.lookup(exp.state)
         if found is not MISS:
-            return found  # type: ignore[no-any-return]
+            return found
         fetch = cache.begin(exp.state, scope.state_prefix)
         try:
             state = self.run(self.core.get_state(experiment, tenant, environment))
@@ -508,6 +629,8 @@ def backplane_repr(backplane: Any) -> str:
         extras += f" retain_history={core.retain_history}"
     if backplane.cache is not None:
         extras += " cache=on"
+    if backplane._wait is not None:
+        extras += f" wait_replicas={backplane.wait_replicas}" + (" wait_aof" if backplane.wait_aof else "")
     if core.archive is not None:
         extras += f" archive={_shorten(repr(core.archive), 40)}"
     return f"<{type(backplane).__name__} prefix={_shorten(repr(backplane.prefix), 40)} " \

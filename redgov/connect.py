@@ -5,7 +5,8 @@ with jittered exponential backoff for ``retries`` re-sends of a command whose
 connection broke or timed out; redgov's scripts make each re-sent write apply
 once. ``cache=True`` adds a ``StateCache`` with its own connection (redis://,
 rediss://, unix://, embedded://); memory:// ignores it and redis+cluster://
-refuses it.
+refuses it. ``wait_replicas``/``wait_aof`` (WAIT/WAITAOF after each write) are
+refused on memory:// and redis+cluster:// before any client is made.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from redis.retry import Retry
 
 from .backplane import Backplane
 from .cache import MAX_AGE, StateCache
+from .durability import check_durability_target
 from .errors import ValidationError
 
 __all__ = ["connect", "open_async_client", "open_client"]
@@ -90,7 +92,20 @@ def client_options(timeout: float, retries: int, kwargs: dict[str, Any]) -> dict
     return options
 
 
+def check_durability(scheme: str, wait_replicas: int, wait_aof: bool) -> None:
+    """Refuse ``wait_replicas`` > 0 or ``wait_aof`` for a ``scheme`` that cannot honour them (memory, cluster).
+
+    Only the scheme is judged here (the values are checked by the Backplane); raises
+    ValidationError naming the setting and why.
+    """
+    where = "memory" if scheme == "memory" else "cluster" if scheme.endswith("+cluster") else scheme
+    valid = isinstance(wait_replicas, int) and not isinstance(wait_replicas, bool) and wait_replicas >= 0
+    if valid and isinstance(wait_aof, bool):  # bad values: the Backplane names them
+        check_durability_target(where, wait_replicas, wait_aof)
+
+
 def check_cache(cache: bool, scheme: str) -> None:
+    """Refuse ``cache=True`` on a Redis Cluster ``scheme`` (ValidationError)."""
     if cache and scheme.endswith("+cluster"):
         raise ValidationError(
             "cache=True is not supported on Redis Cluster (client-side caching tracks keys per node); "
@@ -168,7 +183,8 @@ def stream_connector(url: str, timeout: float, kwargs: dict[str, Any],
 
 def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False, timeout: float = 5.0,
             retries: int = 3, retain_history: int | None = None, archive: Any = None,
-            cache_max_age: float = MAX_AGE, **redis_kwargs: Any) -> Backplane:
+            cache_max_age: float = MAX_AGE, wait_replicas: int = 0, wait_timeout: float = 1.0,
+            wait_aof: bool = False, **redis_kwargs: Any) -> Backplane:
     """A Backplane for ``url``: a real Redis, a Cluster, an in-process fake or an embedded server.
 
     ``url`` schemes: ``redis://host:port/db``, ``rediss://...`` (TLS), ``unix:///path.sock``;
@@ -188,27 +204,44 @@ def connect(url: str = "memory://", *, prefix: str = "gov", cache: bool = False,
     - ``archive``: a ``redgov.sql.SqlArchive``; history reads include what retention
       or ``trim`` removed from Redis.
     - ``cache_max_age``: the most seconds a cached state is served (default 1.0).
+    - ``wait_replicas``: after each write, wait (Redis ``WAIT``, sent on the write's
+      connection in the same round trip) until that many replicas confirmed it; 0 (the
+      default) sends nothing more. Fewer within ``wait_timeout`` raises
+      ``DurabilityError``: the write IS applied on the primary, only unconfirmed.
+      Refused on memory:// (no replicas) and redis+cluster:// (see README, Durability).
+    - ``wait_timeout``: the most seconds each write waits (default 1.0; at most half
+      of ``timeout``).
+    - ``wait_aof``: True waits with ``WAITAOF 1 <wait_replicas>`` instead: the primary's
+      and the replicas' append-only files fsynced the write. Needs Redis >= 7.2 with
+      ``appendonly yes``; connect asks the server's version (one HELLO) and refuses an
+      older one with ValidationError.
     - ``redis_kwargs``: ``optimistic_concurrency=False`` makes ``save_state``
       last-writer-wins; every other keyword goes to the redis-py client
       (``username``, ``password``, ``ssl_ca_certs``, ...; not ``decode_responses=True``).
 
-    No command is sent yet, except that a Cluster client reads the cluster's slots
-    and an embedded server is started. Close the Backplane (``with`` or ``close()``).
-    Raises ValidationError for an unknown scheme or a bad argument, UnavailableError
-    when an embedded server cannot start, and redis-py's errors when a Cluster
-    cannot be reached.
+    No command is sent yet, except that a Cluster client reads the cluster's slots,
+    an embedded server is started, and ``wait_aof=True`` sends one HELLO. Close the
+    Backplane (``with`` or ``close()``). Raises ValidationError for an unknown scheme
+    or a bad argument (durability settings included), UnavailableError when an
+    embedded server cannot start, and redis-py's errors when a Cluster (or, with
+    ``wait_aof``, the server) cannot be reached.
     """
     optimistic = redis_kwargs.pop("optimistic_concurrency", True)
     scheme = scheme_of(url)
     check_cache(cache, scheme)
+    check_durability(scheme, wait_replicas, wait_aof)
     client, on_close = open_client(url, timeout=timeout, retries=retries, **redis_kwargs)
     state_cache = None
     try:
         if cache and scheme != "memory":
             socket_path = client.connection_pool.connection_kwargs["path"] if scheme == "embedded" else None
             state_cache = StateCache(stream_connector(url, timeout, redis_kwargs, socket_path), max_age=cache_max_age)
-        return Backplane(client, prefix=prefix, optimistic_concurrency=optimistic, retain_history=retain_history,
-                         archive=archive, on_close=on_close, cache=state_cache)
+        backplane = Backplane(client, prefix=prefix, optimistic_concurrency=optimistic, retain_history=retain_history,
+                              archive=archive, on_close=on_close, cache=state_cache, wait_replicas=wait_replicas,
+                              wait_timeout=wait_timeout, wait_aof=wait_aof)
+        if wait_aof:
+            backplane._check_aof()  # refuse a server without WAITAOF now, not at the first write
+        return backplane
     except BaseException:
         if state_cache is not None:
             state_cache.close()

@@ -7,13 +7,28 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import ClusterError, ResponseError, TryAgainError
+from redis.exceptions import ClusterError, NoScriptError, ResponseError, TryAgainError
 
-from ..backplane import SLOT_SETTLE_SECONDS, access_probe, backplane_repr, init_shell, slot_moving
+from ..backplane import (
+    SLOT_SETTLE_SECONDS,
+    access_probe,
+    backplane_repr,
+    init_shell,
+    slot_moving,
+)
 from ..cache import MISS, StateCache
-from ..core import Archive, Call, Plan, settle
+from ..core import Archive, Call, Core, Plan, settle
+from ..durability import (
+    aof_refusal,
+    confirm,
+    describe_write,
+    durable_results,
+    evalsha,
+    hello_failed,
+    weakest,
+)
 from ..embedded import EmbeddedServer
-from ..errors import RedgovError, UnavailableError
+from ..errors import DurabilityError, RedgovError, UnavailableError
 from ..records import (
     ApprovalRecord,
     ConfigurationVersion,
@@ -33,7 +48,11 @@ class AsyncBackplane:
 
     Arguments as ``redgov.Backplane``: ``client`` (a ``redis.asyncio.Redis`` or
     ``redis.asyncio.cluster.RedisCluster``, ``decode_responses=False``), ``prefix``,
-    ``optimistic_concurrency``, ``archive``, ``retain_history``, ``cache``; and
+    ``optimistic_concurrency``, ``archive``, ``retain_history``, ``cache``,
+    ``wait_replicas``, ``wait_timeout`` and ``wait_aof`` (after each write, WAIT or
+    WAITAOF on the write's connection in its round trip; too few confirmations raise
+    ``DurabilityError``, the write being applied; ``wait_aof`` on a server older than
+    Redis 7.2 raises ValidationError at the first write, before it is sent); and
     ``server``, the EmbeddedServer behind an embedded:// client (started in a thread
     by the first call, released by ``close``). Made by ``redgov.aio.connect``.
 
@@ -44,11 +63,25 @@ class AsyncBackplane:
     the event loop. ``async with`` closes it.
     """
 
+    # set by init_shell (shared with Backplane):
+    core: Core
+    client: Any
+    cache: StateCache | None
+    socket_timeout: float | None
+    wait_replicas: int
+    wait_timeout: float
+    wait_aof: bool
+    _cluster: bool
+    _wait: tuple[Any, ...] | None
+    _aof_checked: bool
+
     def __init__(self, client: Any, *, prefix: str = "gov", optimistic_concurrency: bool = True,
                  archive: Archive | None = None, retain_history: int | None = None,
-                 cache: StateCache | None = None, server: EmbeddedServer | None = None) -> None:
+                 cache: StateCache | None = None, server: EmbeddedServer | None = None,
+                 wait_replicas: int = 0, wait_timeout: float = 1.0, wait_aof: bool = False) -> None:
         init_shell(self, client, prefix=prefix, optimistic_concurrency=optimistic_concurrency, archive=archive,
-                   retain_history=retain_history, cache=cache)
+                   retain_history=retain_history, cache=cache, wait_replicas=wait_replicas,
+                   wait_timeout=wait_timeout, wait_aof=wait_aof)
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(spec.text) for name, spec in self.core.specs.items()
         }
@@ -99,10 +132,14 @@ class AsyncBackplane:
 
         Refusals are raised as RedgovErrors; on a Cluster a call refused while its slot
         migrates is sent again (``asyncio.sleep`` between) until the slot settles
-        (``UnavailableError`` after about 10 s).
+        (``UnavailableError`` after about 10 s). With ``wait_replicas``/``wait_aof`` a
+        write is pipelined with WAIT/WAITAOF and raises ``DurabilityError`` (carrying
+        its result; the write is applied) when too few confirmed it.
         """
         if call.scope is not None:
             await self._check_access(call)
+            if self._wait is not None:
+                return await self._run_durable(call, self._wait)
         try:
             reply = await self._execute(call)
         except ResponseError as exc:
@@ -116,6 +153,50 @@ class AsyncBackplane:
             if call.state_key is not None and self.cache is not None:
                 self.cache.wrote(call.state_key)
         return call.parse(reply)
+
+    async def _run_durable(self, call: Call[T], wait: tuple[Any, ...]) -> T:
+        """``run`` for a write followed by WAIT/WAITAOF (never on a Cluster: refused when set up)."""
+        await self._ready()
+        if not self._aof_checked:
+            await self._check_aof()
+        try:
+            reply, ack = await self._send_durable(call, wait)
+        except ResponseError as exc:
+            return call.failed(exc)
+        finally:
+            if call.state_key is not None and self.cache is not None:
+                self.cache.wrote(call.state_key)
+        result = call.parse(reply)
+        confirm(self, describe_write(call), ack, result)
+        return result
+
+    async def _send_durable(self, call: Call[Any], wait: tuple[Any, ...]) -> tuple[Any, Any]:
+        """The write and the WAIT in one non-transactional pipeline (one connection); (reply, WAIT reply)."""
+        script = self._scripts[call.script] if call.script is not None else None
+        command = evalsha(script, call) if script is not None else call.args
+        for _attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*command)
+                pipe.execute_command(*wait)
+                reply, ack = await pipe.execute(raise_on_error=False)
+            if script is None or not isinstance(reply, NoScriptError):
+                break
+            script.sha = await self.client.script_load(script.script)
+            command = evalsha(script, call)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply, ack
+
+    async def _check_aof(self) -> None:
+        """``wait_aof=True``: refuse a server older than Redis 7.2 (one HELLO, before the first write)."""
+        try:
+            hello = await self.client.execute_command("HELLO")
+        except ResponseError as exc:
+            raise hello_failed(exc) from exc
+        refusal = aof_refusal(hello)
+        if refusal is not None:
+            raise refusal
+        self._aof_checked = True
 
     async def _check_access(self, call: Call[Any]) -> None:
         scope = call.scope
@@ -134,8 +215,12 @@ class AsyncBackplane:
         """Run a ``plan`` (a generator of core steps) to its end and return its result.
 
         Each Call runs on Redis (``run``), each archive read in a worker thread; a failure
-        is thrown into the plan where it yielded. Not atomic as a whole.
+        is thrown into the plan where it yielded. Not atomic as a whole. A write step
+        its replicas did not confirm (``wait_replicas``/``wait_aof``) is applied: the
+        plan goes on with its result and ``DurabilityError`` is raised at the end with
+        the plan's result, as in ``Backplane.drive``.
         """
+        unconfirmed: list[DurabilityError] = []
         try:
             step = next(plan)
             while True:
@@ -144,37 +229,56 @@ class AsyncBackplane:
                         result = await self.run(step)
                     else:
                         result = await asyncio.to_thread(step.run)
+                except DurabilityError as exc:  # applied on the primary: the plan goes on with its result
+                    unconfirmed.append(exc)
+                    step = plan.send(exc.result)
                 except BaseException as exc:
                     step = plan.throw(exc)
                 else:
                     step = plan.send(result)
         except StopIteration as stop:
+            if unconfirmed:
+                raise weakest(unconfirmed, stop.value) from unconfirmed[-1]
             return stop.value  # type: ignore[no-any-return]
 
     async def run_many(self, calls: Sequence[Call[Any]]) -> list[Any]:
         """Run ``calls`` in one pipelined round trip (one by one on a Cluster); results in their order.
 
         Each call is atomic on its own, the batch is not; each result is the parsed reply or
-        the RedgovError that refused it (returned, not raised).
+        the RedgovError that refused it (returned, not raised). With ``wait_replicas`` or
+        ``wait_aof`` one WAIT/WAITAOF ends the pipeline; too few confirmations raise
+        ``DurabilityError`` with ``result`` = the list of results (the writes are applied).
         """
         if not calls:
             return []
         if self._cluster:
-            return [await self._settle(call) for call in calls]
+            results = [await self._settle(call) for call in calls]
+            return results if self._wait is None else durable_results(results)
         for call in calls:
             await self._check_access(call)
+        wait = self._wait if self._wait is not None and any(call.scope is not None for call in calls) else None
+        if wait is not None:
+            await self._ready()
+            if not self._aof_checked:
+                await self._check_aof()
         async with self.client.pipeline(transaction=False) as pipe:
             for call in calls:
                 if call.script is None:
                     pipe.execute_command(*call.args)
                 else:
                     await self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
+            if wait is not None:
+                pipe.execute_command(*wait)
             try:
                 replies = await pipe.execute(raise_on_error=False)
             finally:
                 if self.cache is not None:
                     self.cache.wrote(*(call.state_key for call in calls))
-        return [settle(call, reply) for call, reply in zip(calls, replies)]
+        results = [settle(call, reply) for call, reply in zip(calls, replies)]
+        if wait is not None and any(call.scope is not None and not isinstance(reply, ResponseError)
+                                    for call, reply in zip(calls, replies)):
+            confirm(self, f"a batch of {len(calls)} calls (run_many)", replies[-1], results)
+        return results
 
     async def _settle(self, call: Call[Any]) -> Any:
         try:
@@ -222,7 +326,7 @@ class AsyncBackplane:
         scope, exp = self.core.keys(experiment, tenant, environment)
         found = cache.lookup(exp.state)
         if found is not MISS:
-            return found  # type: ignore[no-any-return]
+            return found
         await self._ready()  # an embedded server starts before the cache's stream tries to reach it
         fetch = cache.begin(exp.state, scope.state_prefix)
         try:
