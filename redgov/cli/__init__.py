@@ -3,10 +3,10 @@
 Modules: ``parser`` (every command and option, with help), ``context`` (url,
 prefix, scope, config, archive -> Governance), ``output`` (JSON objects, tables,
 colour), ``exits`` (the one function deciding exit codes), ``commands``,
-``reads`` and ``tools`` (the commands themselves).
+``reads``, ``coordination`` (lease, wait) and ``tools`` (the commands themselves).
 
 Exit status: 0 success, 1 a governance refusal, 2 bad usage or configuration,
-3 the server or the stored data failed (4: a bug in redgov). With ``--json``
+3 the server or the stored data failed, 124 ``wait`` timed out (4: a bug in redgov). With ``--json``
 every outcome, errors included, is one JSON object on stdout; ``--debug``
 re-raises errors with their traceback.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from . import commands, reads, tools
+from . import commands, coordination, reads, tools
 from .context import Context, safe_url
 from .exits import exit_code, label, message_for
 from .output import Output
@@ -24,7 +24,8 @@ from .parser import UsageError, build_parser, wants_json
 
 __all__ = ["COMMANDS", "build_parser", "exit_code", "main"]
 
-COMMANDS: dict[str, Callable[[Context], int]] = {**commands.COMMANDS, **reads.COMMANDS, **tools.COMMANDS}
+COMMANDS: dict[str, Callable[[Context], int]] = {**commands.COMMANDS, **reads.COMMANDS, **coordination.COMMANDS,
+                                                 **tools.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

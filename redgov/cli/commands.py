@@ -1,5 +1,6 @@
 """Commands that read and change experiments: list, create, state, transition, approve,
-configure, versions, diff, rollback. Each takes the Context, prints one outcome and returns 0;
+configure, versions, diff, rollback (transition, configure and rollback fenced by
+``--lease-owner/--lease-token`` when given). Each takes the Context, prints one outcome and returns 0;
 refusals are raised (``main`` turns them into an exit status).
 """
 
@@ -8,12 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .context import Context
+from .coordination import fence
 from .output import short, state_line, when
 from .parser import UsageError
 
@@ -78,10 +81,11 @@ def cmd_transition(ctx: Context) -> int:
     a = ctx.args
     metadata = {"actorRole": a.role} if a.role else None
     telemetry = dict(a.telemetry) if a.telemetry else None
+    lease = fence(ctx)
     with ctx.governance() as gov:
         moved = gov.transition(a.experiment, a.state, actor=a.actor, reason=a.reason, metadata=metadata,
                                telemetry=telemetry, expected_etag=a.etag, idempotency_key=a.idempotency_key,
-                               **ctx.scope)
+                               lease=lease, **ctx.scope)
     out = ctx.out
     out.emit({"experiment": a.experiment, "state": moved.to_state, "from": moved.from_state,
               "revision": moved.revision, "etag": moved.etag, "transition": moved},
@@ -94,21 +98,24 @@ def cmd_approve(ctx: Context) -> int:
     a = ctx.args
     with ctx.governance() as gov:
         record = gov.approve(a.experiment, a.state, approver=a.approver, reason=a.reason, approved=not a.reject,
-                             idempotency_key=a.idempotency_key, **ctx.scope)
+                             idempotency_key=a.idempotency_key,
+                             valid_for=None if a.valid_for is None else timedelta(seconds=a.valid_for), **ctx.scope)
     out = ctx.out
     verb = "approved" if record.approved else "rejected"
+    until = f", valid until {when(record.valid_until)}" if record.valid_until is not None else ""
     out.emit({"experiment": a.experiment, "state": record.from_state, "approval": record},
              f"{a.experiment}: {out.state(record.from_state)} -> {out.state(record.to_state)} {verb} "
-             f"by {record.approver}")
+             f"by {record.approver}{until}")
     return 0
 
 
 def cmd_configure(ctx: Context) -> int:
     a = ctx.args
     configuration = read_configuration(a.file)
+    lease = fence(ctx)
     with ctx.governance() as gov:
         version = gov.create_version(a.experiment, configuration, actor=a.actor, description=a.description,
-                                     idempotency_key=a.idempotency_key, **ctx.scope)
+                                     idempotency_key=a.idempotency_key, lease=lease, **ctx.scope)
         state = gov.state(a.experiment, **ctx.scope)
     live = state is not None and state.config_version == version.version
     ctx.out.emit({"experiment": a.experiment, "state": state.state if state else None, "version": version},
@@ -146,9 +153,10 @@ def cmd_diff(ctx: Context) -> int:
 
 def cmd_rollback(ctx: Context) -> int:
     a = ctx.args
+    lease = fence(ctx)
     with ctx.governance(archive=True) as gov:
         version = gov.rollback(a.experiment, a.version, actor=a.actor, idempotency_key=a.idempotency_key,
-                               **ctx.scope)
+                               lease=lease, **ctx.scope)
         state = gov.state(a.experiment, **ctx.scope)
     ctx.out.emit({"experiment": a.experiment, "state": state.state if state else None, "version": version},
                  f"{a.experiment}: version {version.version} restores the configuration of version {a.version}")

@@ -1,7 +1,9 @@
 """Exit status: the one function that decides it, and the one-line message of an error.
 
 0 success; 1 a governance refusal; 2 bad usage or configuration; 3 the server or
-the stored data failed. Anything else is a bug in redgov: exit 4, "internal error".
+the stored data failed; 124 ``redgov wait`` timed out (``WaitTimeoutError``: neither a
+refusal nor a failure, "not yet", the status ``timeout(1)`` uses). Anything else is a
+bug in redgov: exit 4, "internal error".
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from .. import errors
 from ..embedded import EmbeddedError
 from .parser import UsageError
 
-__all__ = ["FAILED", "INTERNAL", "OK", "REFUSED", "USAGE", "exit_code", "label", "message_for", "one_line"]
+__all__ = ["FAILED", "INTERNAL", "OK", "REFUSED", "TIMED_OUT", "USAGE", "WaitTimeoutError", "exit_code", "label",
+           "message_for", "one_line"]
 
-OK, REFUSED, USAGE, FAILED, INTERNAL = 0, 1, 2, 3, 4
+OK, REFUSED, USAGE, FAILED, INTERNAL, TIMED_OUT = 0, 1, 2, 3, 4, 124
+
+
+class WaitTimeoutError(TimeoutError):
+    """``redgov wait``: the experiment did not reach the states within ``--timeout`` (exit 124).
+
+    Raised by the command for the TimeoutError of ``Governance.wait_for`` only, so a socket
+    timeout (also a TimeoutError, an OSError) stays a server failure (exit 3)."""
 
 #: RedgovErrors that say the server or its data failed, not that governance refused
 _SERVER_FAILURES: tuple[type[BaseException], ...] = tuple(
@@ -26,7 +36,10 @@ _SERVER_FAILURES: tuple[type[BaseException], ...] = tuple(
 
 
 def exit_code(error: BaseException) -> int:
-    """The exit status for ``error``: 1 refusal, 2 usage or configuration, 3 server or data, 4 a bug."""
+    """The exit status for ``error``: 1 refusal, 2 usage or configuration, 3 server or data, 124 ``wait``
+    timed out, 4 a bug."""
+    if isinstance(error, WaitTimeoutError):
+        return TIMED_OUT
     if isinstance(error, _SERVER_FAILURES):
         return FAILED
     if isinstance(error, (UsageError, errors.ConfigError, errors.ValidationError)):  # SqlCopyError too
@@ -39,7 +52,7 @@ def exit_code(error: BaseException) -> int:
 
 
 def label(code: int) -> str:
-    return {REFUSED: "refused", USAGE: "error", FAILED: "error"}.get(code, "internal error")
+    return {REFUSED: "refused", USAGE: "error", FAILED: "error", TIMED_OUT: "timed out"}.get(code, "internal error")
 
 
 def one_line(text: str) -> str:
@@ -53,7 +66,8 @@ def _unreachable(error: BaseException) -> bool:
 
 
 def message_for(error: BaseException, code: int, url: str | None) -> str:
-    """The message of an error, on one line (a ConfigError of several problems: one per line): the url when the server could not be reached, a hint for
+    """The message of an error, on one line (a ConfigError of several problems: one per line): the url
+    when the server could not be reached, a hint for
     ``redis+cluster://`` against a single server, and "a bug" for exit 4."""
     message = one_line(str(error)) or type(error).__name__
     if isinstance(error, errors.ConfigError) and len(getattr(error, "errors", ())) > 1:

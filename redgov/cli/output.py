@@ -94,14 +94,15 @@ class Output:
         self.stderr.flush()
 
     def error(self, kind: str, message: str, code: int, label: str, usage: str = "") -> None:
-        """An error: one JSON object on stdout with --json; always one line (after the usage) on stderr."""
+        """An error: one JSON object on stdout with --json; always one line (after the usage) on stderr
+        (yellow for a refusal, 1, and a timed-out wait, 124; red otherwise)."""
         if self.as_json:
             self.stdout.write(msgspec.json.encode({"error": kind, "message": message, "exit": code}).decode()
                               + "\n")
             self.stdout.flush()
         if usage and not self.as_json:
             self.stderr.write(usage)
-        self.stderr.write(self._paint(f"redgov: {label}: {message}", RED if code != 1 else YELLOW,
+        self.stderr.write(self._paint(f"redgov: {label}: {message}", YELLOW if code in (1, 124) else RED,
                                       self.err_color) + "\n")
         self.stderr.flush()
 

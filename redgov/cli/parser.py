@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from .. import __version__
+from ..govcore import MAX_VALID_FOR
+from ..govleases import MAX_TTL
 from ..records import LifecycleState
 from ..rules import DEFAULT_RULES
 
@@ -83,6 +85,33 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _duration(limit: timedelta) -> Any:
+    """An argument type: a number of seconds from 0.001 to ``limit`` (what the library accepts)."""
+    most = limit.total_seconds()
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        if not math.isfinite(value) or not 0.001 <= value <= most:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds from 0.001 to {most:g} "
+                                             f"({limit.days} days), got {text!r}")
+        return value
+
+    return parse
+
+
+def _token(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a lease token (a positive integer), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a lease token (a positive integer), got {value}")
     return value
 
 
@@ -162,15 +191,36 @@ lifecycle states: {states}
 
 EPILOG = """\
 exit status:
-  0  success
-  1  a governance refusal (conflict, invalid transition, approval, policy, lease, not found;
-     verify: differences found)
-  2  bad usage or configuration (unknown command, option or state; bad config or input file)
-  3  the server or the stored data failed (cannot connect, timeout, permission, corrupt data,
-     the embedded server cannot start)
-  4  a bug in redgov (an unexpected error; --debug shows its traceback)
+    0  success
+    1  a governance refusal (conflict, invalid transition, approval, policy, lease, not found;
+       verify: differences found)
+    2  bad usage or configuration (unknown command, option or state; bad config or input file)
+    3  the server or the stored data failed (cannot connect, timeout, permission, corrupt data,
+       the embedded server cannot start)
+    4  a bug in redgov (an unexpected error; --debug shows its traceback)
+  124  wait: the experiment did not reach the states within --timeout (as timeout(1))
 
 `redgov COMMAND --help` describes a command's arguments and options.
+"""
+
+
+LEASE_DETAILS = """\
+A lease names one owner of an experiment until it expires (judged by the Redis server's clock).
+Every acquisition gets a larger fencing token; pass it to writes with
+--lease-owner O --lease-token N (transition, configure, rollback): they are refused (exit 1)
+once the lease expired or another owner acquired it. The same owner acquiring again renews it.
+
+  redgov lease acquire checkout --owner ctl-a --ttl 30
+  redgov lease renew checkout --owner ctl-a --token N --ttl 30
+  redgov lease release checkout --owner ctl-a --token N
+"""
+
+WAIT_DETAILS = """\
+Prints the state as soon as the experiment is in one of STATE (at once if it already is) and
+exits 0. When --timeout passes first it exits 124 (as timeout(1) does), so a script can tell
+"not yet" from a refusal (1, e.g. no such experiment) or a failure (2, 3):
+
+  redgov wait checkout Paused --timeout 60 && take-over
 """
 
 
@@ -202,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--idempotency-key", dest="idempotency_key", metavar="K",
                          help="run this write at most once: a repeat with the same key returns the first result")
 
+    def fence(sub: argparse.ArgumentParser, what: str) -> None:
+        sub.add_argument("--lease-owner", dest="lease_owner", metavar="O",
+                         help=f"with --lease-token: {what} only while that lease (from `redgov lease acquire`) is "
+                              "still the experiment's current one; refused (exit 1) once it expired or was taken over")
+        sub.add_argument("--lease-token", dest="lease_token", type=_token, metavar="N",
+                         help="the fencing token `redgov lease acquire` printed (with --lease-owner)")
+
     states_help = f"one of: {STATE_NAMES}"
     rules = "default transition rules (from -> allowed to):\n" + rules_text()
 
@@ -231,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "runningDuration=3600 (repeat for several)")
     p.add_argument("--role", help="the actor's role, recorded as metadata actorRole (what role gates check)")
     p.add_argument("--etag", help="refuse with a conflict unless the stored state still has this etag")
+    fence(p, "move it")
     idempotency(p)
 
     p = command("approve", "record an approval (or a rejection) of a move, for a manual gate",
@@ -241,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approver", required=True, help="who approves (recorded; required)")
     p.add_argument("--reason", help="why (recorded with the approval)")
     p.add_argument("--reject", action="store_true", help="record a rejection instead (withdraws a pending approval)")
+    p.add_argument("--valid-for", dest="valid_for", type=_duration(MAX_VALID_FOR), metavar="SECONDS",
+                   help="the approval satisfies the gate only this many seconds after it is recorded (server clock; "
+                        "default: until it is consumed or lapses)")
     idempotency(p)
 
     p = command("history", "list an experiment's transitions")
@@ -261,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="the configuration: a YAML or JSON mapping ('-': standard input)")
     p.add_argument("--description", help="what changed (recorded with the version)")
     p.add_argument("--actor", help="who configures it (recorded)")
+    fence(p, "write it")
     idempotency(p)
 
     p = command("versions", "list an experiment's configuration versions (* marks the live one)")
@@ -276,7 +338,43 @@ def build_parser() -> argparse.ArgumentParser:
     experiment(p)
     p.add_argument("version", type=_positive_int, metavar="N", help="the version whose configuration is restored")
     p.add_argument("--actor", help="who rolls back (recorded)")
+    fence(p, "write it")
     idempotency(p)
+
+    # -- coordination
+    p = command("lease", "acquire, renew or release an experiment's lease (a fencing token for its writes)",
+                LEASE_DETAILS)
+    actions = p.add_subparsers(dest="lease_command", metavar="ACTION", parser_class=_Parser, title="actions")
+    actions.required = True
+
+    def action(name: str, summary: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=summary, description=summary + "\n\n" + LEASE_DETAILS,
+                                 formatter_class=_Formatter)
+        _global_options(sub, after=True)
+        experiment(sub)
+        sub.add_argument("--owner", required=True, metavar="O",
+                         help="who holds the lease: a host, process or controller id (required)")
+        return sub
+
+    ttl = _duration(MAX_TTL)
+    q = action("acquire", "acquire the lease; print its owner, fencing token and expiry (exit 1 if another "
+                          "owner holds it)")
+    q.add_argument("--ttl", type=ttl, required=True, metavar="SECONDS",
+                   help="how long it lasts unless renewed, in seconds (server clock; up to 7 days; required)")
+    q = action("renew", "extend the lease, keeping its token (exit 1 if it expired or was taken over)")
+    q.add_argument("--token", type=_token, required=True, metavar="N", help="the lease's fencing token (required)")
+    q.add_argument("--ttl", type=ttl, required=True, metavar="SECONDS",
+                   help="the new duration from now, in seconds (server clock; up to 7 days; required)")
+    q = action("release", "end the lease now if it is still current (exit 0 either way; says which)")
+    q.add_argument("--token", type=_token, required=True, metavar="N", help="the lease's fencing token (required)")
+
+    p = command("wait", "wait until an experiment is in one of the states; print the state (exit 124 on timeout)",
+                WAIT_DETAILS)
+    experiment(p)
+    p.add_argument("states", nargs="+", type=_state, metavar="STATE",
+                   help=f"the states waited for (one or more), {states_help}")
+    p.add_argument("--timeout", type=_seconds, required=True, metavar="SECONDS",
+                   help="give up after this many seconds: exit 124 (0: only look; required)")
 
     # -- the event log
     p = command("replay", "fold an experiment's event log into its state")
