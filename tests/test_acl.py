@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from datetime import timedelta
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +75,11 @@ def test_the_whole_api_runs_as_the_least_privileged_user(server: RedisProcess) -
         assert [s.experiment for s in gov.experiments()] == ["checkout"]
         assert gov.state("checkout") == gov.state("checkout")  # a cached read
         assert [e.kind for e in gov.watch(from_id="0", timeout=0.5)][:2] == ["state", "transition"]
+        lease = gov.acquire_lease("checkout", owner="ctl", ttl=timedelta(seconds=5))  # coordination
+        gov.transition("checkout", S.PAUSED, lease=gov.renew_lease(lease, ttl=timedelta(seconds=5)))
+        gov.release_lease(lease)
+        gov.approve("checkout", S.RUNNING, approver="lead", valid_for=timedelta(minutes=5))
+        assert gov.wait_for("checkout", S.PAUSED, timeout=1).state is S.PAUSED
         every_key = [k.decode() for k in server.client().scan_iter(count=1000)]
         assert every_key and all(k.startswith(PREFIX + "{") for k in every_key)
     finally:
