@@ -1,7 +1,8 @@
 """Sans-IO lease plans of GovernanceCore: acquire, renew and release an experiment's fenced lease.
 
-A lease is one Redis string per experiment, ``<token> <expiry ms> <owner>``, written with
-``SET ... PXAT`` by ``lease.lua``, which judges expiry by the server's clock (``TIME``).
+A lease is one Redis string per experiment, ``<token> <owner>``, written with ``SET ... PXAT``
+by ``lease.lua`` (new expiries are the server's ``TIME`` + ttl): it exists exactly while the
+lease lasts, Redis judging its expiry by its own clock.
 The fencing token is kept in the experiment's state hash (field ``lt``) so it survives the
 lease's expiry; ``transition``/``create_version`` given ``lease=`` check, inside their own
 script, that the lease's token is the one stored (an expired lease key is gone, so an

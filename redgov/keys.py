@@ -39,7 +39,7 @@ share a key.
 | ``{T}:b:<exp>``         | hash   | retention: the state at the cut (where replay starts), entries      |
 |                         |        | removed per list, the last removed entry id                         |
 | ``{T}:i:<exp>:<key>``   | string | an idempotency key's first outcome (expires)                        |
-| ``{T}:k:<exp>``         | string | the experiment's lease: fencing token, expiry, owner (expires)      |
+| ``{T}:k:<exp>``         | string | the experiment's lease: fencing token and owner (expires with it)  |
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class ExperimentKeys:
         return f"{self.tag}:i:{self.encoded}:{encode_part(key)}"
 
     def lease(self) -> str:
-        """The experiment's lease: a string ``<token> <expiry ms> <owner>`` set with PXAT (expires with it)."""
+        """The experiment's lease: a string ``<token> <owner>`` set with PXAT (it expires with the lease)."""
         return f"{self.tag}:k:{self.encoded}"
 
 

@@ -101,14 +101,14 @@ local function util()
     return nil
   end
 
-  -- fenced: refuse (LEASE) unless the lease at key (lease.lua's '<token> <expiry ms> <owner>', set with
-  -- PXAT, so an expired lease is gone) holds token
+  -- fenced: refuse (LEASE) unless the lease at key (lease.lua's '<token> <owner>', which expires with the
+  -- lease) holds token
   function U.fenced(key, token, what)
     local held, err = read('GET', key)
     if err then return err end
-    local current = held and string.match(held, '^(%d+) %d+ ')
+    local current = held and string.match(held, '^(%d+) ')
     if current == token then return nil end
-    if held and not current then return U.bad_value(key, '(value)', held, "'<token> <expiry ms> <owner>'") end
+    if held and not current then return U.bad_value(key, '(value)', held, "'<token> <owner>'") end
     if current then
       return refuse('LEASE', what .. ': the lease with token ' .. token .. ' was taken over (the current token is '
         .. current .. '); nothing was written')
