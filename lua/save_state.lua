@@ -64,11 +64,8 @@ else
 end
 if not current then hist().register(experiment) end
 if stored[4] ~= state then redis.call('HSET', state_key, 'es', modified_at) end -- entered its state (gates)
-local was_running = stored[4] == 'Running' or stored[4] == 'Ramping'
-if state == 'Running' or state == 'Ramping' then -- rs: when it entered them, kept while in them (TrafficLimit)
-  if not was_running then redis.call('HSET', state_key, 'rs', modified_at) end
-elseif was_running then
-  redis.call('HDEL', state_key, 'rs')
+if (state == 'Running' or state == 'Ramping') and stored[4] ~= 'Running' and stored[4] ~= 'Ramping' then
+  redis.call('HSET', state_key, 'rs', modified_at) -- when it last entered them (TrafficLimit)
 end
 if trim then retention().apply(trim) end
 local reply = {1, revision, id}

@@ -31,7 +31,8 @@ Errors: REDGOV_NOT_FOUND, REDGOV_LEASE, REDGOV_CONFLICT (an etag conflict names 
         REDGOV_INVALID_TRANSITION, REDGOV_APPROVAL_REQUIRED,
         REDGOV_POLICY_VIOLATION <failed group numbers, 0-based> <current state> <detail> (the evaluations
         are recorded), REDGOV_CORRUPT, REDGOV_DENIED
-State hash fields rs: when the experiment entered Running or Ramping (epoch µs), present while it is in them;
+State hash fields rs: when the experiment last entered Running or Ramping (epoch µs; read only while it is in
+them);
 es: when it entered its current state (epoch µs; an AutomaticGate with after waits from there).
 ]]
 -- @include lib/common.lua
@@ -225,16 +226,19 @@ else
 end
 if type(id) == 'table' then return failed_on(log_key, id['err']) end -- the first write: nothing was written
 redis.call('RPUSH', history_key, 'T' .. id)
+-- one HSET: entering Running or Ramping also records when (rs; left in place after, read only while running)
+local entering = not running and (target == 'Running' or target == 'Ramping')
 if actor == '' then
-  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'es', now)
+  if entering then
+    redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'es', now, 'rs', now)
+  else
+    redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'es', now)
+  end
   if stored[3] then redis.call('HDEL', state_key, 'b') end
+elseif entering then
+  redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'b', actor, 'es', now, 'rs', now)
 else
   redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'b', actor, 'es', now)
-end
-if target == 'Running' or target == 'Ramping' then
-  if not running then redis.call('HSET', state_key, 'rs', now) end
-elseif running then
-  redis.call('HDEL', state_key, 'rs')
 end
 if not stored[1] then
   redis.call('HSET', state_key, 'v', '0', 'm', '{}')

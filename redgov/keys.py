@@ -27,8 +27,8 @@ share a key.
 | ``{T}:ops:<minute>``    | hash   | operation id -> first reply of that write (expires: re-send dedupe) |
 | ``{T}:s:<exp>``         | hash   | current state ``s v t b m e r``; pending approvals ``p:<from>><to>`` |
 |                         |        | (``<entry id>[|<valid until ms>]``, their count ``pn``); ``es``/``rs``|
-|                         |        | when it entered its state / Running or Ramping (µs); ``lt`` the     |
-|                         |        | last lease fencing token                                            |
+|                         |        | when it entered its state / last entered Running or Ramping (µs);   |
+|                         |        | ``lt`` the last lease fencing token                                 |
 | ``{T}:h:<exp>``         | list   | ``<code><entry id>`` of every entry of the experiment, in order     |
 |                         |        | (codes: S state, T/t transition with/without a state write,         |
 |                         |        | A approval, V/v version with/without, P policy evaluation)          |

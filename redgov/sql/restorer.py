@@ -140,7 +140,7 @@ class ScopeRebuild:
 
     def _fold(self, name: str) -> tuple[ExperimentState | None, dict[str, int]]:
         """The current state and the times the write scripts keep beside it (epoch µs): ``es``, when it
-        entered its current state, and ``rs`` while it is Running or Ramping, when it entered them."""
+        entered its current state, and ``rs``, when it last entered Running or Ramping."""
         x = self.experiments[name]
         if not x.writes:
             return None, {}
@@ -151,9 +151,7 @@ class ScopeRebuild:
         for state in states:
             if previous is None or state.state is not previous.state:
                 entered = to_micros(state.last_modified)
-            if state.state not in _RUNNING:
-                running = None
-            elif running is None:
+            if state.state in _RUNNING and (previous is None or previous.state not in _RUNNING):
                 running = to_micros(state.last_modified)
             previous = state
         times = {"es": entered} if entered is not None else {}
