@@ -136,8 +136,8 @@ def test_wait_and_approve_valid_for_in_process(run: InProcess, redis_url: str, p
     assert time.monotonic() - started >= 0.2 and out == ""
     assert err == ("redgov: timed out: experiment exp did not reach Paused within 0.2 s "
                    "(it was Running when the wait began)\n")
-    timed_out = run.json("wait", "exp", "Paused", "Archived", "--timeout", "0.1", code=124)
-    assert timed_out["error"] == "WaitTimeoutError" and timed_out["exit"] == 124
+    timed_out = run.json("wait", "exp", "Paused", "Archived", "--timeout", "0.1", code=1)
+    assert timed_out["error"] == "WaitTimeoutError" and timed_out["exit"] == 1
     assert "did not reach Archived, Paused" in timed_out["message"]
     assert run.json("wait", "nobody", "Paused", "--timeout", "5", code=1)["error"] == "NotFoundError"
 
@@ -225,15 +225,15 @@ def test_help_documents_every_option_of_the_new_commands() -> None:
     for name in ("redgov transition", "redgov configure", "redgov rollback"):
         assert "--lease-owner O" in text[name] and "--lease-token N" in text[name], name
     assert "--valid-for SECONDS" in text["redgov approve"]
-    assert "exit 124" in text["redgov wait"] and "&& take-over" in text["redgov wait"]
-    assert "124 wait: the experiment did not reach" in text["redgov"]
+    assert "exit 1 on timeout" in text["redgov wait"] and "&& take-over" in text["redgov wait"]
+    assert "wait: none of the states reached within --timeout" in text["redgov"]
     # global options after the nested command
     args = build_parser().parse_args(["lease", "release", "e", "--owner", "o", "--token", "3", "--json", "--env", "x"])
     assert (args.json, args.environment, args.token, args.lease_command) == (True, "x", 3, "release")
 
 
 def test_exit_codes_of_a_timed_out_wait_and_a_socket_timeout() -> None:
-    assert exit_code(WaitTimeoutError("not yet")) == 124
+    assert exit_code(WaitTimeoutError("not yet")) == 1
     assert exit_code(TimeoutError("socket timed out")) == 3  # a TimeoutError is an OSError: a failure
     assert exit_code(redis.TimeoutError("read timed out")) == 3
     assert exit_code(redgov.LeaseError("held")) == 1

@@ -6,7 +6,8 @@ colour), ``exits`` (the one function deciding exit codes), ``commands``,
 ``reads``, ``coordination`` (lease, wait) and ``tools`` (the commands themselves).
 
 Exit status: 0 success, 1 a governance refusal, 2 bad usage or configuration,
-3 the server or the stored data failed, 124 ``wait`` timed out (4: a bug in redgov). With ``--json``
+3 the server or the stored data failed (4: a bug in redgov); ``wait`` exits 1 when its
+``--timeout`` passes first. With ``--json``
 every outcome, errors included, is one JSON object on stdout; ``--debug``
 re-raises errors with their traceback.
 """

@@ -2,7 +2,7 @@
 write given ``--lease-owner O --lease-token N`` (transition, configure, rollback).
 
 A lease refused (held by another owner, expired, taken over) is a LeaseError: exit 1. ``wait``
-timing out is a ``WaitTimeoutError``: exit 124 (see ``exits``).
+timing out is a ``WaitTimeoutError``: exit 1, as a refusal (see ``exits``).
 """
 
 from __future__ import annotations

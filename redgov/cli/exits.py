@@ -1,9 +1,9 @@
 """Exit status: the one function that decides it, and the one-line message of an error.
 
-0 success; 1 a governance refusal; 2 bad usage or configuration; 3 the server or
-the stored data failed; 124 ``redgov wait`` timed out (``WaitTimeoutError``: neither a
-refusal nor a failure, "not yet", the status ``timeout(1)`` uses). Anything else is a
-bug in redgov: exit 4, "internal error".
+0 success; 1 a governance refusal, or ``redgov wait`` reaching none of its states in time
+(``WaitTimeoutError``: the condition asked for does not hold; the statuses stay those of
+API.md); 2 bad usage or configuration; 3 the server or the stored data failed. Anything
+else is a bug in redgov: exit 4, "internal error".
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from .parser import UsageError
 __all__ = ["FAILED", "INTERNAL", "OK", "REFUSED", "TIMED_OUT", "USAGE", "WaitTimeoutError", "exit_code", "label",
            "message_for", "one_line"]
 
-OK, REFUSED, USAGE, FAILED, INTERNAL, TIMED_OUT = 0, 1, 2, 3, 4, 124
+OK, REFUSED, USAGE, FAILED, INTERNAL = 0, 1, 2, 3, 4
+#: ``redgov wait`` timed out: a refusal's status, told apart by its label and error name
+TIMED_OUT = REFUSED
 
 
 class WaitTimeoutError(TimeoutError):
-    """``redgov wait``: the experiment did not reach the states within ``--timeout`` (exit 124).
+    """``redgov wait``: the experiment did not reach the states within ``--timeout`` (exit 1).
 
     Raised by the command for the TimeoutError of ``Governance.wait_for`` only, so a socket
     timeout (also a TimeoutError, an OSError) stays a server failure (exit 3)."""
@@ -36,8 +38,8 @@ _SERVER_FAILURES: tuple[type[BaseException], ...] = tuple(
 
 
 def exit_code(error: BaseException) -> int:
-    """The exit status for ``error``: 1 refusal, 2 usage or configuration, 3 server or data, 124 ``wait``
-    timed out, 4 a bug."""
+    """The exit status for ``error``: 1 refusal (or ``wait`` timed out), 2 usage or configuration, 3 server
+    or data, 4 a bug."""
     if isinstance(error, WaitTimeoutError):
         return TIMED_OUT
     if isinstance(error, _SERVER_FAILURES):

@@ -95,14 +95,14 @@ class Output:
 
     def error(self, kind: str, message: str, code: int, label: str, usage: str = "") -> None:
         """An error: one JSON object on stdout with --json; always one line (after the usage) on stderr
-        (yellow for a refusal, 1, and a timed-out wait, 124; red otherwise)."""
+        (yellow for a refusal or a timed-out wait, 1; red otherwise)."""
         if self.as_json:
             self.stdout.write(msgspec.json.encode({"error": kind, "message": message, "exit": code}).decode()
                               + "\n")
             self.stdout.flush()
         if usage and not self.as_json:
             self.stderr.write(usage)
-        self.stderr.write(self._paint(f"redgov: {label}: {message}", YELLOW if code in (1, 124) else RED,
+        self.stderr.write(self._paint(f"redgov: {label}: {message}", YELLOW if code == 1 else RED,
                                       self.err_color) + "\n")
         self.stderr.flush()
 

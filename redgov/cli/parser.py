@@ -193,12 +193,11 @@ EPILOG = """\
 exit status:
     0  success
     1  a governance refusal (conflict, invalid transition, approval, policy, lease, not found;
-       verify: differences found)
+       verify: differences found; wait: none of the states reached within --timeout)
     2  bad usage or configuration (unknown command, option or state; bad config or input file)
     3  the server or the stored data failed (cannot connect, timeout, permission, corrupt data,
        the embedded server cannot start)
     4  a bug in redgov (an unexpected error; --debug shows its traceback)
-  124  wait: the experiment did not reach the states within --timeout (as timeout(1))
 
 `redgov COMMAND --help` describes a command's arguments and options.
 """
@@ -217,8 +216,8 @@ once the lease expired or another owner acquired it. The same owner acquiring ag
 
 WAIT_DETAILS = """\
 Prints the state as soon as the experiment is in one of STATE (at once if it already is) and
-exits 0. When --timeout passes first it exits 124 (as timeout(1) does), so a script can tell
-"not yet" from a refusal (1, e.g. no such experiment) or a failure (2, 3):
+exits 0. When --timeout passes first it exits 1 ("redgov: timed out: ..."; with --json the error
+is WaitTimeoutError), as a refusal does; a failure of the server exits 3:
 
   redgov wait checkout Paused --timeout 60 && take-over
 """
@@ -368,13 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = action("release", "end the lease now if it is still current (exit 0 either way; says which)")
     q.add_argument("--token", type=_token, required=True, metavar="N", help="the lease's fencing token (required)")
 
-    p = command("wait", "wait until an experiment is in one of the states; print the state (exit 124 on timeout)",
+    p = command("wait", "wait until an experiment is in one of the states; print the state (exit 1 on timeout)",
                 WAIT_DETAILS)
     experiment(p)
     p.add_argument("states", nargs="+", type=_state, metavar="STATE",
                    help=f"the states waited for (one or more), {states_help}")
     p.add_argument("--timeout", type=_seconds, required=True, metavar="SECONDS",
-                   help="give up after this many seconds: exit 124 (0: only look; required)")
+                   help="give up after this many seconds: exit 1 (0: only look; required)")
 
     # -- the event log
     p = command("replay", "fold an experiment's event log into its state")
