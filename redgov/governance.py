@@ -26,6 +26,7 @@ from .records import (
     ExperimentState,
     Lease,
     LifecycleState,
+    PendingMove,
     PolicyEvaluation,
     StateTransition,
 )
@@ -317,6 +318,23 @@ class Governance(GovernanceBase[Backplane]):
             ValidationError: an unknown state name.
         """
         return self.backplane.drive(self.core.experiments(tenant=tenant, environment=environment, state=state))
+
+    def awaiting_approval(self, *, tenant: str | None = None,
+                          environment: str | None = None) -> list[PendingMove]:
+        """The moves a ManualGate blocks right now in a scope, by experiment name (the approval inbox).
+
+        A move is listed when the rules allow it from the experiment's current state, a
+        ManualGate guards it, and no approval of it is recorded (or the one recorded has
+        expired by the server's clock). Reads the scope's index in pages, each page's state
+        hashes pipelined (not one atomic snapshot).
+
+        Args:
+            tenant, environment: the scope (None: the default).
+
+        Returns:
+            PendingMove(experiment, from_state, to_state, gate, state, tenant, environment) each.
+        """
+        return self.backplane.drive(self.core.awaiting_approval(tenant=tenant, environment=environment))
 
     # -- versions --------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .calls import Call, Plan, settled
-from .codec import decode_state_hash, state_fields, text
+from .codec import decode_state_hash, pairs, state_fields, text
 from .core import Core
 from .errors import (
     CorruptDataError,
@@ -15,10 +15,12 @@ from .errors import (
     ValidationError,
 )
 from .events import GovernanceEvent, WatchCursor
+from .gates import Gate, ManualGate
 from .policies import Policy
 from .records import (
     ExperimentState,
     LifecycleState,
+    PendingMove,
     StateTransition,
 )
 from .rules import Rules
@@ -38,6 +40,7 @@ class GovernanceSettings:
     if TYPE_CHECKING:  # provided by GovernanceCore
         core: Core
         rules: Rules
+        gates: tuple[Gate, ...]
         policies: tuple[Policy, ...]
         initial_state: LifecycleState
         auto_create: bool
@@ -104,6 +107,45 @@ class ReadPlans(GovernanceSettings):
         stored_state = yield self.core.get_state(experiment, tenant, environment)
         return compare(replayed, stored_state)
 
+
+    def awaiting_approval(self, *, tenant: str | None, environment: str | None) -> Plan[list[PendingMove]]:
+        """The moves a ManualGate blocks now in a scope: the index read in pages, each page's state hashes
+        (HGETALL: the state and its pending approvals) pipelined with the server's TIME."""
+        scope = self.core.scope(tenant, environment)
+        manual = [g for g in self.gates if isinstance(g, ManualGate)]
+        out: list[PendingMove] = []
+        if not manual:
+            return out
+        after = "-"
+        fields = [f.decode() for f in state_fields()]
+        while True:
+            names = yield Call((scope.index,), ("ZRANGEBYLEX", scope.index, after, "+", "LIMIT", 0, LIST_PAGE),
+                               _names_reply(scope.index))
+            if not names:
+                break
+            keys = tuple(scope.experiment(name).state for name in names)
+            replies = yield Call(keys, (("TIME",), *(("HGETALL", key) for key in keys)), settled(keys), batch=True)
+            now_ms = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
+            for name, key, raw in zip(names, keys, replies[1:]):
+                stored = pairs(raw)
+                state = decode_state_hash([stored.get(f) for f in fields], key, name, tenant, environment)
+                if state is None:
+                    continue
+                for target in sorted(self.rules.allowed(state.state), key=lambda s: s.value):
+                    gate = next((g for g in manual if g.applies(state.state, target)), None)
+                    if gate is None:
+                        continue
+                    pending = stored.get(f"p:{state.state.value}>{target.value}")
+                    if pending is not None:
+                        parts = text(pending).split("|")
+                        if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) >= now_ms:
+                            continue  # approved, waiting to be consumed
+                    out.append(PendingMove(experiment=name, from_state=state.state, to_state=target, gate=gate.name,
+                                           state=state, tenant=tenant, environment=environment))
+            if len(names) < LIST_PAGE:
+                break
+            after = "(" + names[-1]
+        return out
 
     def waiter(self, experiment: str, states: Iterable[LifecycleState | str] | LifecycleState | str, *,
                timeout: float, tenant: str | None, environment: str | None) -> StateWaiter:

@@ -289,6 +289,24 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     environment: str | None = None
 
 
+class PendingMove(msgspec.Struct, frozen=True, kw_only=True):
+    """A move a ManualGate blocks right now: the rules allow it from the experiment's state, and no
+    (unexpired) approval of it is recorded (``Governance.awaiting_approval``).
+
+    Fields: ``experiment``; ``from_state`` (its current state) and ``to_state`` (the move's
+    target); ``gate``, the ManualGate's name; ``state``, the experiment's current
+    ExperimentState (who moved it last, and when); ``tenant``, ``environment``: the scope.
+    """
+
+    experiment: str
+    from_state: LifecycleState
+    to_state: LifecycleState
+    gate: str
+    state: ExperimentState
+    tenant: str | None = None
+    environment: str | None = None
+
+
 class SaveResult(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of ``Backplane.save_state``: the stored state, or the conflict that refused it.
 

@@ -280,3 +280,24 @@ def test_async_wait_for(redis_url: str, prefix: str) -> None:
         with redis.Redis.from_url(redis_url) as client:
             delete_prefix(client, prefix)
 
+
+
+def test_awaiting_approval_lists_the_moves_a_manual_gate_blocks_now(make: Callable[..., Governance]) -> None:
+    gov = make(gates=[ManualGate(to_state=S.APPROVED), ManualGate(from_state=S.APPROVED, to_state=S.RUNNING)])
+    for name in ("b", "a", "c"):
+        gov.create(name)
+        gov.transition(name, S.PENDING_APPROVAL)
+    gov.create("draft")  # Draft -> Approved is not a rule: nothing to approve
+    gov.approve("b", S.APPROVED, approver="lead")  # approved: waits to be consumed, not in the inbox
+    gov.approve("c", S.APPROVED, approver="lead", valid_for=timedelta(milliseconds=30))
+    time.sleep(0.06)  # expired: blocking again
+    inbox = gov.awaiting_approval()
+    assert [(m.experiment, m.from_state, m.to_state, m.gate) for m in inbox] == [
+        ("a", S.PENDING_APPROVAL, S.APPROVED, "manual:*->Approved"),
+        ("c", S.PENDING_APPROVAL, S.APPROVED, "manual:*->Approved")]
+    assert inbox[0].state == gov.state("a")
+    gov.transition("b", S.APPROVED)
+    assert [(m.experiment, m.to_state) for m in gov.awaiting_approval()] == [
+        ("a", S.APPROVED), ("b", S.RUNNING), ("c", S.APPROVED)]
+    assert make().awaiting_approval() == []  # no ManualGate: nothing ever waits
+    assert gov.awaiting_approval(tenant="elsewhere") == []

@@ -1,0 +1,176 @@
+"""The Starlette application of ``redgov serve``: context, middleware, error pages, routes.
+
+``create_app(governance, users_file, secret)`` builds it around one Governance (its gates,
+policies and rules are the installation's) and serves every tenant/environment scope of the
+backplane's prefix. Handlers that call Redis are plain functions (Starlette runs them in its
+thread pool); the live feed (``live``) is asynchronous. Every response carries a strict
+Content-Security-Policy: scripts and styles only from this server (htmx is vendored in
+``static/``), nothing inline, no frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as ASGIScope
+
+from ..errors import ValidationError
+from ..governance import Governance
+from ..keys import Scope, parse_log_key, scope_pattern
+from . import auth
+from .users import Users
+
+__all__ = ["WebContext", "create_app"]
+
+HERE = Path(__file__).resolve().parent
+#: how long the list of scopes (a SCAN of the prefix's logs) is reused
+SCOPES_TTL = 5.0
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+}
+
+
+@dataclass
+class WebContext:
+    """What every route needs: the Governance, the users, the templates, the live hub, the metrics."""
+
+    governance: Governance
+    users: Users
+    templates: Environment
+    hub: Any = None  # live.LiveHub, started by the app's lifespan
+    metrics: Any = None  # metrics.Metrics
+    _scopes: tuple[float, list[Scope]] = field(default=(0.0, []))
+
+    def scopes(self) -> list[Scope]:
+        """Every tenant/environment scope of the prefix that has a log, by name (SCAN, cached 5 s)."""
+        at, found = self._scopes
+        if time.monotonic() - at < SCOPES_TTL:
+            return found
+        prefix = self.governance.backplane.prefix
+        keys = set()
+        for raw in self.governance.backplane.client.scan_iter(match=scope_pattern(prefix), count=1000,
+                                                               _type="STREAM"):
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            try:
+                parsed = parse_log_key(key)
+            except ValueError:
+                continue
+            if parsed[0] == prefix:
+                keys.add(parsed)
+        found = sorted((Scope(*k) for k in keys), key=lambda s: (s.tenant or "", s.environment or ""))
+        self._scopes = (time.monotonic(), found)
+        return found
+
+    def render(self, request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+        """A page: ``template`` with ``context``, the user, the CSRF token and the request (autoescaped)."""
+        values = {"request": request, "csrf": auth.csrf_token(request), **context}
+        values.setdefault("user", auth.page_user(self, request))
+        return HTMLResponse(self.templates.get_template(template).render(values), status_code=status_code)
+
+
+def _error_response(ctx: WebContext, request: Request, status: int, message: str,
+                    headers: dict[str, str] | None = None) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": "HTTPException", "message": message}, status_code=status, headers=headers)
+    return ctx.render(request, "error.html", {"status": status, "message": message}, status_code=status)
+
+
+def create_app(governance: Governance, users_file: str | Path, secret: str, *, live: bool = True,
+               session_max_age: int = 12 * 3600, https_only: bool = False) -> Starlette:
+    """The web UI and JSON API of one installation (the Governance's prefix, every scope).
+
+    Args:
+        governance: the Governance whose rules, gates and policies apply (its backplane's
+            prefix is the installation; it is not closed by the app).
+        users_file: the users file (``redgov users add`` writes it); re-read when it changes.
+        secret: signs session cookies (at least 32 characters; keep it stable across restarts
+            so sessions survive them).
+        live: run the live feed (Server-Sent Events from the scope streams).
+        session_max_age: seconds a login lasts.
+        https_only: mark the session cookie Secure (serve behind TLS).
+
+    Raises:
+        ValidationError: a short secret. ConfigError: an unreadable users file.
+    """
+    if not isinstance(secret, str) or len(secret) < 32:
+        raise ValidationError("the session secret must be at least 32 characters (see `redgov serve --help`)")
+    from . import api, metrics, pages
+    from . import live as live_feed
+
+    templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
+                            trim_blocks=True, lstrip_blocks=True)
+    ctx = WebContext(governance=governance, users=Users(users_file), templates=templates)
+    ctx.metrics = metrics.Metrics(governance)
+    ctx.hub = live_feed.LiveHub(governance) if live else None
+    routes: list[BaseRoute] = [
+        *auth.routes(ctx), *pages.routes(ctx), *api.routes(ctx), *live_feed.routes(ctx), *metrics.routes(ctx),
+        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+
+    async def login_required(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, auth.LoginRequired)
+        return auth.login_redirect(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error_response(ctx, request, exc.status_code, str(exc.detail), exc.headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if ctx.hub is not None:
+            await ctx.hub.start()
+        try:
+            yield
+        finally:
+            if ctx.hub is not None:
+                await ctx.hub.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(SecurityHeaders),
+                                Middleware(SessionMiddleware, secret_key=secret, session_cookie="redgov_session",
+                                           max_age=session_max_age, same_site="strict", https_only=https_only)],
+                    exception_handlers={auth.LoginRequired: login_required, HTTPException: http_error})
+    app.state.ctx = ctx
+    return app
+
+
+class SecurityHeaders:
+    """ASGI middleware: ``SECURITY_HEADERS`` on every HTTP response (streams included)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
