@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -30,13 +30,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
 
-from ..errors import ValidationError
+from ..errors import RedgovError, ValidationError
 from ..governance import Governance
 from ..keys import Scope, parse_log_key, scope_pattern
+from ..validate import check_scope_part
 from . import auth
 from .users import Users
 
-__all__ = ["WebContext", "create_app"]
+__all__ = ["WebContext", "create_app", "scope_of"]
+
+T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 #: how long the list of scopes (a SCAN of the prefix's logs) is reused
@@ -81,11 +84,36 @@ class WebContext:
         self._scopes = (time.monotonic(), found)
         return found
 
+    def act(self, operation: str, call: Callable[[], T]) -> T:
+        """Run one Governance call made for a request, timed and counted by outcome in the metrics
+        (``operation``: transition, approve, reject, create_version, rollback, ...). Raises what it raises."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return call()
+        except RedgovError as refusal:
+            outcome = type(refusal).__name__
+            raise
+        finally:
+            observe = getattr(self.metrics, "observe", None)
+            if observe is not None:
+                observe(operation, outcome, time.perf_counter() - started)
+
     def render(self, request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
         """A page: ``template`` with ``context``, the user, the CSRF token and the request (autoescaped)."""
         values = {"request": request, "csrf": auth.csrf_token(request), **context}
         values.setdefault("user", auth.page_user(self, request))
         return HTMLResponse(self.templates.get_template(template).render(values), status_code=status_code)
+
+
+def scope_of(request: Request) -> tuple[str | None, str | None]:
+    """The scope a request names in ``?tenant=&environment=`` (empty or absent: None); ValidationError
+    for a bad part."""
+    parts = []
+    for name in ("tenant", "environment"):
+        value = request.query_params.get(name) or None
+        parts.append(check_scope_part(value, name))
+    return parts[0], parts[1]
 
 
 def _error_response(ctx: WebContext, request: Request, status: int, message: str,
