@@ -31,6 +31,7 @@ from .records import (
     StateTransition,
 )
 from .rules import Rules
+from .telemetry import attach as _attach_telemetry
 
 __all__ = ["Governance"]
 
@@ -69,6 +70,8 @@ class GovernanceBase(Generic[B]):
             initial_state=initial_state, auto_versioning=auto_versioning, clock=clock,
             idempotency_window=idempotency_window, auto_create=auto_create,
             require_telemetry=require_telemetry)
+        # OpenTelemetry spans and metrics when a provider is set now (redgov.telemetry); else nothing per call
+        _attach_telemetry(self)
 
     @property
     def rules(self) -> Rules:
