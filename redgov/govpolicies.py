@@ -69,7 +69,9 @@ class PolicyPlans(GovernanceSettings):
         of a move into Running or Ramping, and the TrafficLimits that need the stored stable time."""
         groups: list[dict[str, Any]] = []
         for policy in self.policies:
-            need = policy.stored_stability(telemetry) if isinstance(policy, TrafficLimit) else None
+            if not isinstance(policy, TrafficLimit):
+                continue
+            need = policy.stored_stability(telemetry)
             if need is None:
                 continue
             reasons = policy.verdicts(telemetry)

@@ -54,6 +54,7 @@ class TrackingStream:
         _stream_id: int | None
         _stop: threading.Event
         _thread: threading.Thread | None
+        _closed: bool
         health_interval: float
 
         def invalidate(self, keys: Any) -> None: ...

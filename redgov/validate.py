@@ -34,7 +34,7 @@ def _has_control(value: str) -> bool:
 def check_name(value: object, what: str) -> str:
     """A non-empty, non-blank name of at most MAX_NAME_LENGTH characters without control characters."""
     if value.__class__ is str and value in _GOOD_NAMES:  # names in use are checked once per process
-        return value  # type: ignore[return-value]
+        return value  # type: ignore[return-value, unused-ignore]
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be a string, got {type(value).__name__} {value!r}")
     if not value or value.isspace():
@@ -62,7 +62,7 @@ def check_scope_part(value: object, what: str) -> str | None:
 
 def check_state(value: object, what: str = "state") -> LifecycleState:
     if value.__class__ is LifecycleState:
-        return value  # type: ignore[return-value]
+        return value  # type: ignore[return-value, unused-ignore]
     try:
         return LifecycleState(value if isinstance(value, str) else repr(value))
     except ValueError:
