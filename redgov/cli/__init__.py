@@ -3,7 +3,7 @@
 Modules: ``parser`` (every command and option, with help), ``context`` (url,
 prefix, scope, config, archive -> Governance), ``output`` (JSON objects, tables,
 colour), ``exits`` (the one function deciding exit codes), ``commands``,
-``reads``, ``coordination`` (lease, wait) and ``tools`` (the commands themselves).
+``reads``, ``coordination`` (lease, wait), ``tools`` and ``web`` (serve, users) (the commands themselves).
 
 Exit status: 0 success, 1 a governance refusal, 2 bad usage or configuration,
 3 the server or the stored data failed (4: a bug in redgov); ``wait`` exits 1 when its
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from . import commands, coordination, reads, tools
+from . import commands, coordination, reads, tools, web
 from .context import Context, safe_url
 from .exits import exit_code, label, message_for
 from .output import Output
@@ -26,7 +26,7 @@ from .parser import UsageError, build_parser, wants_json
 __all__ = ["COMMANDS", "build_parser", "exit_code", "main"]
 
 COMMANDS: dict[str, Callable[[Context], int]] = {**commands.COMMANDS, **reads.COMMANDS, **coordination.COMMANDS,
-                                                 **tools.COMMANDS}
+                                                 **tools.COMMANDS, **web.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,10 +115,10 @@ class Context:
             self.out.warn(f"history reads use Redis only: {exc}")
             return None
 
-    def backplane_open(self, *, archive: bool = False) -> Backplane:
+    def backplane_open(self, *, archive: bool = False, **options: Any) -> Backplane:
         """A Backplane on the url and prefix, with the config's persistence options and, when ``archive``,
-        the SQL copy as its archive (closed with it)."""
-        kwargs: dict[str, Any] = {}
+        the SQL copy as its archive (closed with it); ``options`` go to ``connect`` (``cache=True``)."""
+        kwargs: dict[str, Any] = dict(options)
         if self.config is not None and not self.config.optimistic_concurrency:
             kwargs["optimistic_concurrency"] = False
         if self.config is not None and self.config.retain_history is not None:
@@ -132,10 +132,10 @@ class Context:
             raise
 
     @contextmanager
-    def governance(self, *, archive: bool = False) -> Iterator[Governance]:
+    def governance(self, *, archive: bool = False, **options: Any) -> Iterator[Governance]:
         """A Governance with the config's gates, policies, initial state, auto-versioning and
-        require-telemetry (defaults without a config); closed afterwards."""
-        backplane = self.backplane_open(archive=archive)
+        require-telemetry (defaults without a config); closed afterwards. ``options``: see ``backplane_open``."""
+        backplane = self.backplane_open(archive=archive, **options)
         try:
             config = self.config
             if config is not None:

@@ -182,6 +182,20 @@ def _global_options(parser: argparse.ArgumentParser, *, after: bool) -> None:
                        help="show the traceback of an error instead of one line")
 
 
+def _actions(parser: argparse.ArgumentParser, dest: str, details: str) -> Any:
+    """Nested commands (``users add``): a function adding one, with its summary, and the global options."""
+    actions = parser.add_subparsers(dest=dest, metavar="ACTION", parser_class=_Parser, title="actions")
+    actions.required = True
+
+    def action(name: str, summary: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=summary, description=summary + ("\n\n" + details if details else ""),
+                                 formatter_class=_Formatter)
+        _global_options(sub, after=True)
+        return sub
+
+    return action
+
+
 DESCRIPTION = """\
 Redis-native experiment governance: lifecycle state, transitions, approvals,
 configuration versions and policy evaluations, authoritative across processes.
@@ -413,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="to_url", metavar="SQL_URL",
                    help="SQL url of the copy (default: $REDGOV_EXPORT_URL, else the config's export url)")
     p.add_argument("--keep", type=_seconds, metavar="SECONDS", help="seconds of recent entries to keep")
+
+    # -- the web UI: serve, users (declared in web.py)
+    from .web import declare
+
+    declare(command, _actions)
 
     # -- tools
     command("demo", "walk a sample experiment through its whole lifecycle")

@@ -1,0 +1,254 @@
+"""``redgov serve`` (the operator web UI and JSON API) and ``redgov users add|list`` (its users file).
+
+``serve`` runs uvicorn with ``redgov.web.create_app`` around the Governance this command line
+builds (url, prefix and ``--config`` gates and policies, as for every command). It listens on
+loopback only unless ``--allow-remote``: the server has no TLS, so on any other address
+passwords (HTTP Basic, the login form) and session cookies would cross the network in clear.
+The session secret is ``--secret-file``, else ``$REDGOV_WEB_SECRET``, else ``<users file>.secret``
+(made with 64 random characters, mode 0600, on first serve); a secret file readable by group
+or others is refused. Ctrl-C (or SIGTERM) stops it cleanly: exit 0.
+
+``users add`` reads the password from standard input (one line; on a terminal it asks twice
+without echo) and never prints it; ``users list`` prints names and roles, never hashes.
+The web extra (``pip install 'redgov[web]'``) is imported only by these commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import getpass
+import ipaddress
+import os
+import secrets
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ..errors import ConfigError
+from .context import Context
+from .parser import UsageError
+
+__all__ = ["COMMANDS", "declare", "read_secret"]
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
+ROLES = ("viewer", "approver", "operator")
+SECRET_ENV = "REDGOV_WEB_SECRET"
+
+SERVE_DETAILS = f"""\
+Serves every tenant/environment scope of the prefix: pages for people (log in at /login), a JSON
+API under /api/ (HTTP Basic; the schema at /api/openapi.json) and Prometheus metrics at /metrics
+(no login). Users and roles come from --users (`redgov users add`): viewer reads; approver also
+approves and rejects; operator also transitions, creates versions and rolls back.
+
+The session secret is --secret-file, else ${SECRET_ENV}, else USERS.secret next to the users file
+(created with mode 0600 on first serve). Only loopback addresses unless --allow-remote: there is
+no TLS here; to serve others, put a TLS proxy in front, pass --allow-remote and --secure-cookies.
+
+  redgov users add ana --role operator --users users.json   # asks for the password
+  redgov --url redis://localhost:6379/0 serve --users users.json
+"""
+
+USERS_DETAILS = """\
+The users file is JSON (names, roles, argon2 password hashes), written with mode 0600. `add` reads
+the password from standard input, one line (on a terminal it asks twice, without echo):
+
+  printf '%s\\n' "$PASSWORD" | redgov users add ana --role operator --users users.json
+"""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
+    return value
+
+
+def declare(command: Callable[..., argparse.ArgumentParser], actions: Callable[..., Any]) -> None:
+    """Add ``serve`` and ``users add|list`` to the parser (``command`` and ``actions`` from ``build_parser``)."""
+    p = command("serve", "serve the operator web UI, the JSON API and /metrics (Ctrl-C stops)", SERVE_DETAILS)
+    p.add_argument("--users", required=True, metavar="FILE", help="the users file (`redgov users add`; required)")
+    p.add_argument("--host", default=DEFAULT_HOST, metavar="H",
+                   help=f"address to listen on (default {DEFAULT_HOST}; not loopback: needs --allow-remote)")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, metavar="N",
+                   help=f"port to listen on (default {DEFAULT_PORT}; 0: any free port, printed)")
+    p.add_argument("--secret-file", dest="secret_file", metavar="F",
+                   help=f"file holding the secret that signs session cookies, 32+ characters, mode 0600 (default: "
+                        f"${SECRET_ENV}, else USERS.secret, created on first serve)")
+    p.add_argument("--allow-remote", dest="allow_remote", action="store_true",
+                   help="listen on an address other than loopback (there is no TLS: put a TLS proxy in front)")
+    p.add_argument("--secure-cookies", dest="secure_cookies", action="store_true",
+                   help="mark the session cookie Secure (the browser reaches the server over https, via a proxy)")
+    p.add_argument("--cache", action="store_true",
+                   help="serve state reads from a local cache that Redis invalidates (connect(cache=True))")
+
+    p = command("users", "add a user of `redgov serve`, or list them (the users file)", USERS_DETAILS)
+    action = actions(p, "users_command", USERS_DETAILS)
+    q = action("add", "add a user, or replace its role and password (the password from standard input)")
+    q.add_argument("name", metavar="NAME", help="the user's name (recorded as actor or approver)")
+    q.add_argument("--role", required=True, choices=ROLES,
+                   help="viewer reads; approver also approves and rejects; operator also transitions, creates "
+                        "versions and rolls back (required)")
+    q.add_argument("--users", required=True, metavar="FILE", help="the users file (created, mode 0600; required)")
+    q = action("list", "list the users and their roles (never the password hashes)")
+    q.add_argument("--users", required=True, metavar="FILE", help="the users file (required)")
+
+
+# -- users ------------------------------------------------------------------------------------
+
+
+def _password(name: str) -> str:
+    """The new password: one line of standard input, or asked twice without echo on a terminal."""
+    stdin = sys.stdin
+    if stdin is None:
+        raise UsageError("give the password on standard input (one line)")
+    if stdin.isatty():
+        first = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("the same again: ") != first:
+            raise UsageError("the two passwords differ; nothing was changed")
+        return first
+    line = stdin.readline()
+    return line[:-1].rstrip("\r") if line.endswith("\n") else line
+
+
+def cmd_users(ctx: Context) -> int:
+    from ..web.users import _read, add_user
+
+    a, out = ctx.args, ctx.out
+    path = Path(a.users)
+    if a.users_command == "list":
+        if not path.exists():
+            raise ConfigError(f"users file {path} does not exist; create it with "
+                              "`redgov users add NAME --role ROLE --users FILE`")
+        found = sorted(_read(path).items())
+        rows = [(name, role.label) for name, (role, _hash) in found]
+        text = out.table(rows, ["user", "role"]) if rows else f"no users in {path}"
+        out.emit({"users": [{"name": n, "role": r} for n, r in rows], "count": len(rows), "file": str(path)}, text)
+        return 0
+    replaced = path.exists() and a.name in _read(path)
+    password = _password(a.name)
+    user = add_user(path, a.name, a.role, password)
+    verb = "replaced" if replaced else "added"
+    out.emit({"user": user.name, "role": user.role.label, "replaced": replaced, "file": str(path)},
+             f"{verb} user {user.name} ({user.role.label}) in {path}")
+    return 0
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def read_secret(path: Path) -> str:
+    """The session secret in ``path``; ConfigError when it is missing, empty, or readable by group or others."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"secret file {path}: {exc.strerror or exc}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"secret file {path} is open to group or others (mode {stat.S_IMODE(mode):04o}); "
+                          f"anyone reading it can forge sessions: chmod 600 {path}")
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"secret file {path} cannot be read: {exc}") from None
+    if not secret:
+        raise ConfigError(f"secret file {path} is empty")
+    return secret
+
+
+def _secret(args: argparse.Namespace) -> str:
+    if args.secret_file:
+        return read_secret(Path(args.secret_file))
+    if os.environ.get(SECRET_ENV):
+        return os.environ[SECRET_ENV]
+    path = Path(str(args.users) + ".secret")
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read_secret(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the secret file {path}: {exc.strerror or exc}") from None
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(secrets.token_urlsafe(48) + "\n")
+    return read_secret(path)
+
+
+def _listen(host: str, port: int, allow_remote: bool) -> socket.socket:
+    """A listening socket on ``host``:``port``; UsageError for a non-loopback address without ``allow_remote``."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = found[0]
+    remote = [a[4][0] for a in found if not ipaddress.ip_address(str(a[4][0]).split("%")[0]).is_loopback]
+    if remote and not allow_remote:
+        raise UsageError(f"--host {host} is not a loopback address ({remote[0]}): redgov serve has no TLS, so "
+                         "passwords and session cookies would cross the network in clear; serve it behind a TLS "
+                         "proxy and pass --allow-remote (and --secure-cookies)")
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, every line on stderr (stdout carries the one line or JSON object of the command)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for handler in config["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"
+    return config
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_serve(ctx: Context) -> int:
+    a = ctx.args
+    sock = _listen(a.host, a.port, a.allow_remote)
+    try:
+        from ..web import Users, create_app  # ConfigError without the web extra
+
+        try:
+            import uvicorn
+        except ImportError as missing:
+            raise ConfigError(f"redgov serve needs the web extra: pip install 'redgov[web]' ({missing})") from None
+        if len(Users(a.users)) == 0:
+            raise ConfigError(f"users file {a.users} has no users: add one with `redgov users add`")
+        secret = _secret(a)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in str(host) else str(host)
+        url = f"http://{shown}:{port}/"
+        with ctx.governance(archive=True, cache=a.cache) as gov:
+            app = create_app(gov, a.users, secret, https_only=a.secure_cookies)
+            server = uvicorn.Server(uvicorn.Config(app, log_config=_log_config(), lifespan="on",
+                                                   server_header=False, timeout_graceful_shutdown=5))
+            ctx.out.emit({"url": url, "prefix": ctx.prefix, "users": str(a.users)},
+                         f"redgov serve: {url} (prefix {ctx.prefix}, users {a.users}); Ctrl-C stops")
+            previous = signal.signal(signal.SIGTERM, _interrupt)  # uvicorn re-raises it after its shutdown
+            try:
+                server.run(sockets=[sock])
+            except KeyboardInterrupt:
+                pass
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+    finally:
+        sock.close()
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Context], int]] = {"serve": cmd_serve, "users": cmd_users}
