@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
 
-from ..errors import RedgovError, ValidationError
+from ..errors import ValidationError
 from ..governance import Governance
 from ..keys import Scope, parse_log_key, scope_pattern
 from ..validate import check_scope_part
@@ -91,8 +91,8 @@ class WebContext:
         outcome = "ok"
         try:
             return call()
-        except RedgovError as refusal:
-            outcome = type(refusal).__name__
+        except Exception as failure:  # a refusal (RedgovError), or a connection failure: never counted as ok
+            outcome = type(failure).__name__
             raise
         finally:
             observe = getattr(self.metrics, "observe", None)
@@ -117,7 +117,7 @@ def scope_of(request: Request) -> tuple[str | None, str | None]:
 
 
 def _error_response(ctx: WebContext, request: Request, status: int, message: str,
-                    headers: dict[str, str] | None = None) -> Response:
+                    headers: Mapping[str, str] | None = None) -> Response:
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": "HTTPException", "message": message}, status_code=status, headers=headers)
     return ctx.render(request, "error.html", {"status": status, "message": message}, status_code=status)

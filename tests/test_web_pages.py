@@ -1,0 +1,392 @@
+"""The HTML pages of ``redgov serve`` (Starlette TestClient against a real Redis prefix).
+
+Every page for each role with its data-testid hooks; refusals shown in ``[data-testid=error]`` with
+nothing written; role and CSRF refusals (403) writing nothing; experiment names with HTML or ``..``
+escaped and routed safely; history and audit paging; the version diff.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+import redgov
+from redgov import ErrorRate, Governance, LifecycleState as S, ManualGate
+from redgov.keys import Scope
+from redgov.web import add_user, create_app
+
+from .conftest import delete_prefix
+
+SECRET = "test-secret-" + "x" * 32
+PASSWORD = {"olga": "operator-pw", "abe": "approver-pw", "vic": "viewer-pw"}
+ROLE = {"olga": "operator", "abe": "approver", "vic": "viewer"}
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("web-users") / "users.json"
+    for name, role in ROLE.items():
+        add_user(path, name, role, PASSWORD[name])
+    return path
+
+
+@pytest.fixture
+def gov(redis_url: str, prefix: str) -> Iterator[Governance]:
+    bp = redgov.connect(redis_url, prefix=prefix)
+    governance = Governance(bp, gates=[ManualGate(to_state=S.APPROVED)], policies=[ErrorRate(0.05)])
+    yield governance
+    delete_prefix(bp.client, prefix)
+    bp.close()
+
+
+@pytest.fixture
+def app(gov: Governance, users_file: Path) -> object:
+    return create_app(gov, users_file, SECRET, live=False)
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'<meta name="csrf-token" content="([^"]+)"', page)
+    assert found, "no csrf meta in the page"
+    return found.group(1)
+
+
+def login(app: object, name: str) -> TestClient:
+    client = TestClient(app)  # type: ignore[arg-type]
+    token = csrf_of(client.get("/login").text)
+    answer = client.post("/login", data={"username": name, "password": PASSWORD[name], "csrf": token, "next": "/"},
+                         follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+    return client
+
+
+def hooks(page: str, testid: str) -> list[str]:
+    """The opening tags carrying data-testid=<testid>."""
+    return re.findall(r'<[^>]*data-testid="%s"[^>]*>' % re.escape(testid), page)
+
+
+def attr(tag: str, name: str) -> str | None:
+    found = re.search(r'\s%s="([^"]*)"' % re.escape(name), tag)
+    return html.unescape(found.group(1)) if found else None
+
+
+def seed(gov: Governance) -> None:
+    gov.create("checkout", actor="ana", configuration={"rollout": {"percent": 5}, "color": "red"})
+    gov.create("search", actor="ben", tenant="acme", environment="prod")
+    gov.transition("checkout", S.PENDING_APPROVAL, actor="ana", reason="ready")
+    gov.create_version("checkout", {"rollout": {"percent": 10, "steps": [1, 2]}, "size": 3}, actor="ana",
+                       description="wider rollout")
+
+
+def log_length(gov: Governance, tenant: str | None, environment: str | None) -> int:
+    return int(gov.backplane.client.xlen(Scope(gov.backplane.prefix, tenant, environment).log))
+
+
+def post(client: TestClient, url: str, data: dict[str, str], *, csrf: bool = True) -> object:
+    if csrf:
+        data = {**data, "csrf": csrf_of(client.get("/").text)}
+    return client.post(url, data=data, follow_redirects=False)
+
+
+# -- every page, every role ------------------------------------------------------------------
+
+def test_pages_need_a_login(app: object) -> None:
+    client = TestClient(app)  # type: ignore[arg-type]
+    for url in ("/", "/experiments/checkout", "/approvals", "/audit"):
+        answer = client.get(url, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/login?next=")
+
+
+@pytest.mark.parametrize("name", ["olga", "abe", "vic"])
+def test_every_page_for_each_role(app: object, gov: Governance, name: str) -> None:
+    seed(gov)
+    client = login(app, name)
+    listing = client.get("/")
+    assert listing.status_code == 200
+    rows = hooks(listing.text, "experiment-row")
+    assert sorted(attr(r, "data-experiment") or "" for r in rows) == ["checkout", "search"]
+    states = re.findall(r'data-testid="state">([^<]+)<', listing.text)
+    assert sorted(states) == ["Draft", "PendingApproval"]
+    assert "script-src 'self'" in listing.headers["content-security-policy"]
+
+    page = client.get("/experiments/checkout")
+    assert page.status_code == 200
+    current = hooks(page.text, "current-state")
+    assert len(current) == 1 and attr(current[0], "data-state") == "PendingApproval"
+    buttons = hooks(page.text, "transition")
+    assert sorted(attr(b, "data-to") or "" for b in buttons) == ["Approved", "Draft", "Rejected"]
+    assert all(("disabled" in b) == (name != "olga") for b in buttons)
+    assert len(hooks(page.text, "history-entry")) == 2
+    assert len(hooks(page.text, "version")) == 2
+    # the approver and the operator may decide the move a manual gate blocks; the viewer may not
+    decide = hooks(page.text, "approve")
+    assert len(decide) == (0 if name == "vic" else 1)
+
+    inbox = client.get("/approvals")
+    pending = hooks(inbox.text, "pending-approval")
+    assert [(attr(p, "data-experiment"), attr(p, "data-to")) for p in pending] == [("checkout", "Approved")]
+    approve = hooks(inbox.text, "approve") + hooks(inbox.text, "reject")
+    assert len(approve) == 2 and all(("disabled" in b) == (name == "vic") for b in approve)
+
+    audit = client.get("/audit")
+    entries = hooks(audit.text, "audit-entry")
+    assert len(entries) == log_length(gov, None, None) + log_length(gov, "acme", "prod")
+    assert [attr(e, "data-kind") for e in entries[:2]] == ["version", "policy"]  # newest first
+
+    scoped = client.get("/experiments/search?tenant=acme&environment=prod")
+    assert scoped.status_code == 200 and "acme" in scoped.text
+    assert client.get("/experiments/search").status_code == 404  # not in the default scope
+
+
+def test_list_filters(app: object, gov: Governance) -> None:
+    seed(gov)
+    client = login(app, "vic")
+
+    def names(url: str) -> list[str]:
+        answer = client.get(url)
+        assert answer.status_code == 200, answer.text
+        return sorted(attr(r, "data-experiment") or "" for r in hooks(answer.text, "experiment-row"))
+
+    assert names("/?state=Draft") == ["search"]
+    assert names("/?q=CHECK") == ["checkout"]
+    assert names("/?tenant=acme") == ["search"]
+    assert names("/?scope=acme:prod") == ["search"]
+    assert names("/?scope=~:~") == ["checkout"]
+    assert client.get("/?state=Nope").status_code == 400
+    for page in ("/", "/approvals", "/audit"):  # a scope filter that names no scope is an error, not "all"
+        answer = client.get(f"{page}?scope=no-colon")
+        assert answer.status_code == 400 and "is not a scope of this installation" in answer.text, page
+
+
+# -- moves: the logged-in user acts; refusals are shown and write nothing ----------------------
+
+def test_operator_moves_and_refusals_are_shown(app: object, gov: Governance) -> None:
+    seed(gov)
+    client = login(app, "olga")
+    before = gov.state("checkout")
+    assert before is not None
+    # a gated move: ApprovalRequiredError, shown, nothing written
+    refused = post(client, "/experiments/checkout", {"op": "transition", "to": "Approved", "reason": "go"})
+    assert refused.status_code == 409  # type: ignore[attr-defined]
+    errors = re.findall(r'data-testid="error">([^<]+)<', refused.text)  # type: ignore[attr-defined]
+    assert errors and "approv" in html.unescape(errors[0]).lower()
+    assert gov.state("checkout") == before
+    # a policy refusal: the library's message
+    gov.approve("checkout", S.APPROVED, approver="lead")
+    gov.transition("checkout", S.APPROVED, actor="ana")
+    moved = gov.state("checkout")
+    refused = post(client, "/experiments/checkout", {"op": "transition", "to": "Running", "telemetry.errorRate": "0.5"})
+    assert refused.status_code == 409  # type: ignore[attr-defined]
+    assert "ErrorRate" in refused.text or "error rate" in refused.text.lower()  # type: ignore[attr-defined]
+    assert gov.state("checkout") == moved
+    # a stale page (another etag): a conflict, nothing written
+    refused = post(client, "/experiments/checkout", {"op": "transition", "to": "Running", "etag": before.etag})
+    assert refused.status_code == 409 and hooks(refused.text, "error")  # type: ignore[attr-defined]
+    assert gov.state("checkout") == moved
+    # a move the rules allow: done as the logged-in user, then back on the page with a notice
+    done = post(client, "/experiments/checkout", {"op": "transition", "to": "Running", "reason": "launch",
+                                                  "telemetry.errorRate": "0.01", "etag": moved.etag})  # type: ignore[union-attr]
+    assert done.status_code == 303 and done.headers["location"] == "/experiments/checkout"  # type: ignore[attr-defined]
+    latest = gov.history("checkout", limit=1, newest_first=True)[0]
+    assert (latest.to_state, latest.actor, latest.reason) == (S.RUNNING, "olga", "launch")
+    page = client.get("/experiments/checkout").text
+    assert hooks(page, "notice") and 'data-state="Running"' in page
+    assert "errorRate" in page  # the telemetry that decided the policy evaluation
+    # a move the rules do not allow at all
+    refused = post(client, "/experiments/checkout", {"op": "transition", "to": "Draft"})
+    assert refused.status_code == 409  # type: ignore[attr-defined]
+    assert gov.state("checkout").state is S.RUNNING  # type: ignore[union-attr]
+
+
+def test_approver_approves_from_the_inbox_and_the_move_leaves_it(app: object, gov: Governance) -> None:
+    seed(gov)
+    client = login(app, "abe")
+    # a rejection is recorded and the move stays in the inbox
+    rejected = post(client, "/experiments/checkout", {"op": "reject", "to": "Approved", "reason": "not yet",
+                                                      "back": "/approvals"})
+    assert rejected.status_code == 303 and rejected.headers["location"] == "/approvals"  # type: ignore[attr-defined]
+    inbox = client.get("/approvals").text
+    assert len(hooks(inbox, "pending-approval")) == 1 and "not yet" in inbox
+    approved = post(client, "/experiments/checkout", {"op": "approve", "to": "Approved", "reason": "fine",
+                                                      "back": "/approvals"})
+    assert approved.status_code == 303  # type: ignore[attr-defined]
+    inbox = client.get("/approvals").text
+    assert hooks(inbox, "pending-approval") == [] and hooks(inbox, "notice")
+    records = gov.backplane.approvals("checkout")
+    assert [(r.approved, r.approver, r.reason) for r in records] == [(False, "abe", "not yet"), (True, "abe", "fine")]
+    # the approver may not move it
+    refused = post(client, "/experiments/checkout", {"op": "transition", "to": "Approved"})
+    assert refused.status_code == 403  # type: ignore[attr-defined]
+    assert gov.state("checkout").state is S.PENDING_APPROVAL  # type: ignore[union-attr]
+    page = client.get("/experiments/checkout").text
+    assert 'data-status="waiting"' in page
+
+
+def test_viewer_posts_are_refused_and_write_nothing(app: object, gov: Governance) -> None:
+    seed(gov)
+    client = login(app, "vic")
+    before = (gov.state("checkout"), gov.backplane.approvals("checkout"), gov.backplane.versions("checkout"))
+    for data in ({"op": "transition", "to": "Draft"}, {"op": "approve", "to": "Approved"},
+                 {"op": "reject", "to": "Approved"}, {"op": "version", "configuration": "{}"},
+                 {"op": "rollback", "version": "1"}):
+        answer = post(client, "/experiments/checkout", data)
+        assert answer.status_code == 403, data  # type: ignore[attr-defined]
+        assert hooks(answer.text, "error")  # type: ignore[attr-defined]
+    assert (gov.state("checkout"), gov.backplane.approvals("checkout"), gov.backplane.versions("checkout")) == before
+
+
+def test_missing_or_wrong_csrf_is_refused_and_writes_nothing(app: object, gov: Governance) -> None:
+    seed(gov)
+    client = login(app, "olga")
+    before = gov.state("checkout")
+    assert post(client, "/experiments/checkout", {"op": "transition", "to": "Draft"}, csrf=False).status_code == 403  # type: ignore[attr-defined]
+    wrong = client.post("/experiments/checkout", data={"op": "transition", "to": "Draft", "csrf": "x" * 43},
+                        follow_redirects=False)
+    assert wrong.status_code == 403
+    header = client.post("/experiments/checkout", data={"op": "transition", "to": "Draft"},
+                         headers={"X-CSRF-Token": csrf_of(client.get("/").text)}, follow_redirects=False)
+    assert header.status_code == 303  # the header (htmx) works as well as the field
+    assert gov.state("checkout").state is S.DRAFT  # type: ignore[union-attr]
+    assert gov.state("checkout").revision == before.revision + 1  # type: ignore[union-attr]
+    # logged out: a POST goes to the login page and writes nothing
+    anonymous = TestClient(app)  # type: ignore[arg-type]
+    answer = anonymous.post("/experiments/checkout", data={"op": "transition", "to": "PendingApproval"},
+                            follow_redirects=False)
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+    assert gov.state("checkout").state is S.DRAFT  # type: ignore[union-attr]
+
+
+# -- names: HTML escaped, dots and slashes routed safely --------------------------------------
+
+def test_html_in_an_experiment_name_is_escaped(app: object, gov: Governance) -> None:
+    gov.create(XSS, actor=XSS, configuration={XSS: XSS}, tenant="<b>t</b>")
+    gov.transition(XSS, S.PENDING_APPROVAL, actor=XSS, reason=XSS, tenant="<b>t</b>")
+    gov.create_version(XSS, {XSS: 1}, actor=XSS, description=XSS, tenant="<b>t</b>")
+    client = login(app, "olga")
+    listing = client.get("/")
+    rows = hooks(listing.text, "experiment-row")
+    assert [attr(r, "data-experiment") for r in rows] == [XSS]
+    link = re.search(r'<td class="name"><a href="([^"]+)">', listing.text)
+    assert link is not None
+    pages = [listing, client.get(html.unescape(link.group(1))), client.get("/approvals"), client.get("/audit"),
+             client.get(html.unescape(link.group(1)) + "&from=1&to=2"),
+             client.get("/experiments/" + XSS)]  # not in this scope: the 404 page names it
+    assert [p.status_code for p in pages] == [200, 200, 200, 200, 200, 404]
+    for page in pages:
+        assert XSS not in page.text and "<b>t</b>" not in page.text
+        assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
+    assert hooks(pages[2].text, "pending-approval")
+    assert hooks(pages[4].text, "diff")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../../etc/passwd", "a/../b", "x/transition", "100%?#&"])
+def test_dots_and_slashes_in_names(app: object, gov: Governance, name: str) -> None:
+    gov.create(name, actor="ana")
+    client = login(app, "olga")
+    listing = client.get("/").text
+    link = re.search(r'<td class="name"><a href="([^"]+)">', listing)
+    assert link is not None
+    url = html.unescape(link.group(1))
+    page = client.get(url)
+    assert page.status_code == 200
+    assert attr(hooks(page.text, "current-state")[0], "data-state") == "Draft"
+    assert f"<h1 class=\"exp-name\">{html.escape(name, quote=False)}</h1>" in page.text
+    done = post(client, url, {"op": "transition", "to": "PendingApproval"})
+    assert done.status_code == 303 and done.headers["location"] == url  # type: ignore[attr-defined]
+    assert gov.state(name).state is S.PENDING_APPROVAL  # type: ignore[union-attr]
+
+
+def test_traversal_never_reaches_files(app: object, gov: Governance) -> None:
+    client = login(app, "vic")
+    for url in ("/experiments/..%2F..%2F..%2Fetc%2Fpasswd", "/experiments/..%2Fstatic%2Fredgov.css",
+                "/experiments/%2e%2e%2fapp.py", "/experiments/", "/experiments/x?tenant=%00"):
+        answer = client.get(url)
+        assert answer.status_code in (400, 404), url
+        assert "root:" not in answer.text and "--bg" not in answer.text
+
+
+# -- paging and the diff ---------------------------------------------------------------------
+
+def test_history_is_newest_first_and_paged(app: object, gov: Governance) -> None:
+    gov.create("flip", actor="ana")
+    for i in range(12):  # 1 create + 24 transitions = 25 entries: two pages of 20
+        gov.transition("flip", S.PENDING_APPROVAL, actor="ana", reason=f"up {i}")
+        gov.transition("flip", S.DRAFT, actor="ana", reason=f"down {i}")
+    client = login(app, "vic")
+    first = client.get("/experiments/flip").text
+    entries = hooks(first, "history-entry")
+    assert len(entries) == 20 and attr(entries[0], "data-to") == "Draft"
+    assert ">down 11<" in first and ">up 2<" in first and ">down 1<" not in first
+    assert hooks(first, "history-older") and not hooks(first, "history-newer")
+    second = client.get("/experiments/flip?page=2").text
+    entries = hooks(second, "history-entry")
+    assert len(entries) == 5 and attr(entries[-1], "data-to") == "Draft"  # the create
+    assert hooks(second, "history-newer") and not hooks(second, "history-older")
+    assert client.get("/experiments/flip?page=0").status_code == 400
+    assert client.get("/experiments/flip?page=x").status_code == 400
+
+
+def test_audit_is_paged_and_filtered(app: object, gov: Governance) -> None:
+    gov.create("a", actor="ana")
+    gov.create("b", actor="ben", tenant="t1")
+    for _ in range(30):
+        gov.transition("a", S.PENDING_APPROVAL, actor="ana")
+        gov.transition("a", S.DRAFT, actor="ana")
+        gov.transition("b", S.PENDING_APPROVAL, actor="ben", tenant="t1")
+        gov.transition("b", S.DRAFT, actor="ben", tenant="t1")
+    client = login(app, "vic")
+    seen: list[str] = []
+    url: str | None = "/audit"
+    while url:
+        page = client.get(url).text
+        seen.extend(attr(e, "data-experiment") or "" for e in hooks(page, "audit-entry"))
+        older = re.search(r'<a href="([^"]+)" rel="next" data-testid="audit-older"', page)
+        url = html.unescape(older.group(1)) if older else None
+    assert seen.count("a") == log_length(gov, None, None) and seen.count("b") == log_length(gov, "t1", None)
+    only_b = client.get("/audit?experiment=b&kind=transition").text
+    assert {attr(e, "data-experiment") for e in hooks(only_b, "audit-entry")} == {"b"}
+    assert len(hooks(only_b, "audit-entry")) == 50
+    scoped = client.get("/audit?scope=t1:~&kind=transition").text
+    assert {attr(e, "data-experiment") for e in hooks(scoped, "audit-entry")} == {"b"}
+    assert client.get("/audit?kind=bogus").status_code == 400
+
+
+def test_versions_diff_and_rollback(app: object, gov: Governance) -> None:
+    seed(gov)
+    client = login(app, "olga")
+    page = client.get("/experiments/checkout?from=1&to=2").text
+    diff = page[page.index('data-testid="diff"'):]
+    kinds = {attr(r, "data-path"): attr(r, "data-kind") for r in hooks(diff, "diff-row")}
+    assert kinds == {"rollout.percent": "modified", "color": "removed", "rollout.steps[0]": "added",
+                     "rollout.steps[1]": "added", "size": "added"}
+    assert "wider rollout" in diff and "&#34;red&#34;" in diff
+    missing = client.get("/experiments/checkout?from=1&to=9").text
+    assert "checkout has no configuration version 9" in missing[missing.index('data-testid="diff"'):]
+    # a new version and a rollback, as the operator
+    made = post(client, "/experiments/checkout", {"op": "version", "configuration": '{"rollout": {"percent": 50}}',
+                                                  "description": "half"})
+    assert made.status_code == 303  # type: ignore[attr-defined]
+    bad = post(client, "/experiments/checkout", {"op": "version", "configuration": "{nope"})
+    assert bad.status_code == 409 and "not valid JSON" in bad.text  # type: ignore[attr-defined]
+    back = post(client, "/experiments/checkout", {"op": "rollback", "version": "1"})
+    assert back.status_code == 303  # type: ignore[attr-defined]
+    versions = gov.backplane.versions("checkout")
+    assert [(v.version, v.created_by, v.rolled_back_from) for v in versions] == [
+        (1, "ana", None), (2, "ana", None), (3, "olga", None), (4, "olga", 1)]
+    assert versions[3].configuration == versions[0].configuration
+    missing = post(client, "/experiments/checkout", {"op": "rollback", "version": "99"})
+    assert missing.status_code == 404  # type: ignore[attr-defined]
+    assert len(gov.backplane.versions("checkout")) == 4
+
+
+def test_unknown_experiments_and_actions(app: object, gov: Governance) -> None:
+    client = login(app, "olga")
+    answer = client.get("/experiments/nope")
+    assert answer.status_code == 404 and hooks(answer.text, "error")
+    assert post(client, "/experiments/nope", {"op": "transition", "to": "Draft"}).status_code == 404  # type: ignore[attr-defined]
+    assert post(client, "/experiments/nope", {"op": "explode"}).status_code == 400  # type: ignore[attr-defined]

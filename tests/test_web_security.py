@@ -1,0 +1,201 @@
+"""What ``redgov serve`` refuses: wrong passwords, missing CSRF tokens, roles too low, forged
+sessions, cross-site API posts, names used as paths, files outside static/; and the security
+headers every answer carries. Each refusal is checked to have written nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+import redgov
+from redgov import Governance, ManualGate
+from redgov import LifecycleState as S
+from redgov.web import create_app
+
+from .conftest import delete_prefix
+from .webusers import PASSWORDS, basic, write_users
+
+SECRET, OTHER_SECRET = "a" * 48, "b" * 48
+
+
+@pytest.fixture
+def users_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return write_users(tmp_path / "users.json", monkeypatch)
+
+
+@pytest.fixture
+def gov(redis_url: str, prefix: str) -> Iterator[Governance]:
+    governance = Governance(redgov.connect(redis_url, prefix=prefix), gates=[ManualGate(to_state=S.APPROVED)])
+    governance.create("checkout", actor="seed")
+    governance.transition("checkout", S.PENDING_APPROVAL, actor="seed")
+    yield governance
+    delete_prefix(governance.backplane.client, prefix)
+    governance.close()
+
+
+def new_client(gov: Governance, users_file: Path, secret: str = SECRET) -> TestClient:
+    return TestClient(create_app(gov, users_file, secret, live=False), follow_redirects=False)
+
+
+@pytest.fixture
+def client(gov: Governance, users_file: Path) -> TestClient:
+    return new_client(gov, users_file)
+
+
+def csrf_of(client: TestClient, path: str = "/login") -> str:
+    page = client.get(path)
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+def log_in(client: TestClient, name: str) -> str:
+    """Log in through the form; returns the session's CSRF token."""
+    answer = client.post("/login", data={"username": name, "password": PASSWORDS[name], "csrf": csrf_of(client),
+                                         "next": "/"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/", answer.text
+    return csrf_of(client, "/experiments/checkout")
+
+
+def written(gov: Governance) -> tuple[Any, ...]:
+    b = gov.backplane
+    return (gov.state("checkout"), len(gov.history("checkout")), len(b.approvals("checkout")),
+            len(b.versions("checkout")))
+
+
+def test_a_wrong_password_is_refused_and_writes_nothing(client: TestClient, gov: Governance) -> None:
+    before = written(gov)
+    for headers in (basic("amy", "wrong"), basic("amy", ""), basic("ghost", "x"), {"Authorization": "Bearer x"}):
+        answer = client.post("/api/experiments/checkout/approve", json={"to": "Approved"}, headers=headers)
+        assert answer.status_code == 401 and answer.json()["error"] == "HTTPException", headers
+    form = client.post("/login", data={"username": "amy", "password": "wrong", "csrf": csrf_of(client)})
+    assert form.status_code == 401 and 'data-testid="error"' in form.text
+    assert client.get("/").status_code == 303  # still logged out
+    assert written(gov) == before
+
+
+def test_the_login_form_needs_its_csrf_token(client: TestClient) -> None:
+    csrf_of(client)  # a session with a token exists; the posts below do not send it
+    for data in ({"username": "olga", "password": PASSWORDS["olga"]},
+                 {"username": "olga", "password": PASSWORDS["olga"], "csrf": "forged" * 8}):
+        assert client.post("/login", data=data).status_code == 403
+    assert client.get("/").status_code == 303  # not logged in
+    log_in(client, "olga")
+    assert client.get("/").status_code == 200
+    assert client.post("/logout").status_code == 403  # logging out is a state change too
+
+
+def test_page_posts_need_the_csrf_token_and_the_role(gov: Governance, users_file: Path) -> None:
+    before = written(gov)
+    viewer = new_client(gov, users_file)
+    token = log_in(viewer, "vic")
+    approve = {"op": "approve", "to": "Approved", "csrf": token}
+    assert viewer.post("/experiments/checkout", data=approve).status_code == 403  # a viewer may not approve
+    assert viewer.post("/api/experiments/checkout/approve", json={"to": "Approved"},
+                       headers=basic("vic")).status_code == 403
+    assert written(gov) == before
+
+    operator = new_client(gov, users_file)
+    token = log_in(operator, "olga")
+    without = {"op": "approve", "to": "Approved"}
+    assert operator.post("/experiments/checkout", data=without).status_code == 403
+    assert operator.post("/experiments/checkout", data={**without, "csrf": "x" * 43}).status_code == 403
+    assert operator.post("/experiments/checkout", data={"op": "transition", "to": "Draft"}).status_code == 403
+    assert written(gov) == before
+    done = operator.post("/experiments/checkout", data={**without, "csrf": token})
+    assert done.status_code == 303
+    (record,) = gov.backplane.approvals("checkout")
+    assert record.approver == "olga"
+
+
+def test_a_session_signed_with_another_secret_is_logged_out(gov: Governance, users_file: Path) -> None:
+    elsewhere = new_client(gov, users_file, OTHER_SECRET)
+    log_in(elsewhere, "olga")
+    forged = elsewhere.cookies.get("redgov_session")
+    assert forged
+    here = new_client(gov, users_file)
+    here.cookies.set("redgov_session", forged)
+    page = here.get("/")
+    assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    assert here.get("/api/experiments", headers=basic("vic")).status_code == 200  # the API is unaffected
+
+    # a real session of this server does not authenticate an API call either
+    own = new_client(gov, users_file)
+    log_in(own, "olga")
+    assert own.get("/").status_code == 200
+    before = written(gov)
+    assert own.get("/api/experiments").status_code == 401
+    answer = own.post("/api/experiments/checkout/transition", json={"to": "Draft"})
+    assert answer.status_code == 401 and answer.json()["error"] == "HTTPException"
+    assert written(gov) == before
+
+
+def test_api_posts_from_another_site_are_refused(client: TestClient, gov: Governance) -> None:
+    before = written(gov)
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Sec-Fetch-Site": "same-site"}):
+        answer = client.post("/api/experiments/checkout/transition", json={"to": "Draft"},
+                             headers={**basic("olga"), **headers})
+        assert answer.status_code == 403 and "cross-site" in answer.json()["message"], headers
+    assert written(gov) == before
+    same = client.post("/api/experiments/checkout/transition", json={"to": "Draft"},
+                       headers={**basic("olga"), "Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"})
+    assert same.status_code == 200
+
+
+def test_experiment_names_are_data_never_paths_or_markup(client: TestClient, gov: Governance) -> None:
+    v = basic("olga")
+    missing = client.get("/api/experiments/..%2F..%2Fetc", headers=v)
+    assert missing.status_code == 404 and missing.json() == {
+        "error": "NotFoundError", "message": "experiment ../../etc does not exist (the default scope)"}
+    for path in ("/api/experiments/..%2F..%2Fetc%2Fpasswd/history", "/api/experiments/%2e%2e/versions",
+                 "/api/experiments/..%2F..%2Fredgov%2Fweb%2Fapp.py"):
+        answer = client.get(path, headers=v)
+        assert answer.status_code == 404 and answer.headers["content-type"] == "application/json", path
+        assert "def create_app" not in answer.text and "root:x:0" not in answer.text
+
+    markup = "<script>alert(1)</script>"
+    for name in ("../../etc", markup, "a/b", "100% & more"):
+        gov.create(name, actor="seed")
+    encoded = {"../../etc": "..%2F..%2Fetc", markup: "%3Cscript%3Ealert(1)%3C%2Fscript%3E", "a/b": "a%2Fb",
+               "100% & more": "100%25%20%26%20more"}
+    for name, segment in encoded.items():
+        state = client.get(f"/api/experiments/{segment}", headers=v)
+        assert state.status_code == 200 and state.json()["experiment"] == name, name
+        moved = client.post(f"/api/experiments/{segment}/transition", json={"to": "Archived"}, headers=v)
+        assert moved.status_code == 200 and moved.json()["experiment"] == name, name
+    listing = client.get("/api/experiments", headers=v)
+    assert markup in [row["experiment"] for row in listing.json()]
+    assert "<" not in listing.text and "\\u003cscript\\u003e" in listing.text  # escaped in the JSON text
+    unknown = client.get("/api/experiments/%3Cimg%20src%3Dx%3E", headers=v)
+    assert unknown.status_code == 404 and "<img" not in unknown.text and "\\u003cimg" in unknown.text
+    assert client.get("/api/experiments/a/b", headers=v).status_code == 404  # an unencoded / is not a name
+
+
+def test_static_files_never_leave_their_folder(client: TestClient) -> None:
+    assert client.get("/static/redgov.css").status_code == 200
+    for path in ("/static/../app.py", "/static/..%2Fapp.py", "/static/%2e%2e/app.py", "/static/%2e%2e%2fapp.py",
+                 "/static/..%5Capp.py", "/static/../templates/login.html", "/static//etc/passwd"):
+        answer = client.get(path)
+        assert answer.status_code in (400, 404), (path, answer.status_code)
+        assert "def create_app" not in answer.text and "{% extends" not in answer.text, path
+        assert "root:x:0" not in answer.text, path
+
+
+def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
+    for path in ("/login", "/", "/api/experiments", "/api/openapi.json", "/metrics", "/static/redgov.css",
+                 "/api/nothing"):
+        headers = client.get(path).headers
+        csp = headers.get("content-security-policy", "")
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp, path
+        assert headers.get("x-frame-options") == "DENY" and headers.get("x-content-type-options") == "nosniff", path
+        assert headers.get("referrer-policy") == "same-origin", path
+    answer = client.post("/login", data={"username": "vic", "password": PASSWORDS["vic"], "csrf": csrf_of(client)})
+    cookie = answer.headers["set-cookie"].lower()
+    assert answer.status_code == 303 and "httponly" in cookie and "samesite=strict" in cookie
