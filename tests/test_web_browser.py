@@ -1,0 +1,320 @@
+"""The operator view in a real browser: Playwright (sync API) driving Debian's chromium.
+
+One uvicorn server (a background thread, a free 127.0.0.1 port) and one browser for the module;
+each role has its own browser context (its own session). The flow: the operator sees the list,
+opens an experiment, makes a move and sees a gated move refused; the approver approves from the
+inbox and the move leaves it; a viewer sees no enabled action button and a crafted POST is
+refused; another OS process's transition shows on the open page within 2 s without a reload;
+two versions are compared. Screenshots of the list, experiment, inbox, audit and diff pages go
+to docs/screenshots/ (1280x800 each). No page may log a Content-Security-Policy violation.
+
+Chromium missing is a failure (not a skip): install Debian's ``chromium`` package.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import redgov
+from redgov import ErrorRate, Governance, LifecycleState as S, ManualGate
+from redgov.web import add_user, create_app
+
+from .conftest import delete_prefix, new_prefix
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+VIEWPORT = {"width": 1280, "height": 800}
+PASSWORDS = {"olga": "operator-pw", "abe": "approver-pw", "vic": "viewer-pw"}
+ROLES = {"olga": "operator", "abe": "approver", "vic": "viewer"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def seed(gov: Governance) -> None:
+    """A small installation: a few experiments in three scopes, in several states, with versions."""
+    t = {"tenant": "acme", "environment": "prod"}
+    gov.create("checkout-redesign", actor="ana",
+               configuration={"rollout": {"percent": 5, "regions": ["eu-west"]}, "variant": "B", "timeoutMs": 800})
+    gov.create_version("checkout-redesign", {"rollout": {"percent": 20, "regions": ["eu-west", "us-east"]},
+                                             "variant": "B", "timeoutMs": 650}, actor="ana",
+                       description="wider rollout, faster timeout")
+    gov.create_version("checkout-redesign", {"rollout": {"percent": 50, "regions": ["eu-west", "us-east"]},
+                                             "variant": "B", "cache": True}, actor="ben", description="half traffic")
+    gov.transition("checkout-redesign", S.PENDING_APPROVAL, actor="ana", reason="ready for review")
+    gov.create("pricing-page", actor="ben", configuration={"discount": 0.1})
+    gov.create("search-ranking", actor="cho", configuration={"model": "v7"}, **t)
+    gov.transition("search-ranking", S.PENDING_APPROVAL, actor="cho", **t)
+    gov.approve("search-ranking", S.APPROVED, approver="dee", reason="looks safe", **t)
+    gov.transition("search-ranking", S.APPROVED, actor="cho", **t)
+    gov.transition("search-ranking", S.RUNNING, actor="cho", telemetry={"errorRate": 0.01}, **t)
+    gov.create("onboarding-tour", actor="eli", tenant="acme", environment="staging")
+    gov.transition("onboarding-tour", S.PENDING_APPROVAL, actor="eli", tenant="acme", environment="staging")
+    gov.create("dark-mode", actor="fay", **t)
+    gov.transition("dark-mode", S.PENDING_APPROVAL, actor="fay", **t)
+    gov.approve("dark-mode", S.APPROVED, approver="dee", **t)
+    gov.transition("dark-mode", S.APPROVED, actor="fay", **t)
+    gov.transition("dark-mode", S.RUNNING, actor="fay", **t)
+    gov.transition("dark-mode", S.PAUSED, actor="fay", reason="error spike", **t)
+    gov.create("legacy-banner", actor="gus")
+    gov.transition("legacy-banner", S.ARCHIVED, actor="gus", reason="retired")
+
+
+class Server:
+    """uvicorn serving the app in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                ws="none", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def site(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    prefix = new_prefix()
+    users = tmp_path_factory.mktemp("browser-users") / "users.json"
+    for name, role in ROLES.items():
+        add_user(users, name, role, PASSWORDS[name])
+    bp = redgov.connect(redis_url, prefix=prefix)
+    gov = Governance(bp, gates=[ManualGate(to_state=S.APPROVED)], policies=[ErrorRate(0.05)])
+    seed(gov)
+    server = Server(create_app(gov, users, "browser-test-secret-" + "s" * 32))
+    server.start()
+    try:
+        yield {"url": server.url, "gov": gov, "prefix": prefix, "redis_url": redis_url}
+    finally:
+        server.stop()
+        delete_prefix(bp.client, prefix)
+        bp.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"chromium is missing at {CHROMIUM}: the browser tests need Debian's chromium "
+                    "(apt-get install chromium); they never skip")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def console_errors() -> list[str]:
+    return []
+
+
+def session(browser: Any, site: dict[str, Any], name: str, errors: list[str]) -> Any:
+    """A logged-in page of ``name`` in its own browser context."""
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1, locale="en-US", timezone_id="UTC")
+    context.add_init_script("document.addEventListener('securitypolicyviolation', e => console.error('CSP', e.violatedDirective, e.sourceFile, e.lineNumber, e.columnNumber, e.sample, new Error().stack))")
+    page = context.new_page()
+    page.on("console", lambda msg: errors.append(f"{name}: {msg.text}") if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"{name}: page error {exc}"))
+    page.goto(site["url"] + "/")
+    assert "/login" in page.url
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", PASSWORDS[name])
+    page.click("[data-testid=login]")
+    page.wait_for_url(site["url"] + "/")
+    return page
+
+
+def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False, animations="disabled", caret="hide")
+
+
+def state_of(page: Any) -> str:
+    return str(page.locator("[data-testid=current-state]").get_attribute("data-state"))
+
+
+# -- the flow ----------------------------------------------------------------------------------
+
+def test_operator_sees_the_list_moves_and_sees_a_refusal(browser: Any, site: dict[str, Any],
+                                                         console_errors: list[str]) -> None:
+    from playwright.sync_api import expect
+
+    page = session(browser, site, "olga", console_errors)
+    rows = page.locator("[data-testid=experiment-row]")
+    expect(rows).to_have_count(6)
+    expect(page.locator('[data-testid=experiment-row][data-experiment="search-ranking"] [data-testid=state]')) \
+        .to_have_text("Running")
+    shot(page, "experiments")
+
+    page.click('[data-testid=experiment-row][data-experiment="pricing-page"] a')
+    expect(page.locator("h1")).to_have_text("pricing-page")
+    assert state_of(page) == "Draft"
+    page.fill("#move-reason", "ready for review")
+    page.click("button[data-testid=transition][data-to=PendingApproval]")
+    expect(page.locator("[data-testid=current-state]")).to_have_attribute("data-state", "PendingApproval")
+    expect(page.locator("[data-testid=notice]")).to_contain_text("PendingApproval")
+    expect(page.locator("[data-testid=history-entry]").first).to_contain_text("olga")
+
+    # a move the ManualGate blocks: the library's refusal, nothing changed
+    page.click("button[data-testid=transition][data-to=Approved]")
+    expect(page.locator("[data-testid=error]")).to_contain_text("approv")
+    assert state_of(page) == "PendingApproval"
+    assert site["gov"].state("pricing-page").state is S.PENDING_APPROVAL
+
+    page.goto(site["url"] + "/experiments/checkout-redesign")
+    page.click("button[data-testid=transition][data-to=Approved]")
+    expect(page.locator("[data-testid=error]")).to_be_visible()
+    shot(page, "experiment")
+    page.context.close()
+
+
+def test_approver_approves_from_the_inbox(browser: Any, site: dict[str, Any], console_errors: list[str]) -> None:
+    from playwright.sync_api import expect
+
+    page = session(browser, site, "abe", console_errors)
+    page.click("nav >> text=Approvals")
+    pending = page.locator("[data-testid=pending-approval]")
+    expect(pending).to_have_count(3)
+    shot(page, "approvals")
+    move = page.locator('[data-testid=pending-approval][data-experiment="checkout-redesign"][data-to=Approved]')
+    move.locator("input[name=reason]").fill("reviewed the rollout plan")
+    move.locator("[data-testid=approve]").click()
+    expect(move).to_have_count(0)
+    expect(pending).to_have_count(2)
+    expect(page.locator("[data-testid=notice]")).to_contain_text("approved")
+    approvals = site["gov"].backplane.approvals("checkout-redesign")
+    assert (approvals[-1].approver, approvals[-1].reason) == ("abe", "reviewed the rollout plan")
+    # a rejection is recorded; the move stays in the inbox
+    onboarding = page.locator('[data-testid=pending-approval][data-experiment="onboarding-tour"]')
+    onboarding.locator("input[name=reason]").fill("needs copy review")
+    onboarding.locator("[data-testid=reject]").click()
+    expect(page.locator("[data-testid=notice]")).to_contain_text("rejected")
+    expect(onboarding.locator("[data-testid=last-rejection]")).to_contain_text("needs copy review")
+    # an approver may not transition: no enabled move button
+    page.goto(site["url"] + "/experiments/checkout-redesign")
+    expect(page.locator("button[data-testid=transition]:enabled")).to_have_count(0)
+    page.context.close()
+
+
+def test_viewer_has_no_enabled_buttons_and_a_crafted_post_is_refused(browser: Any, site: dict[str, Any],
+                                                                     console_errors: list[str]) -> None:
+    from playwright.sync_api import expect
+
+    page = session(browser, site, "vic", console_errors)
+    for url in ("/experiments/pricing-page", "/approvals", "/experiments/checkout-redesign"):
+        page.goto(site["url"] + url)
+        actions = page.locator("button[data-testid=transition], button[data-testid=approve], "
+                               "button[data-testid=reject], button[data-testid=rollback], "
+                               "button[data-testid=create-version]")
+        assert actions.count() > 0 or url == "/experiments/checkout-redesign"
+        expect(page.locator("button[data-testid=transition]:enabled, button[data-testid=approve]:enabled, "
+                            "button[data-testid=reject]:enabled, button[data-testid=rollback]:enabled")) \
+            .to_have_count(0)
+    before = site["gov"].state("pricing-page")
+    token = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    answer = page.request.post(site["url"] + "/experiments/pricing-page",
+                               form={"op": "transition", "to": "Draft", "csrf": token}, max_redirects=0)
+    assert answer.status == 403
+    answer = page.request.post(site["url"] + "/experiments/pricing-page",
+                               form={"op": "approve", "to": "Approved", "csrf": token}, max_redirects=0)
+    assert answer.status == 403
+    assert site["gov"].state("pricing-page") == before
+    page.context.close()
+
+
+def test_another_process_transition_shows_without_reload(browser: Any, site: dict[str, Any],
+                                                         console_errors: list[str]) -> None:
+    from playwright.sync_api import expect
+
+    page = session(browser, site, "olga", console_errors)
+    page.goto(site["url"] + "/experiments/checkout-redesign")
+    page.click("button[data-testid=transition][data-to=Approved]")  # approved by abe above
+    expect(page.locator("[data-testid=current-state]")).to_have_attribute("data-state", "Approved")
+    expect(page.locator("#live-status")).to_be_visible()  # the live feed is connected
+    page.evaluate("window.__notReloaded = true")
+    history = page.locator("[data-testid=history-entry]")
+    before = history.count()
+    code = ("import redgov, sys; g = redgov.Governance(redgov.connect(sys.argv[1], prefix=sys.argv[2])); "
+            "g.transition('checkout-redesign', 'Running', actor='controller', reason='canary healthy'); g.close()")
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", code, site["redis_url"], site["prefix"]], check=True, timeout=30)
+    written = time.monotonic()
+    expect(page.locator("[data-testid=current-state]")).to_have_attribute("data-state", "Running", timeout=2000)
+    shown = time.monotonic()
+    assert shown - written < 2.0, f"shown {shown - written:.2f} s after the write (process took {written - started:.2f} s)"
+    expect(history).to_have_count(before + 1)
+    expect(history.first).to_contain_text("controller")
+    assert page.evaluate("window.__notReloaded") is True
+    # the list page follows too
+    page.goto(site["url"] + "/")
+    page.evaluate("window.__notReloaded = true")
+    row = page.locator('[data-testid=experiment-row][data-experiment="checkout-redesign"] [data-testid=state]')
+    expect(row).to_have_text("Running")
+    subprocess.run([sys.executable, "-c", code.replace("'Running'", "'Paused'").replace("canary healthy", "hold"),
+                    site["redis_url"], site["prefix"]], check=True, timeout=30)
+    expect(row).to_have_text("Paused", timeout=2000)
+    assert page.evaluate("window.__notReloaded") is True
+    page.context.close()
+
+
+def test_compare_two_versions_and_the_audit_log(browser: Any, site: dict[str, Any],
+                                                console_errors: list[str]) -> None:
+    from playwright.sync_api import expect
+
+    page = session(browser, site, "olga", console_errors)
+    page.goto(site["url"] + "/experiments/checkout-redesign")
+    page.select_option("[data-testid=diff-from]", "1")
+    page.select_option("[data-testid=diff-to]", "3")
+    page.click("[data-testid=compare]")
+    diff = page.locator("[data-testid=diff]")
+    expect(diff).to_be_visible()
+    expect(diff.locator('[data-testid=diff-row][data-path="rollout.percent"]')).to_have_attribute("data-kind", "modified")
+    expect(diff.locator('[data-testid=diff-row][data-path="timeoutMs"]')).to_have_attribute("data-kind", "removed")
+    expect(diff.locator('[data-testid=diff-row][data-path="cache"]')).to_have_attribute("data-kind", "added")
+    page.evaluate("document.getElementById('versions').scrollIntoView({block: 'start'})")
+    shot(page, "diff")
+
+    page.goto(site["url"] + "/audit")
+    entries = page.locator("[data-testid=audit-entry]")
+    expect(entries.first).to_contain_text("controller")
+    assert entries.count() > 20
+    shot(page, "audit")
+    page.context.close()
+
+
+def test_no_console_errors(console_errors: list[str]) -> None:
+    """No CSP violation (inline script or style) and no script error on any page of the flow."""
+    # a refusal is answered 409 (the page shows it): the browser logs that response, nothing else may appear
+    problems = [e for e in console_errors if "status of 409 (Conflict)" not in e]
+    assert problems == []
