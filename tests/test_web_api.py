@@ -68,11 +68,15 @@ def test_reads_need_credentials_and_answer_every_role(client: TestClient, gov: G
     gov.transition("search", S.PENDING_APPROVAL, tenant="acme", environment="prod")
 
     missing = client.get("/api/experiments")
-    assert missing.status_code == 401 and missing.json()["error"] == "HTTPException"
+    assert missing.status_code == 401 and missing.json()["error"] == "Unauthorized"
     assert missing.headers["www-authenticate"].startswith("Basic")
     assert client.get("/api/experiments", headers=basic("vic", "wrong")).status_code == 401
     assert client.get("/api/experiments", headers=basic("nobody", "x")).status_code == 401
     assert client.get("/api/experiments", headers={"Authorization": "Basic !!!"}).status_code == 401
+    unknown = client.get("/api/no-such-route", headers=basic("vic"))
+    assert unknown.status_code == 404 and unknown.json()["error"] == "NotFound", unknown.text
+    wrong_method = client.delete("/api/experiments", headers=basic("olga"))
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "MethodNotAllowed", wrong_method.text
 
     for name, role in ROLES.items():
         listed = client.get("/api/experiments", headers=basic(name))
@@ -135,6 +139,9 @@ def test_transition_needs_an_operator_and_records_the_user(client: TestClient, g
     for name in ("vic", "amy"):
         refused = client.post("/api/experiments/checkout/transition", json=body, headers=basic(name))
         assert refused.status_code == 403 and "operator" in refused.json()["message"], name
+        # again: the pair is now answered from the verified-pairs memory, the role still checked
+        again = client.post("/api/experiments/checkout/transition", json=body, headers=basic(name))
+        assert again.status_code == 403 and again.json() == refused.json(), name
     assert snapshot(gov, "checkout") == before
 
     done = client.post("/api/experiments/checkout/transition", json=body, headers=basic("olga"))
@@ -164,7 +171,7 @@ def test_approve_and_reject_need_an_approver_and_record_the_user(client: TestCli
     body = {"to": "Approved", "reason": "reviewed", "approver": "mallory"}
     assert client.post("/api/experiments/checkout/approve", json=body).status_code == 401
     refused = client.post("/api/experiments/checkout/approve", json=body, headers=basic("vic"))
-    assert refused.status_code == 403 and refused.json()["error"] == "HTTPException"
+    assert refused.status_code == 403 and refused.json()["error"] == "Forbidden"
     assert client.post("/api/experiments/checkout/reject", json=body, headers=basic("vic")).status_code == 403
     assert snapshot(gov, "checkout") == before
     inbox = client.get("/api/awaiting-approval", headers=basic("vic")).json()

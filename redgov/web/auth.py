@@ -27,7 +27,7 @@ from .users import Role, User
 if TYPE_CHECKING:
     from .app import WebContext
 
-__all__ = ["LoginRequired", "api_user", "check_csrf", "csrf_token", "page_user", "require", "routes"]
+__all__ = ["LoginRequired", "api_user", "check_csrf", "csrf_token", "page_user", "remembered_api_user", "require", "routes"]
 
 CSRF_HEADER = "x-csrf-token"
 
@@ -68,8 +68,9 @@ def page_user(ctx: WebContext, request: Request) -> User | None:
     return ctx.users.get(name) if isinstance(name, str) else None
 
 
-def api_user(ctx: WebContext, request: Request) -> User | None:
-    """The user of an API request from its HTTP Basic credentials (None: missing or wrong)."""
+def api_user(ctx: WebContext, request: Request, *, verify: bool = True) -> User | None:
+    """The user of an API request from its HTTP Basic credentials (None: missing or wrong; with
+    ``verify=False``, also None when the pair was not verified lately: see ``Users.remembered``)."""
     header = request.headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic" or not encoded:
@@ -79,7 +80,23 @@ def api_user(ctx: WebContext, request: Request) -> User | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     name, colon, password = decoded.partition(":")
-    return ctx.users.authenticate(name, password) if colon else None
+    if not colon:
+        return None
+    return ctx.users.authenticate(name, password) if verify else ctx.users.remembered(name, password)
+
+
+def remembered_api_user(ctx: WebContext, request: Request, role: Role) -> User | None:
+    """The API user when the request's Basic pair was verified lately (no argon2: call it on the
+    event loop), with at least ``role`` (else HTTPException 403); None when the pair is not
+    remembered: then ``require(..., api=True)``, off the event loop, decides."""
+    user = api_user(ctx, request, verify=False)
+    if user is not None and not user.may(role):
+        raise _too_low(user, role)
+    return user
+
+
+def _too_low(user: User, role: Role) -> HTTPException:
+    return HTTPException(403, f"{user.name} is a {user.role.label}; this needs the {role.label} role")
 
 
 def require(ctx: WebContext, request: Request, role: Role, *, api: bool = False) -> User:
@@ -94,7 +111,7 @@ def require(ctx: WebContext, request: Request, role: Role, *, api: bool = False)
             raise HTTPException(401, "credentials required (HTTP Basic)", headers={"WWW-Authenticate": 'Basic realm="redgov"'})
         raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
     if not user.may(role):
-        raise HTTPException(403, f"{user.name} is a {user.role.label}; this needs the {role.label} role")
+        raise _too_low(user, role)
     return user
 
 
