@@ -73,7 +73,7 @@ def test_a_wrong_password_is_refused_and_writes_nothing(client: TestClient, gov:
     before = written(gov)
     for headers in (basic("amy", "wrong"), basic("amy", ""), basic("ghost", "x"), {"Authorization": "Bearer x"}):
         answer = client.post("/api/experiments/checkout/approve", json={"to": "Approved"}, headers=headers)
-        assert answer.status_code == 401 and answer.json()["error"] == "HTTPException", headers
+        assert answer.status_code == 401 and answer.json()["error"] == "Unauthorized", headers
     form = client.post("/login", data={"username": "amy", "password": "wrong", "csrf": csrf_of(client)})
     assert form.status_code == 401 and 'data-testid="error"' in form.text
     assert client.get("/").status_code == 303  # still logged out
@@ -132,7 +132,7 @@ def test_a_session_signed_with_another_secret_is_logged_out(gov: Governance, use
     before = written(gov)
     assert own.get("/api/experiments").status_code == 401
     answer = own.post("/api/experiments/checkout/transition", json={"to": "Draft"})
-    assert answer.status_code == 401 and answer.json()["error"] == "HTTPException"
+    assert answer.status_code == 401 and answer.json()["error"] == "Unauthorized"
     assert written(gov) == before
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from http import HTTPStatus
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,10 +117,18 @@ def scope_of(request: Request) -> tuple[str | None, str | None]:
     return parts[0], parts[1]
 
 
+def _status_name(status: int) -> str:
+    """The ``error`` of an API answer the HTTP layer refused: ``Unauthorized``, ``Forbidden``, ``NotFound``..."""
+    try:
+        return HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+    except ValueError:
+        return f"HTTP{status}"
+
+
 def _error_response(ctx: WebContext, request: Request, status: int, message: str,
                     headers: Mapping[str, str] | None = None) -> Response:
     if request.url.path.startswith("/api/"):
-        return JSONResponse({"error": "HTTPException", "message": message}, status_code=status, headers=headers)
+        return JSONResponse({"error": _status_name(status), "message": message}, status_code=status, headers=headers)
     return ctx.render(request, "error.html", {"status": status, "message": message}, status_code=status)
 
 

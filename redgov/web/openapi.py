@@ -31,8 +31,10 @@ __all__ = ["Param", "build_schema"]
 RECORDS = (ExperimentState, StateTransition, ApprovalRecord, ConfigurationVersion, PolicyEvaluation, PendingMove,
            Change)
 ERROR = {"type": "object", "required": ["error", "message"],
-         "properties": {"error": {"type": "string", "description": "the exception's class name (HTTPException for "
-                                                                 "401, 403, 404 of a route, 405, 413)"},
+         "properties": {"error": {"type": "string", "description": "the exception's class name, or for a refusal of "
+                                                                 "the HTTP layer the status's name: Unauthorized, "
+                                                                 "Forbidden, NotFound (a route), MethodNotAllowed, "
+                                                                 "RequestEntityTooLarge"},
                         "message": {"type": "string"},
                         "evaluations": {"type": "array", "items": {"$ref": "#/components/schemas/PolicyEvaluation"},
                                         "description": "PolicyViolationError: every evaluation of the refused move"},
