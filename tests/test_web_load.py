@@ -68,7 +68,7 @@ SERVER = textwrap.dedent("""
     app = create_app(gov, users, secret)
     hub = app.state.ctx.hub
     hub.replay_events = int(replay)
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto set: asyncio turns Nagle off
     # accepted sockets inherit this: 64 KiB of kernel send buffer per client instead of the
     # megabytes Linux autotunes to on loopback, so the client that never reads fills it (and
     # then its backlog) within the run rather than after ~3 MB of kernel buffering
