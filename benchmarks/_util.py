@@ -45,6 +45,7 @@ __all__ = [
     "positive_int",
     "report_dict",
     "row",
+    "to_running",
     "stats",
     "table_dict",
 ]
@@ -342,3 +343,21 @@ def sample_state(experiment: str) -> Any:
         last_modified_by="bench",
         metadata=_SAMPLE_METADATA,
     )
+
+
+def to_running(gov: Any, experiment: str, *, actor: str = "bench", tenant: str | None = None,
+               environment: str | None = None, **create: Any) -> Any:
+    """Create ``experiment`` (``create``: more arguments of ``Governance.create``) and walk it
+    Draft -> PendingApproval -> Approved -> Running, approving a move a ManualGate holds; the last
+    StateTransition."""
+    from redgov import LifecycleState, ManualGate
+
+    scope = {"tenant": tenant, "environment": environment}
+    current = gov.create(experiment, actor=actor, **scope, **create).state
+    done = None
+    for step in (LifecycleState.PENDING_APPROVAL, LifecycleState.APPROVED, LifecycleState.RUNNING):
+        if any(isinstance(g, ManualGate) and g.applies(current, step) for g in gov.core.gates):
+            gov.approve(experiment, step, approver=actor, **scope)
+        done = gov.transition(experiment, step, actor=actor, **scope)
+        current = done.to_state
+    return done

@@ -50,7 +50,7 @@ import redis
 import sqlalchemy as sa
 
 import redgov
-from benchmarks._util import display_url, environment, format_grid, positive_int, table_dict
+from benchmarks._util import display_url, environment, format_grid, positive_int, table_dict, to_running
 from redgov import ErrorRate, LifecycleState, TrafficLimit, TransitionRequest
 from redgov.keys import Scope, prefix_pattern
 from redgov.sql import export, restore
@@ -75,10 +75,8 @@ def _fill(bp: redgov.Backplane, n: int) -> int:
     names = [f"exp-{e}" for e in range(EXPERIMENTS)]
     for tenant, env in scopes:
         for name in names:
-            gov.create(name, tenant=tenant, environment=env, actor="bench",
+            to_running(gov, name, tenant=tenant, environment=env,
                        configuration={"variant": "b", "traffic": 5, "steps": [1, 5, 25, 50]})
-            for step in (LifecycleState.PENDING_APPROVAL, LifecycleState.APPROVED, RUNNING):
-                gov.transition(name, step, tenant=tenant, environment=env, actor="bench")
     state = RUNNING
     round_no = 0
     while _entries(bp, scopes) < n:

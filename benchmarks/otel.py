@@ -56,6 +56,7 @@ from benchmarks._util import (
     report_dict,
     row,
     run_and_print,
+    to_running,
 )
 from redgov import Governance, LifecycleState
 from redgov.telemetry import configured_providers, instrument, instrumented
@@ -99,9 +100,7 @@ class _Checked(Governance):
 
 def _cycler(gov: Governance, experiment: str) -> Callable[[], object]:
     """Create ``experiment``, walk it to Running; a callable moving it Running <-> Paused, one move a call."""
-    gov.create(experiment, actor="bench")
-    for step in (LifecycleState.PENDING_APPROVAL, LifecycleState.APPROVED, RUNNING):
-        gov.transition(experiment, step, actor="bench")
+    to_running(gov, experiment)
     state = [RUNNING]
 
     def move() -> object:

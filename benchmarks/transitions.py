@@ -63,16 +63,17 @@ from redis.exceptions import WatchError
 
 import redgov
 from benchmarks._util import (
-    bench_parser,
-    run_and_print,
     BLOCK,
+    bench_parser,
     delete_prefix,
     display_url,
     environment,
     measure,
     report_dict,
     row,
+    run_and_print,
     table_dict,
+    to_running,
 )
 from redgov import LifecycleState, TransitionRequest
 from redgov.keys import Scope
@@ -117,15 +118,6 @@ def _state_of(value: bytes | str) -> LifecycleState:
 
 def _other(state: LifecycleState) -> LifecycleState:
     return PAUSED if state is RUNNING else RUNNING
-
-
-def _to_running(gov: redgov.Governance, experiment: str) -> None:
-    """Create ``experiment`` and walk it Draft -> PendingApproval -> Approved -> Running."""
-    current = gov.create(experiment, actor=ACTOR).state
-    for step in (LifecycleState.PENDING_APPROVAL, LifecycleState.APPROVED, RUNNING):
-        if any(isinstance(g, redgov.ManualGate) and g.applies(current, step) for g in gov.core.gates):
-            gov.approve(experiment, step, approver=ACTOR)
-        current = gov.transition(experiment, step, actor=ACTOR).to_state
 
 
 def _payload(experiment: str) -> bytes:
@@ -379,7 +371,7 @@ def _contention(url: str, prefix: str, gov: redgov.Governance, raw: redis.Redis,
             keys = _Hand.of(scope, tally.experiment)
             raw.hset(keys.state, mapping={"s": RUNNING.value, "e": secrets.token_hex(12), "r": 0})
         else:
-            _to_running(gov, tally.experiment)
+            to_running(gov, tally.experiment, actor=ACTOR)
     pool = _Pool(url, prefix, workers)
     try:
         for tally in tallies.values():  # warm-up: imports, connections, script cache
@@ -443,7 +435,7 @@ def _memory_per_transition(url: str, prefix: str) -> dict[str, float]:
     try:
         names = [f"m{i}" for i in range(10)]
         for name in names:
-            _to_running(gov, name)
+            to_running(gov, name, actor=ACTOR)
 
         def measure_keys() -> tuple[int, int]:
             kept = dedupe = 0
@@ -503,7 +495,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
 
         # 1. uncontended transition, no gates or policies
         plain = "exp-plain"
-        _to_running(gov, plain)
+        to_running(gov, plain, actor=ACTOR)
         plain_targets = itertools.cycle((PAUSED, RUNNING))
 
         def transition() -> None:
@@ -520,7 +512,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
 
         # 2. the same through a ManualGate: approve() untimed before each transition
         manual = "exp-manual"
-        _to_running(gated, manual)
+        to_running(gated, manual, actor=ACTOR)
         manual_targets = itertools.cycle((PAUSED, RUNNING))
         approved: list[LifecycleState] = [RUNNING]
 
@@ -543,7 +535,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
         batched = [f"batch-many-{i:03d}" for i in range(BATCH)]
         sequential = [f"batch-seq-{i:03d}" for i in range(BATCH)]
         for name in batched + sequential:
-            _to_running(gov, name)
+            to_running(gov, name, actor=ACTOR)
         many_targets = itertools.cycle((PAUSED, RUNNING))
         seq_targets = itertools.cycle((PAUSED, RUNNING))
 

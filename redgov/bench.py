@@ -12,7 +12,7 @@ from types import ModuleType
 
 __all__ = ["run_benchmarks"]
 
-SCRIPTS = ("backplane", "transitions", "cache", "leases", "otel", "export")
+SCRIPTS = ("backplane", "transitions", "cache", "leases", "otel", "web", "export")
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
