@@ -1,20 +1,30 @@
 """The users file's password checks: argon2 once per right (name, password), every time for a wrong one.
 
 ``Users.authenticate`` remembers a right pair for a while (the JSON API sends Basic credentials
-with every request); these tests count the argon2 verifications it makes.
+with every request); these tests count the argon2 verifications it makes, and how many run at
+once when a flood of wrong passwords arrives (``auth.VERIFY_AT_ONCE``, on the app's own limiter).
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from argon2 import PasswordHasher
 
-from redgov.web import add_user
+import redgov
+from redgov import Governance
+from redgov.web import add_user, auth, create_app
 from redgov.web import users as users_module
 from redgov.web.users import Role, User, Users
+
+from .conftest import delete_prefix
+from .webusers import basic, write_users
 
 
 class CountingHasher(PasswordHasher):
@@ -110,3 +120,60 @@ def test_remembered_answers_only_pairs_verified_lately_and_never_verifies(tmp_pa
     assert hasher.verified == 1
     add_user(path, "amy", "approver", "changed")
     assert users.remembered("amy", "right") is None
+
+
+class SlowHasher(CountingHasher):
+    """Counts how many verifications run at once; each takes ``seconds`` (argon2's real cost is ~0.1 s)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.running = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def verify(self, hash: Any, password: Any) -> bool:  # noqa: A002 - argon2-cffi's parameter name
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(self.seconds)
+            return super().verify(hash, password)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_a_flood_of_wrong_passwords_waits_for_two_verifiers_and_never_stalls_a_known_user(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str, prefix: str) -> None:
+    path = write_users(tmp_path / "users.json", monkeypatch)
+    slow = SlowHasher(0.05)
+    monkeypatch.setattr(users_module, "_HASHER", slow)
+    gov = Governance(redgov.connect(redis_url, prefix=prefix))
+    gov.create("checkout", actor="seed")
+    app = create_app(gov, path, "s" * 48, live=False)
+
+    async def scenario() -> tuple[list[int], float, float, int]:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
+            first = await client.get("/api/experiments/checkout", headers=basic("vic"))
+            assert first.status_code == 200, first.text  # verified once: remembered from now on
+            started = time.monotonic()
+            flood = [asyncio.create_task(client.get("/api/experiments", headers=basic("olga", f"guess-{k}")))
+                     for k in range(12)]
+            await asyncio.sleep(0.02)
+            known = await client.get("/api/experiments/checkout", headers=basic("vic"))
+            known_after = time.monotonic() - started
+            assert known.status_code == 200, known.text
+            answers = await asyncio.gather(*flood)
+            return [a.status_code for a in answers], known_after, time.monotonic() - started, slow.most
+
+    try:
+        statuses, known_after, flood_took, most = asyncio.run(scenario())
+    finally:
+        delete_prefix(gov.backplane.client, prefix)
+        gov.close()
+    assert statuses == [401] * 12
+    assert most == auth.VERIFY_AT_ONCE  # never more argon2 at once, however many ask
+    assert flood_took >= 12 / auth.VERIFY_AT_ONCE * 0.05 * 0.9  # they queued
+    assert known_after < flood_took / 2, (known_after, flood_took)  # the known user did not wait for them

@@ -293,9 +293,7 @@ def _endpoint(ctx: WebContext, spec: Endpoint) -> Callable[[Request], Any]:
                 raise HTTPException(403, "cross-site request refused: call the API from a script or a tool")
             user = None
             if spec.role is not None:
-                user = auth.remembered_api_user(ctx, request, spec.role)  # microseconds, on the loop
-                if user is None:  # argon2 (tens of ms of CPU): off the event loop
-                    user = await run_in_threadpool(auth.require, ctx, request, spec.role, api=True)
+                user = await auth.require_api(ctx, request, spec.role)
             name = _experiment_name(request, suffixed) if named else ""
             body = await _json_body(request) if spec.body is not None else {}
             tenant, environment = (check_scope_part(body.get(part) or request.query_params.get(part) or None, part)

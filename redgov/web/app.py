@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from http import HTTPStatus
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
@@ -63,6 +64,8 @@ class WebContext:
     templates: Environment
     hub: Any = None  # live.LiveHub, started by the app's lifespan
     metrics: Any = None  # metrics.Metrics
+    #: the worker threads argon2 may take at once (auth.authenticate)
+    verifying: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(auth.VERIFY_AT_ONCE))
     _scopes: tuple[float, list[Scope]] = field(default=(0.0, []))
 
     def scopes(self) -> list[Scope]:

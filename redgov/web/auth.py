@@ -17,6 +17,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import anyio.to_thread
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -27,7 +28,11 @@ from .users import Role, User
 if TYPE_CHECKING:
     from .app import WebContext
 
-__all__ = ["LoginRequired", "api_user", "check_csrf", "csrf_token", "page_user", "remembered_api_user", "require", "routes"]
+__all__ = ["VERIFY_AT_ONCE", "LoginRequired", "authenticate", "basic_credentials", "check_csrf", "csrf_token",
+           "page_user", "require", "require_api", "routes"]
+
+#: argon2 verifications running at once, at most, per app (each takes about 100 ms of one core)
+VERIFY_AT_ONCE = 2
 
 CSRF_HEADER = "x-csrf-token"
 
@@ -68,9 +73,8 @@ def page_user(ctx: WebContext, request: Request) -> User | None:
     return ctx.users.get(name) if isinstance(name, str) else None
 
 
-def api_user(ctx: WebContext, request: Request, *, verify: bool = True) -> User | None:
-    """The user of an API request from its HTTP Basic credentials (None: missing or wrong; with
-    ``verify=False``, also None when the pair was not verified lately: see ``Users.remembered``)."""
+def basic_credentials(request: Request) -> tuple[str, str] | None:
+    """The (name, password) of the request's HTTP Basic ``Authorization`` header (None: none, or malformed)."""
     header = request.headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic" or not encoded:
@@ -80,39 +84,49 @@ def api_user(ctx: WebContext, request: Request, *, verify: bool = True) -> User 
     except (binascii.Error, UnicodeDecodeError):
         return None
     name, colon, password = decoded.partition(":")
-    if not colon:
-        return None
-    return ctx.users.authenticate(name, password) if verify else ctx.users.remembered(name, password)
+    return (name, password) if colon else None
 
 
-def remembered_api_user(ctx: WebContext, request: Request, role: Role) -> User | None:
-    """The API user when the request's Basic pair was verified lately (no argon2: call it on the
-    event loop), with at least ``role`` (else HTTPException 403); None when the pair is not
-    remembered: then ``require(..., api=True)``, off the event loop, decides."""
-    user = api_user(ctx, request, verify=False)
-    if user is not None and not user.may(role):
+async def authenticate(ctx: WebContext, name: str, password: str) -> User | None:
+    """``ctx.users.authenticate`` without blocking the event loop: a pair verified lately is
+    answered at once (``Users.remembered``); otherwise argon2 runs in a worker thread, at most
+    ``VERIFY_AT_ONCE`` at a time (a flood of logins or wrong passwords waits for those, and never
+    takes the worker threads that reads and writes run in). None: wrong name or password."""
+    user = ctx.users.remembered(name, password)
+    if user is not None:
+        return user
+    return await anyio.to_thread.run_sync(ctx.users.authenticate, name, password, limiter=ctx.verifying)
+
+
+async def require_api(ctx: WebContext, request: Request, role: Role) -> User:
+    """The user of an API request (HTTP Basic) with at least ``role``.
+
+    Raises HTTPException 401 (no or wrong credentials) or 403 (a role too low).
+    """
+    credentials = basic_credentials(request)
+    user = await authenticate(ctx, *credentials) if credentials is not None else None
+    if user is None:
+        raise HTTPException(401, "credentials required (HTTP Basic)", headers={"WWW-Authenticate": 'Basic realm="redgov"'})
+    if not user.may(role):
+        raise _too_low(user, role)
+    return user
+
+
+def require(ctx: WebContext, request: Request, role: Role) -> User:
+    """The logged-in user of a page request (its session) with at least ``role``.
+
+    Raises LoginRequired (redirect to /login) or HTTPException 403 (a role too low).
+    """
+    user = page_user(ctx, request)
+    if user is None:
+        raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+    if not user.may(role):
         raise _too_low(user, role)
     return user
 
 
 def _too_low(user: User, role: Role) -> HTTPException:
     return HTTPException(403, f"{user.name} is a {user.role.label}; this needs the {role.label} role")
-
-
-def require(ctx: WebContext, request: Request, role: Role, *, api: bool = False) -> User:
-    """The user, when logged in (session, or Basic for ``api``) with at least ``role``.
-
-    Raises LoginRequired (pages: redirect to /login), HTTPException 401 (API, no or wrong
-    credentials) or 403 (a role too low for the request).
-    """
-    user = api_user(ctx, request) if api else page_user(ctx, request)
-    if user is None:
-        if api:
-            raise HTTPException(401, "credentials required (HTTP Basic)", headers={"WWW-Authenticate": 'Basic realm="redgov"'})
-        raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
-    if not user.may(role):
-        raise _too_low(user, role)
-    return user
 
 
 def _safe_next(target: Any) -> str:
@@ -136,9 +150,7 @@ def routes(ctx: WebContext) -> list[Route]:
         target = _safe_next(form.get("next"))
         user = None
         if isinstance(name, str) and isinstance(password, str):
-            from starlette.concurrency import run_in_threadpool
-
-            user = await run_in_threadpool(ctx.users.authenticate, name, password)  # argon2 takes ~50 ms
+            user = await authenticate(ctx, name, password)
         if user is None:
             return ctx.render(request, "login.html", {"next": target, "error": "wrong user name or password",
                                                       "user": None}, status_code=401)
