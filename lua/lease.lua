@@ -1,12 +1,13 @@
 --[[ lease: acquire, renew or release an experiment's lease, judged by the server's clock.
 KEYS[1] the experiment's state hash {T}:s:<exp> (field lt: the last fencing token given)
 KEYS[2] the lease {T}:k:<exp>, a string '<token> <owner>' whose expiry (PXAT) is the lease's
-ARGV[1] mode: 'acquire' | 'renew' | 'release'
-ARGV[2] owner
-ARGV[3] token ('' for acquire)
-ARGV[4] ttl, ms ('' for release)
+ARGV[1] mode: 'acquire' | 'renew' | 'release' | 'read'
+ARGV[2] owner ('' for read)
+ARGV[3] token ('' for acquire and read)
+ARGV[4] ttl, ms ('' for release and read)
 ARGV[5] experiment name (for messages)
-Returns: acquire, renew: {token, expiry ms, 1 when newly acquired else 0}; release: {1 released, 0 nothing}
+Returns: acquire, renew: {token, expiry ms, 1 when newly acquired else 0}; release: {1 released, 0 nothing};
+read: {token, expiry ms, owner} of the live lease, {} when there is none (read writes nothing)
 Errors: REDGOV_NOT_FOUND (acquire: the experiment was never created),
         REDGOV_LEASE <held by another owner, or the given lease is no longer current>, REDGOV_CORRUPT, REDGOV_DENIED
 The lease key exists exactly while the lease lasts: Redis expires it by its own clock, and the new expiry
@@ -28,6 +29,15 @@ if value then
     return redis.error_reply('REDGOV_CORRUPT key ' .. lease_key .. ' holds ' .. string.format('%q',
       string.sub(value, 1, 60)) .. ", expected '<token> <owner>'")
   end
+end
+
+if mode == 'read' then
+  if not current then
+    return {}
+  end
+  local at = redis.call('TIME')
+  local pttl = redis.call('PTTL', lease_key)
+  return {tonumber(current), tonumber(at[1]) * 1000 + math.floor(tonumber(at[2]) / 1000) + pttl, holder}
 end
 
 if mode == 'release' then

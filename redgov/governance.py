@@ -488,6 +488,24 @@ class Governance(GovernanceBase[Backplane]):
         """
         return self.backplane.run(self.core.renew_lease(lease, ttl=ttl))
 
+    def current_lease(self, experiment: str, *, tenant: str | None = None,
+                      environment: str | None = None) -> Lease | None:
+        """The experiment's lease now: who holds it, its fencing token and when it ends; None when
+        nobody holds one (never acquired, released, or expired by the server's clock).
+
+        One script call that writes nothing. What an operator sees before pausing an
+        experiment a controller drives (writes without ``lease=`` are not fenced).
+
+        Args:
+            experiment: its name.
+            tenant, environment: the scope (None: the default).
+
+        Raises:
+            CorruptDataError: the lease key holds something else.
+            ValidationError: bad input.
+        """
+        return self.backplane.run(self.core.current_lease(experiment, tenant=tenant, environment=environment))
+
     def release_lease(self, lease: Lease) -> None:
         """End ``lease`` now, if it is still the experiment's current lease.
 

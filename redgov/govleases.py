@@ -69,12 +69,31 @@ class LeasePlans(GovernanceSettings):
         return self._lease_call(experiment, tenant, environment, "renew", lease.owner, str(lease.token), str(ms),
                                 _lease_reply(experiment, lease.owner, tenant, environment))
 
+    def current_lease(self, experiment: str, *, tenant: str | None, environment: str | None) -> Call[Lease | None]:
+        """The experiment's live lease (None: nobody holds one), read by the lease script (no write)."""
+        experiment, tenant, environment = self._names(experiment, tenant, environment)
+        return self._lease_call(experiment, tenant, environment, "read", "", "", "",
+                                _current_reply(experiment, tenant, environment))
+
     def release_lease(self, lease: Lease) -> Call[bool]:
         """End ``lease`` now if it is still the current one (True), else do nothing (False)."""
         lease = check_lease(lease)
         experiment, tenant, environment = self._names(lease.experiment, lease.tenant, lease.environment)
         return self._lease_call(experiment, tenant, environment, "release", lease.owner, str(lease.token), "",
                                 lambda reply: bool(int(reply[0])))
+
+
+def _current_reply(experiment: str, tenant: str | None, environment: str | None) -> Any:
+    def parse(reply: Any) -> Lease | None:
+        if not reply:
+            return None
+        try:
+            owner = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+        except (IndexError, UnicodeDecodeError) as exc:
+            raise CorruptDataError(f"lease of {experiment}: unexpected reply {reply!r} ({exc!r})") from None
+        return _lease_reply(experiment, owner, tenant, environment)(reply)
+
+    return parse
 
 
 def _lease_reply(experiment: str, owner: str, tenant: str | None, environment: str | None) -> Any:

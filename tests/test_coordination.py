@@ -86,6 +86,30 @@ def test_acquire_renew_release(gov: Governance, backplane: Backplane) -> None:
         gov.renew_lease(first, ttl=SECOND)
 
 
+def test_current_lease_shows_the_holder_and_writes_nothing(gov: Governance, backplane: Backplane) -> None:
+    gov.create("exp")
+    assert gov.current_lease("exp") is None
+    held = gov.acquire_lease("exp", owner="ctl-1", ttl=10 * SECOND)
+    state = backplane.client.hgetall(backplane.core.keys("exp", None, None)[1].state)
+    seen = gov.current_lease("exp")
+    assert seen is not None and (seen.owner, seen.token, seen.experiment) == ("ctl-1", held.token, "exp")
+    assert abs((seen.expires_at - held.expires_at).total_seconds()) < 0.05  # the server's TIME + PTTL
+    assert backplane.client.hgetall(backplane.core.keys("exp", None, None)[1].state) == state
+    gov.release_lease(held)
+    assert gov.current_lease("exp") is None
+    short = gov.acquire_lease("exp", owner="ctl-2", ttl=timedelta(milliseconds=30))
+    assert gov.current_lease("exp") == short
+    time.sleep(0.06)
+    assert gov.current_lease("exp") is None  # expired by the server's clock
+    assert gov.current_lease("never-created") is None
+    gov.create("scoped", tenant="acme", environment="prod")
+    scoped = gov.acquire_lease("scoped", owner="ctl-3", ttl=SECOND, tenant="acme", environment="prod")
+    assert gov.current_lease("scoped", tenant="acme", environment="prod") == scoped
+    assert gov.current_lease("scoped") is None  # another scope
+    with pytest.raises(ValidationError):
+        gov.current_lease("")
+
+
 def test_tokens_grow_across_expiry_and_a_lost_counter(gov: Governance, backplane: Backplane) -> None:
     gov.create("exp")
     tokens = []
@@ -158,6 +182,8 @@ def test_a_corrupt_lease_is_named(gov: Governance, backplane: Backplane) -> None
         gov.transition("exp", S.PENDING_APPROVAL, lease=lease)
     with pytest.raises(redgov.CorruptDataError, match=key):
         gov.acquire_lease("exp", owner="a", ttl=SECOND)
+    with pytest.raises(redgov.CorruptDataError, match=key):
+        gov.current_lease("exp")
 
 
 def test_async_leases(redis_url: str, prefix: str) -> None:
@@ -167,7 +193,9 @@ def test_async_leases(redis_url: str, prefix: str) -> None:
             lease = await agov.acquire_lease("exp", owner="a", ttl=SECOND)
             await agov.transition("exp", S.PENDING_APPROVAL, lease=lease)
             renewed = await agov.renew_lease(lease, ttl=5 * SECOND)
+            assert await agov.current_lease("exp") == renewed
             await agov.release_lease(renewed)
+            assert await agov.current_lease("exp") is None
             with pytest.raises(LeaseError):
                 await agov.create_version("exp", {"a": 1}, lease=renewed)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -98,7 +99,7 @@ def test_reads_need_credentials_and_answer_every_role(client: TestClient, gov: G
     assert unknown.status_code == 404 and unknown.json()["error"] == "NotFoundError"
     assert "search" in unknown.json()["message"]
     for suffix in ("", "/history", "/versions", "/approvals", "/evaluations", "/allowed-transitions",
-                   "/diff?from=1&to=1"):
+                   "/diff?from=1&to=1", "/lease"):
         assert client.get(f"/api/experiments/nope{suffix}", headers=v).status_code == 404, suffix
         assert client.get(f"/api/experiments/checkout{suffix}").status_code == 401, suffix
 
@@ -118,6 +119,12 @@ def test_reads_need_credentials_and_answer_every_role(client: TestClient, gov: G
     assert client.get("/api/experiments/checkout/diff?from=1&to=1", headers=v).json()["changes"] == []
     assert client.get("/api/experiments/checkout/diff?from=1", headers=v).status_code == 400
     assert client.get("/api/experiments/checkout/diff?from=1&to=9", headers=v).status_code == 404
+
+    assert client.get("/api/experiments/checkout/lease", headers=v).json()["lease"] is None
+    held = gov.acquire_lease("search", owner="controller-7", ttl=timedelta(seconds=30), tenant="acme",
+                             environment="prod")
+    lease = client.get("/api/experiments/search/lease?tenant=acme&environment=prod", headers=v).json()["lease"]
+    assert (lease["owner"], lease["token"], lease["tenant"]) == ("controller-7", held.token, "acme")
 
     inbox = client.get("/api/awaiting-approval", headers=v).json()
     assert [(m["experiment"], m["tenant"], m["to_state"]) for m in inbox] == [("search", "acme", "Approved")]

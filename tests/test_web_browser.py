@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def seed(gov: Governance) -> None:
     gov.create_version("checkout-redesign", {"rollout": {"percent": 50, "regions": ["eu-west", "us-east"]},
                                              "variant": "B", "cache": True}, actor="ben", description="half traffic")
     gov.transition("checkout-redesign", S.PENDING_APPROVAL, actor="ana", reason="ready for review")
+    gov.acquire_lease("checkout-redesign", owner="rollout-controller", ttl=timedelta(hours=1))
     gov.create("pricing-page", actor="ben", configuration={"discount": 0.1})
     gov.create("search-ranking", actor="cho", configuration={"model": "v7"}, **t)
     gov.transition("search-ranking", S.PENDING_APPROVAL, actor="cho", **t)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -138,8 +139,13 @@ def test_every_page_for_each_role(app: object, gov: Governance, name: str) -> No
     assert len(entries) == log_length(gov, None, None) + log_length(gov, "acme", "prod")
     assert [attr(e, "data-kind") for e in entries[:2]] == ["version", "policy"]  # newest first
 
+    assert len(hooks(page.text, "lease")) == 1 and "Nobody holds the lease" in page.text
     scoped = client.get("/experiments/search?tenant=acme&environment=prod")
     assert scoped.status_code == 200 and "acme" in scoped.text
+    held = gov.acquire_lease("search", owner="<b>controller</b>", ttl=timedelta(minutes=5), tenant="acme",
+                             environment="prod")
+    leased = client.get("/experiments/search?tenant=acme&environment=prod").text
+    assert "&lt;b&gt;controller&lt;/b&gt;" in leased and str(held.token) in leased  # the holder, escaped
     assert client.get("/experiments/search").status_code == 404  # not in the default scope
 
 

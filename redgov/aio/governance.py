@@ -267,6 +267,13 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         return await self.backplane.run(self.core.acquire_lease(experiment, owner=owner, ttl=ttl, tenant=tenant,
                                                                 environment=environment))
 
+    async def current_lease(self, experiment: str, *, tenant: str | None = None,
+                            environment: str | None = None) -> Lease | None:
+        """The live lease of ``experiment`` (in ``tenant`` + ``environment``), None when nobody holds
+        one (as ``Governance.current_lease``: one script call that writes nothing). Raises
+        CorruptDataError, ValidationError."""
+        return await self.backplane.run(self.core.current_lease(experiment, tenant=tenant, environment=environment))
+
     async def renew_lease(self, lease: Lease, *, ttl: timedelta) -> Lease:
         """Extend ``lease`` to ``ttl`` from now (server clock), same token; returns the new Lease.
 

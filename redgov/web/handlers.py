@@ -169,6 +169,12 @@ def allowed_transitions(asked: Asked) -> dict[str, Any]:
     return {**_where(asked), "state": state.state, "allowed_transitions": allowed}
 
 
+def get_lease(asked: Asked) -> dict[str, Any]:
+    state = _existing(asked)
+    return {**_where(asked), "state": state.state,
+            "lease": asked.ctx.governance.current_lease(asked.name, **asked.scope)}
+
+
 def get_history(asked: Asked) -> dict[str, Any]:
     state = _existing(asked)
     found = asked.ctx.governance.history(asked.name, **asked.scope, **_page(asked))

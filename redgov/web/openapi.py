@@ -18,6 +18,7 @@ from ..records import (
     ApprovalRecord,
     ConfigurationVersion,
     ExperimentState,
+    Lease,
     PendingMove,
     PolicyEvaluation,
     StateTransition,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["Param", "build_schema"]
 
 RECORDS = (ExperimentState, StateTransition, ApprovalRecord, ConfigurationVersion, PolicyEvaluation, PendingMove,
-           Change)
+           Change, Lease)
 ERROR = {"type": "object", "required": ["error", "message"],
          "properties": {"error": {"type": "string", "description": "the exception's class name, or for a refusal of "
                                                                  "the HTTP layer the status's name: Unauthorized, "
