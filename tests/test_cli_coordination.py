@@ -102,6 +102,8 @@ def test_lease_json_and_text_in_process(run: InProcess, redis_url: str, prefix: 
     assert released == {"experiment": "exp", "released": True,
                         "lease": {"experiment": "exp", "owner": "ctl-a", "token": token, "tenant": None,
                                   "environment": None}}
+    assert run.json("lease", "show", "exp") == {"experiment": "exp", "lease": None}
+    assert run("lease", "show", "exp")[0] == "exp: nobody holds the lease\n"
     text, _ = run("lease", "release", "exp", "--owner", "ctl-a", "--token", str(token))  # nothing left: exit 0
     assert text == f"exp: nothing released: the lease of ctl-a with token {token} had expired or was taken over\n"
     assert run.json("lease", "renew", "exp", "--owner", "ctl-a", "--token", str(token), "--ttl", "5",
@@ -109,6 +111,9 @@ def test_lease_json_and_text_in_process(run: InProcess, redis_url: str, prefix: 
     text, _ = run("lease", "acquire", "exp", "--owner", "ctl-b", "--ttl", "30")
     newer = int(text.split("token ")[1].split(",")[0])
     assert newer > token and text.startswith("exp: lease held by ctl-b, token ")
+    assert run("lease", "show", "exp")[0] == text  # the same line: who holds it, the token, the expiry
+    shown = run.json("lease", "show", "exp")["lease"]
+    assert (shown["owner"], shown["token"]) == ("ctl-b", newer)
     taken = run.json("transition", "exp", "Paused", "--lease-owner", "ctl-a", "--lease-token", str(token), code=1)
     assert taken["error"] == "LeaseError" and "nothing was written" in taken["message"]
     assert run.json("state", "exp")["state"] == "Running"

@@ -51,6 +51,13 @@ def _held(lease: Lease) -> dict[str, Any]:
 def cmd_lease(ctx: Context) -> int:
     a = ctx.args
     out = ctx.out
+    if a.lease_command == "show":
+        with ctx.governance() as gov:
+            current = gov.current_lease(a.experiment, **ctx.scope)
+        text = (f"{a.experiment}: nobody holds the lease" if current is None else
+                f"{a.experiment}: lease held by {current.owner}, token {current.token}, expires {when(current.expires_at)}")
+        ctx.out.emit({"experiment": a.experiment, "lease": current}, text)
+        return 0
     with ctx.governance() as gov:
         if a.lease_command == "release":
             lease = _lease(ctx, a.owner, a.token)

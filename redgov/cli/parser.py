@@ -226,6 +226,7 @@ once the lease expired or another owner acquired it. The same owner acquiring ag
   redgov lease acquire checkout --owner ctl-a --ttl 30
   redgov lease renew checkout --owner ctl-a --token N --ttl 30
   redgov lease release checkout --owner ctl-a --token N
+  redgov lease show checkout
 """
 
 WAIT_DETAILS = """\
@@ -360,13 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="lease_command", metavar="ACTION", parser_class=_Parser, title="actions")
     actions.required = True
 
-    def action(name: str, summary: str) -> argparse.ArgumentParser:
+    def action(name: str, summary: str, *, owner: bool = True) -> argparse.ArgumentParser:
         sub = actions.add_parser(name, help=summary, description=summary + "\n\n" + LEASE_DETAILS,
                                  formatter_class=_Formatter)
         _global_options(sub, after=True)
         experiment(sub)
-        sub.add_argument("--owner", required=True, metavar="O",
-                         help="who holds the lease: a host, process or controller id (required)")
+        if owner:
+            sub.add_argument("--owner", required=True, metavar="O",
+                             help="who holds the lease: a host, process or controller id (required)")
         return sub
 
     ttl = _duration(MAX_TTL)
@@ -380,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the new duration from now, in seconds (server clock; up to 7 days; required)")
     q = action("release", "end the lease now if it is still current (exit 0 either way; says which)")
     q.add_argument("--token", type=_token, required=True, metavar="N", help="the lease's fencing token (required)")
+    action("show", "who holds the lease now: owner, token, expiry (exit 0; 'nobody' when none)", owner=False)
 
     p = command("wait", "wait until an experiment is in one of the states; print the state (exit 1 on timeout)",
                 WAIT_DETAILS)
