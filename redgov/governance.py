@@ -322,22 +322,25 @@ class Governance(GovernanceBase[Backplane]):
         """
         return self.backplane.drive(self.core.experiments(tenant=tenant, environment=environment, state=state))
 
-    def awaiting_approval(self, *, tenant: str | None = None,
-                          environment: str | None = None) -> list[PendingMove]:
+    def awaiting_approval(self, *, tenant: str | None = None, environment: str | None = None,
+                          experiment: str | None = None) -> list[PendingMove]:
         """The moves a ManualGate blocks right now in a scope, by experiment name (the approval inbox).
 
         A move is listed when the rules allow it from the experiment's current state, a
         ManualGate guards it, and no approval of it is recorded (or the one recorded has
         expired by the server's clock). Reads the scope's index in pages, each page's state
-        hashes pipelined (not one atomic snapshot).
+        hashes pipelined (not one atomic snapshot); with ``experiment``, only that
+        experiment's state (one round trip, whatever the scope holds).
 
         Args:
             tenant, environment: the scope (None: the default).
+            experiment: only this experiment's moves (None: every experiment of the scope).
 
         Returns:
             PendingMove(experiment, from_state, to_state, gate, state, tenant, environment) each.
         """
-        return self.backplane.drive(self.core.awaiting_approval(tenant=tenant, environment=environment))
+        return self.backplane.drive(self.core.awaiting_approval(tenant=tenant, environment=environment,
+                                                                experiment=experiment))
 
     # -- versions --------------------------------------------------------------------
 

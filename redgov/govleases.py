@@ -91,7 +91,8 @@ def _current_reply(experiment: str, tenant: str | None, environment: str | None)
             owner = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
         except (IndexError, UnicodeDecodeError) as exc:
             raise CorruptDataError(f"lease of {experiment}: unexpected reply {reply!r} ({exc!r})") from None
-        return _lease_reply(experiment, owner, tenant, environment)(reply)
+        lease: Lease = _lease_reply(experiment, owner, tenant, environment)(reply)
+        return lease
 
     return parse
 

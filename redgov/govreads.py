@@ -24,7 +24,7 @@ from .records import (
     StateTransition,
 )
 from .rules import Rules
-from .validate import check_state
+from .validate import check_name, check_state
 
 __all__ = ["LIST_PAGE", "GovernanceSettings", "ReadPlans", "StateWaiter", "compare"]
 
@@ -108,9 +108,13 @@ class ReadPlans(GovernanceSettings):
         return compare(replayed, stored_state)
 
 
-    def awaiting_approval(self, *, tenant: str | None, environment: str | None) -> Plan[list[PendingMove]]:
+    def awaiting_approval(self, *, tenant: str | None, environment: str | None,
+                          experiment: str | None = None) -> Plan[list[PendingMove]]:
         """The moves a ManualGate blocks now in a scope: the index read in pages, each page's state hashes
-        (HGETALL: the state and its pending approvals) pipelined with the server's TIME."""
+        (HGETALL: the state and its pending approvals) pipelined with the server's TIME; with
+        ``experiment``, that one's state hash alone (no index read)."""
+        if experiment is not None:
+            experiment = check_name(experiment, "experiment")
         scope = self.core.scope(tenant, environment)
         manual = [g for g in self.gates if isinstance(g, ManualGate)]
         out: list[PendingMove] = []
@@ -119,8 +123,11 @@ class ReadPlans(GovernanceSettings):
         after = "-"
         fields = [f.decode() for f in state_fields()]
         while True:
-            names = yield Call((scope.index,), ("ZRANGEBYLEX", scope.index, after, "+", "LIMIT", 0, LIST_PAGE),
-                               _names_reply(scope.index))
+            if experiment is not None:
+                names = [experiment]
+            else:
+                names = yield Call((scope.index,), ("ZRANGEBYLEX", scope.index, after, "+", "LIMIT", 0, LIST_PAGE),
+                                   _names_reply(scope.index))
             if not names:
                 break
             keys = tuple(scope.experiment(name).state for name in names)
@@ -142,7 +149,7 @@ class ReadPlans(GovernanceSettings):
                             continue  # approved, waiting to be consumed
                     out.append(PendingMove(experiment=name, from_state=state.state, to_state=target, gate=gate.name,
                                            state=state, tenant=tenant, environment=environment))
-            if len(names) < LIST_PAGE:
+            if experiment is not None or len(names) < LIST_PAGE:
                 break
             after = "(" + names[-1]
         return out

@@ -62,6 +62,13 @@ def lease_value(backplane: Backplane, experiment: str) -> bytes | None:
     return value
 
 
+def same_lease(seen: Lease | None, held: Lease) -> bool:
+    """``seen`` is ``held``: its expiry read back as the server's TIME + PTTL, so within a few ms."""
+    return (seen is not None and (seen.experiment, seen.owner, seen.token, seen.tenant, seen.environment)
+            == (held.experiment, held.owner, held.token, held.tenant, held.environment)
+            and abs((seen.expires_at - held.expires_at).total_seconds()) < 0.05)
+
+
 # -- leases --------------------------------------------------------------------------------------
 
 
@@ -91,20 +98,18 @@ def test_current_lease_shows_the_holder_and_writes_nothing(gov: Governance, back
     assert gov.current_lease("exp") is None
     held = gov.acquire_lease("exp", owner="ctl-1", ttl=10 * SECOND)
     state = backplane.client.hgetall(backplane.core.keys("exp", None, None)[1].state)
-    seen = gov.current_lease("exp")
-    assert seen is not None and (seen.owner, seen.token, seen.experiment) == ("ctl-1", held.token, "exp")
-    assert abs((seen.expires_at - held.expires_at).total_seconds()) < 0.05  # the server's TIME + PTTL
+    assert same_lease(gov.current_lease("exp"), held)
     assert backplane.client.hgetall(backplane.core.keys("exp", None, None)[1].state) == state
     gov.release_lease(held)
     assert gov.current_lease("exp") is None
     short = gov.acquire_lease("exp", owner="ctl-2", ttl=timedelta(milliseconds=30))
-    assert gov.current_lease("exp") == short
+    assert same_lease(gov.current_lease("exp"), short)
     time.sleep(0.06)
     assert gov.current_lease("exp") is None  # expired by the server's clock
     assert gov.current_lease("never-created") is None
     gov.create("scoped", tenant="acme", environment="prod")
     scoped = gov.acquire_lease("scoped", owner="ctl-3", ttl=SECOND, tenant="acme", environment="prod")
-    assert gov.current_lease("scoped", tenant="acme", environment="prod") == scoped
+    assert same_lease(gov.current_lease("scoped", tenant="acme", environment="prod"), scoped)
     assert gov.current_lease("scoped") is None  # another scope
     with pytest.raises(ValidationError):
         gov.current_lease("")
@@ -193,7 +198,7 @@ def test_async_leases(redis_url: str, prefix: str) -> None:
             lease = await agov.acquire_lease("exp", owner="a", ttl=SECOND)
             await agov.transition("exp", S.PENDING_APPROVAL, lease=lease)
             renewed = await agov.renew_lease(lease, ttl=5 * SECOND)
-            assert await agov.current_lease("exp") == renewed
+            assert same_lease(await agov.current_lease("exp"), renewed)
             await agov.release_lease(renewed)
             assert await agov.current_lease("exp") is None
             with pytest.raises(LeaseError):
@@ -329,3 +334,9 @@ def test_awaiting_approval_lists_the_moves_a_manual_gate_blocks_now(make: Callab
         ("a", S.APPROVED), ("b", S.RUNNING), ("c", S.APPROVED)]
     assert make().awaiting_approval() == []  # no ManualGate: nothing ever waits
     assert gov.awaiting_approval(tenant="elsewhere") == []
+    # one experiment: the same answer for it, from its state alone
+    assert gov.awaiting_approval(experiment="b") == [m for m in gov.awaiting_approval() if m.experiment == "b"]
+    assert gov.awaiting_approval(experiment="draft") == []
+    assert gov.awaiting_approval(experiment="never-created") == []
+    with pytest.raises(ValidationError):
+        gov.awaiting_approval(experiment="")

@@ -187,14 +187,16 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         return await self.backplane.drive(self.core.experiments(tenant=tenant, environment=environment,
                                                                 state=state))
 
-    async def awaiting_approval(self, *, tenant: str | None = None,
-                                environment: str | None = None) -> list[PendingMove]:
-        """The moves a ManualGate blocks right now in ``tenant`` + ``environment`` (the approval inbox).
+    async def awaiting_approval(self, *, tenant: str | None = None, environment: str | None = None,
+                                experiment: str | None = None) -> list[PendingMove]:
+        """The moves a ManualGate blocks right now in ``tenant`` + ``environment`` (the approval inbox),
+        or only ``experiment``'s.
 
         As ``Governance.awaiting_approval``: the scope's index in pages, each page's state
-        hashes pipelined. Returns a list of PendingMove.
+        hashes pipelined (with ``experiment``: its state alone). Returns a list of PendingMove.
         """
-        return await self.backplane.drive(self.core.awaiting_approval(tenant=tenant, environment=environment))
+        return await self.backplane.drive(self.core.awaiting_approval(tenant=tenant, environment=environment,
+                                                                      experiment=experiment))
 
     async def create_version(self, experiment: str, configuration: Mapping[str, Any], *, actor: str | None = None,
                              description: str | None = None, tenant: str | None = None,

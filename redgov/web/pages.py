@@ -256,8 +256,7 @@ def experiment_context(ctx: WebContext, request: Request, user: User, name: str,
     newest = bp.transitions(name, tenant=tenant, environment=environment, limit=page * HISTORY_PAGE + 1,
                             newest_first=True)
     history = newest[(page - 1) * HISTORY_PAGE: page * HISTORY_PAGE]
-    awaiting = {m.to_state for m in gov.awaiting_approval(tenant=tenant, environment=environment)
-                if m.experiment == name}
+    awaiting = {m.to_state for m in gov.awaiting_approval(tenant=tenant, environment=environment, experiment=name)}
     moves = []
     # gov.allowed_transitions(name) reads the state again; the rules applied to the state shown are the same
     for target in gov.rules.allowed(state.state):
