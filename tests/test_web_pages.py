@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 import redgov
 from redgov import ErrorRate, Governance, LifecycleState as S, ManualGate
 from redgov.keys import Scope
-from redgov.web import add_user, create_app
+from redgov.web import add_user, create_app, pages
 
 from .conftest import delete_prefix
 
@@ -147,6 +147,33 @@ def test_every_page_for_each_role(app: object, gov: Governance, name: str) -> No
     leased = client.get("/experiments/search?tenant=acme&environment=prod").text
     assert "&lt;b&gt;controller&lt;/b&gt;" in leased and str(held.token) in leased  # the holder, escaped
     assert client.get("/experiments/search").status_code == 404  # not in the default scope
+
+
+def test_the_list_is_paged_and_its_counts_cover_every_page(app: object, gov: Governance,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pages, "LIST_ROWS", 4)
+    for k in range(10):
+        gov.create(f"e{k:02d}", tenant="acme", environment="prod")
+    gov.transition("e07", S.PENDING_APPROVAL, tenant="acme", environment="prod")
+    client = login(app, "vic")
+
+    def names(url: str) -> tuple[list[str], str]:
+        answer = client.get(url)
+        assert answer.status_code == 200, answer.text
+        return [attr(r, "data-experiment") or "" for r in hooks(answer.text, "experiment-row")], answer.text
+
+    first, page = names("/?tenant=acme")
+    assert first == ["e00", "e01", "e02", "e03"] and "1&ndash;4 of 10 experiments" in page
+    assert re.search(r'<b>9</b>', page) and re.search(r'<b>1</b>', page)  # Draft 9, PendingApproval 1: all pages
+    older = attr(hooks(page, "list-next")[0], "href")
+    assert older == "/?tenant=acme&page=2" and not hooks(page, "list-previous")
+    assert names(older)[0] == ["e04", "e05", "e06", "e07"]
+    last, page = names("/?tenant=acme&page=3")
+    assert last == ["e08", "e09"] and not hooks(page, "list-next")
+    assert attr(hooks(page, "list-previous")[0], "href") == "/?tenant=acme&page=2"
+    assert names("/?tenant=acme&state=Draft&page=3")[0] == ["e09"]  # the filter applies before the pages
+    assert names("/?tenant=acme&page=9")[0] == []
+    assert client.get("/?page=0").status_code == 400
 
 
 def test_list_filters(app: object, gov: Governance) -> None:

@@ -47,6 +47,8 @@ __all__ = ["experiment_url", "routes"]
 
 #: history entries per page of the experiment page
 HISTORY_PAGE = 20
+#: experiments per page of the list (the counts by state cover every page)
+LIST_ROWS = 100
 #: audit entries per page
 AUDIT_PAGE = 50
 #: approvals, policy evaluations and versions shown on the experiment page (newest)
@@ -240,7 +242,13 @@ def experiments_context(ctx: WebContext, request: Request) -> dict[str, Any]:
     if state is not None:
         rows = [r for r in rows if r.state.value == state]
     rows.sort(key=lambda r: (r.experiment, r.tenant or "", r.environment or ""))
-    return {"rows": rows, "counts": counts, "scopes": scopes, "chosen": chosen, "state": state, "q": text,
+    page = _page_number(request)
+    shown = rows[(page - 1) * LIST_ROWS: page * LIST_ROWS]
+    kept = {k: v for k, v in q.items() if k != "page"}
+    return {"rows": shown, "total": len(rows), "first": (page - 1) * LIST_ROWS + 1, "page": page,
+            "newer": url_with("/", **kept, page=page - 1 if page > 2 else None) if page > 1 else None,
+            "older": url_with("/", **kept, page=page + 1) if len(rows) > page * LIST_ROWS else None,
+            "counts": counts, "scopes": scopes, "chosen": chosen, "state": state, "q": text,
             "events": events_url(chosen_scope, tenant=tenant, environment=environment)}
 
 
