@@ -79,8 +79,8 @@ __all__ = [
 OPERATIONS = (
     "create", "transition", "transition_many", "approve", "create_version", "rollback", "evaluate_policies",
     "acquire_lease", "renew_lease", "release_lease",
-    "state", "allowed_transitions", "history", "experiments", "awaiting_approval", "diff", "replay", "verify",
-    "wait_for",
+    "state", "allowed_transitions", "history", "experiments", "awaiting_approval", "current_lease", "diff",
+    "replay", "verify", "wait_for",
 )
 
 #: Histogram buckets (seconds): a cached read takes microseconds, a write ~0.1 ms, wait_for up to its timeout.

@@ -201,8 +201,11 @@ def test_spans_nest_under_the_callers_span_and_leases_name_their_experiment(back
     with tracer.start_as_current_span("request") as outer:
         lease = gov.acquire_lease("e", owner="ctl-1", ttl=timedelta(seconds=30), environment="prod")
         gov.renew_lease(lease, ttl=timedelta(seconds=30))
+        assert gov.current_lease("e", environment="prod") is not None
         gov.release_lease(lease)
     spans = {s.name: s for s in otel.finished()}
+    shown = spans["redgov.current_lease"].attributes
+    assert shown is not None and shown["redgov.experiment"] == "e" and shown["redgov.lease.token"] == lease.token
     for name in ("redgov.acquire_lease", "redgov.renew_lease", "redgov.release_lease"):
         span = spans[name]
         assert span.parent is not None and span.parent.span_id == outer.get_span_context().span_id, name
