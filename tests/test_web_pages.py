@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -439,3 +440,54 @@ def test_unknown_experiments_and_actions(app: object, gov: Governance) -> None:
     assert answer.status_code == 404 and hooks(answer.text, "error")
     assert post(client, "/experiments/nope", {"op": "transition", "to": "Draft"}).status_code == 404  # type: ignore[attr-defined]
     assert post(client, "/experiments/nope", {"op": "explode"}).status_code == 400  # type: ignore[attr-defined]
+
+
+def test_the_list_is_read_once_per_write_while_the_live_feed_runs(gov: Governance, users_file: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from redgov.web import app as app_module
+
+    seed(gov)
+    reads: list[tuple[str | None, str | None]] = []
+    real = gov.experiments
+
+    def counted(*, tenant: str | None = None, environment: str | None = None, **kw: object) -> object:
+        reads.append((tenant, environment))
+        return real(tenant=tenant, environment=environment, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gov, "experiments", counted)
+    site = create_app(gov, users_file, SECRET)  # with the live feed
+    with TestClient(site) as client:  # the lifespan starts the hub
+        token = csrf_of(client.get("/login").text)
+        client.post("/login", data={"username": "vic", "password": PASSWORD["vic"], "csrf": token, "next": "/"})
+        hub = site.state.ctx.hub
+
+        def names() -> list[str]:
+            return sorted(attr(r, "data-experiment") or "" for r in hooks(client.get("/").text, "experiment-row"))
+
+        assert names() == ["checkout", "search"]
+        first = len(reads)
+        assert first == 2  # one read per scope
+        for _ in range(3):
+            assert names() == ["checkout", "search"]
+        assert len(reads) == first  # nothing written since: nothing read again
+
+        # a write to the default scope (from any process: the feed reads it from Redis): once the
+        # feed read it, that scope is read again, the other is not
+        seen = hub.generation(None, None)
+        gov.create("pricing", actor="cho")
+        deadline = time.monotonic() + 5
+        while hub.generation(None, None) == seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert hub.generation(None, None) != seen, "the live feed did not read the write"
+        assert names() == ["checkout", "pricing", "search"]
+        assert reads[first:] == [(None, None)]  # only the scope written to
+
+        monkeypatch.setattr(app_module, "LIST_TTL", 0.0)  # kept no longer than LIST_TTL
+        names()
+        assert len(reads) == first + 3
+    # without the live feed every page reads
+    plain = login(create_app(gov, users_file, SECRET, live=False), "vic")
+    before = len(reads)
+    plain.get("/")
+    plain.get("/")
+    assert len(reads) == before + 4

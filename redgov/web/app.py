@@ -35,6 +35,7 @@ from starlette.types import Scope as ASGIScope
 from ..errors import ValidationError
 from ..governance import Governance
 from ..keys import Scope, parse_log_key, scope_pattern
+from ..records import ExperimentState
 from ..validate import check_scope_part
 from . import auth
 from .users import Users
@@ -46,6 +47,9 @@ T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 #: how long the list of scopes (a SCAN of the prefix's logs) is reused
 SCOPES_TTL = 5.0
+#: the longest the experiment list of a scope is kept while the live feed runs (it is dropped at once
+#: when the feed reads a write to that scope), seconds
+LIST_TTL = 10.0
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -67,6 +71,8 @@ class WebContext:
     #: the worker threads argon2 may take at once (auth.authenticate)
     verifying: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(auth.VERIFY_AT_ONCE))
     _scopes: tuple[float, list[Scope]] = field(default=(0.0, []))
+    # (tenant, environment) -> (the hub's generation of the scope when read, monotonic time, the states)
+    _lists: dict[tuple[str | None, str | None], tuple[Any, float, list[ExperimentState]]] = field(default_factory=dict)
 
     def scopes(self) -> list[Scope]:
         """Every tenant/environment scope of the prefix that has a log, by name (SCAN, cached 5 s)."""
@@ -86,6 +92,28 @@ class WebContext:
                 keys.add(parsed)
         found = sorted((Scope(*k) for k in keys), key=lambda s: (s.tenant or "", s.environment or ""))
         self._scopes = (time.monotonic(), found)
+        return found
+
+    def experiments(self, tenant: str | None, environment: str | None) -> list[ExperimentState]:
+        """Every experiment of a scope (``Governance.experiments``) for the pages.
+
+        While the live feed runs, the list is kept until the feed reads a write to the scope
+        (so a page refreshed by that event reads it again) or ``LIST_TTL`` passes: a busy feed
+        refreshing many list pages reads each scope once per write, not once per page. Without
+        the feed every call reads. The JSON API always reads.
+        """
+        hub = self.hub
+        running = hub is not None and hub.running
+        key = (tenant, environment)
+        generation = hub.generation(tenant, environment) if running else None
+        if running:
+            kept = self._lists.get(key)
+            if kept is not None and kept[0] == generation and time.monotonic() - kept[1] < LIST_TTL:
+                return kept[2]
+        started = time.monotonic()
+        found = self.governance.experiments(tenant=tenant, environment=environment)
+        if running:  # the generation from before the read: a write during it makes the entry stale
+            self._lists[key] = (generation, started, found)
         return found
 
     def act(self, operation: str, call: Callable[[], T]) -> T:

@@ -273,6 +273,8 @@ class LiveHub:
         self._source: _Source | None = None
         self._counts = {"events": 0, "resets": 0, "overflows": 0, "reconnects": 0, "resumes": 0}
         self._scopes = 0
+        # (tenant, environment) -> events published for the scope so far (WebContext.experiments)
+        self._generations: dict[tuple[str | None, str | None], int] = {}
 
     # -- what the metrics and the tests look at
 
@@ -292,6 +294,12 @@ class LiveHub:
         source = self._source
         return source.client_id if source is not None else None
 
+    def generation(self, tenant: str | None, environment: str | None) -> tuple[str, int]:
+        """This run of the hub and how many events of the scope it has published: it changes once
+        the hub read a write to the scope, and with every start (what a cache of the scope's reads
+        compares). Safe from any thread."""
+        return self._epoch, self._generations.get((tenant, environment), 0)
+
     def stats(self) -> dict[str, int]:
         """Counters: ``clients``, ``scopes`` (logs read), ``events`` (published), ``buffered`` (in the
         replay buffer), ``resets`` and ``resumes`` (reconnects that could not and could resume),
@@ -309,6 +317,7 @@ class LiveHub:
         self._running = True
         self._closing = False
         self._epoch = secrets.token_hex(6)
+        self._generations = {}
         self._buffer.clear()
         self._buffer_bytes = 0
         self._head = self._evicted = 0
@@ -480,6 +489,10 @@ class LiveHub:
             self._buffer_bytes += len(event.frame)
         self._head = events[-1].seq
         self._counts["events"] += len(events)
+        generations = self._generations
+        for event in events:
+            scope = (event.tenant, event.environment)
+            generations[scope] = generations.get(scope, 0) + 1
         while buffer and (len(buffer) > self.replay_events or self._buffer_bytes > self.replay_bytes):
             old = buffer.popleft()
             self._buffer_bytes -= len(old.frame)

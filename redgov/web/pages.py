@@ -233,7 +233,7 @@ def experiments_context(ctx: WebContext, request: Request) -> dict[str, Any]:
             continue
         if tenant is not None and scope.tenant != tenant or environment is not None and scope.environment != environment:
             continue
-        rows.extend(ctx.governance.experiments(tenant=scope.tenant, environment=scope.environment))
+        rows.extend(ctx.experiments(scope.tenant, scope.environment))
     if text:
         rows = [r for r in rows if text.casefold() in r.experiment.casefold()]
     counts = {s: 0 for s in STATES}
