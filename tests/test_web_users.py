@@ -8,6 +8,7 @@ once when a flood of wrong passwords arrives (``auth.VERIFY_AT_ONCE``, on the ap
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from redgov.web import users as users_module
 from redgov.web.users import Role, User, Users
 
 from .conftest import delete_prefix
-from .webusers import basic, write_users
+from .webusers import PASSWORDS, basic, basic_pair, write_users
 
 
 class CountingHasher(PasswordHasher):
@@ -159,7 +160,8 @@ def test_a_flood_of_wrong_passwords_waits_for_two_verifiers_and_never_stalls_a_k
             first = await client.get("/api/experiments/checkout", headers=basic("vic"))
             assert first.status_code == 200, first.text  # verified once: remembered from now on
             started = time.monotonic()
-            flood = [asyncio.create_task(client.get("/api/experiments", headers=basic("olga", f"guess-{k}")))
+            # twelve names (the throttle makes the attempts of one name and address take turns)
+            flood = [asyncio.create_task(client.get("/api/experiments", headers=basic_pair(f"guesser-{k}", "guess")))
                      for k in range(12)]
             await asyncio.sleep(0.02)
             known = await client.get("/api/experiments/checkout", headers=basic("vic"))
@@ -177,3 +179,79 @@ def test_a_flood_of_wrong_passwords_waits_for_two_verifiers_and_never_stalls_a_k
     assert most == auth.VERIFY_AT_ONCE  # never more argon2 at once, however many ask
     assert flood_took >= 12 / auth.VERIFY_AT_ONCE * 0.05 * 0.9  # they queued
     assert known_after < flood_took / 2, (known_after, flood_took)  # the known user did not wait for them
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throttle_waits_grow_after_the_free_failures_and_a_success_clears() -> None:
+    clock = FakeClock()
+    throttle = auth.Throttle(free=3, max_wait=10.0, max_pairs=4, clock=clock)
+    key = ("amy", "10.0.0.1")
+    for _ in range(3):
+        assert throttle.wait(key) == 0.0
+        throttle.failed(key)
+    assert throttle.wait(key) == 1.0  # 2 ** (3 - 3) s after the last failure
+    clock.now += 1.0
+    assert throttle.wait(key) == 0.0
+    throttle.failed(key)
+    assert throttle.wait(key) == 2.0
+    for _ in range(10):
+        throttle.failed(key)
+    assert throttle.wait(key) == 10.0  # at most max_wait
+    assert throttle.wait(("amy", "10.0.0.2")) == 0.0 and throttle.wait(("bob", "10.0.0.1")) == 0.0
+    throttle.succeeded(key)
+    assert throttle.wait(key) == 0.0
+    for k in range(6):  # bounded: the oldest pairs are forgotten
+        throttle.failed((f"u{k}", "x"))
+    assert len(throttle._failures) == 4 and ("u0", "x") not in throttle._failures
+
+
+def test_repeated_wrong_passwords_are_throttled_per_name_and_address(tmp_path: Path, redis_url: str, prefix: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_users(tmp_path / "users.json", monkeypatch)
+    counting = CountingHasher()
+    monkeypatch.setattr(users_module, "_HASHER", counting)
+    gov = Governance(redgov.connect(redis_url, prefix=prefix))
+    app = create_app(gov, path, "s" * 48, live=False)
+    clock = FakeClock()
+    app.state.ctx.throttle = auth.Throttle(free=5, clock=clock)
+
+    async def scenario() -> None:
+        here = httpx2.ASGITransport(app=app, client=("10.0.0.1", 4000))
+        there = httpx2.ASGITransport(app=app, client=("10.0.0.2", 4000))
+        async with httpx2.AsyncClient(transport=here, base_url="http://test") as client, \
+                httpx2.AsyncClient(transport=there, base_url="http://test") as elsewhere:
+            guesses = await asyncio.gather(*(client.get("/api/whoami", headers=basic("amy", f"guess-{k}"))
+                                             for k in range(8)))  # at once: they take turns
+            assert [g.status_code for g in guesses] == [401] * 5 + [429] * 3
+            assert counting.verified == 5  # a throttled attempt costs no verification
+            assert guesses[-1].json()["error"] == "TooManyRequests" and guesses[-1].headers["retry-after"] == "1"
+            right = await client.get("/api/whoami", headers=basic("amy"))
+            assert right.status_code == 429  # even the right password waits: guessing must not go on
+            assert (await elsewhere.get("/api/whoami", headers=basic("amy"))).status_code == 200  # another address
+            assert (await client.get("/api/whoami", headers=basic("olga"))).status_code == 200  # another name
+            clock.now += 1.0
+            assert (await client.get("/api/whoami", headers=basic("amy"))).json() == {"user": "amy", "role": "approver"}
+            assert (await client.get("/api/whoami", headers=basic("amy", "wrong-again"))).status_code == 401  # cleared
+            # the login form: the same count, its own answer
+            page = await client.get("/login")
+            token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            assert token is not None
+            form = {"csrf": token.group(1), "username": "vic", "next": "/"}
+            statuses = [(await client.post("/login", data={**form, "password": "nope"})).status_code for _ in range(6)]
+            assert statuses == [401] * 5 + [429]
+            refused = await client.post("/login", data={**form, "password": PASSWORDS["vic"]})
+            assert refused.status_code == 429 and "too many failed logins" in refused.text
+            assert refused.headers["retry-after"] == "1"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        delete_prefix(gov.backplane.client, prefix)
+        gov.close()

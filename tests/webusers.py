@@ -17,7 +17,12 @@ ROLES = {"vic": "viewer", "amy": "approver", "olga": "operator"}
 
 def basic(name: str, password: str | None = None) -> dict[str, str]:
     """The Authorization header of ``name`` (with its own password unless ``password`` is given)."""
-    token = base64.b64encode(f"{name}:{PASSWORDS[name] if password is None else password}".encode()).decode()
+    return basic_pair(name, PASSWORDS[name] if password is None else password)
+
+
+def basic_pair(name: str, password: str) -> dict[str, str]:
+    """The Authorization header of any ``name`` and ``password``."""
+    token = base64.b64encode(f"{name}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
 
 

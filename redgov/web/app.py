@@ -70,6 +70,8 @@ class WebContext:
     metrics: Any = None  # metrics.Metrics
     #: the worker threads argon2 may take at once (auth.authenticate)
     verifying: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(auth.VERIFY_AT_ONCE))
+    #: failed logins per (name, address): auth.authenticate makes them wait
+    throttle: auth.Throttle = field(default_factory=auth.Throttle)
     _scopes: tuple[float, list[Scope]] = field(default=(0.0, []))
     # (tenant, environment) -> (the hub's generation of the scope when read, monotonic time, the states)
     _lists: dict[tuple[str | None, str | None], tuple[Any, float, list[ExperimentState]]] = field(default_factory=dict)
@@ -131,11 +133,13 @@ class WebContext:
             if observe is not None:
                 observe(operation, outcome, time.perf_counter() - started)
 
-    def render(self, request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    def render(self, request: Request, template: str, context: dict[str, Any], status_code: int = 200,
+               headers: Mapping[str, str] | None = None) -> HTMLResponse:
         """A page: ``template`` with ``context``, the user, the CSRF token and the request (autoescaped)."""
         values = {"request": request, "csrf": auth.csrf_token(request), **context}
         values.setdefault("user", auth.page_user(self, request))
-        return HTMLResponse(self.templates.get_template(template).render(values), status_code=status_code)
+        return HTMLResponse(self.templates.get_template(template).render(values), status_code=status_code,
+                            headers=headers)
 
 
 def scope_of(request: Request) -> tuple[str | None, str | None]:

@@ -11,9 +11,15 @@ the server, whatever a page shows.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import math
 import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -28,8 +34,8 @@ from .users import Role, User
 if TYPE_CHECKING:
     from .app import WebContext
 
-__all__ = ["VERIFY_AT_ONCE", "LoginRequired", "authenticate", "basic_credentials", "check_csrf", "csrf_token",
-           "page_user", "require", "require_api", "routes"]
+__all__ = ["VERIFY_AT_ONCE", "LoginRequired", "Throttle", "TooManyAttempts", "authenticate", "basic_credentials",
+           "check_csrf", "client_address", "csrf_token", "page_user", "require", "require_api", "routes"]
 
 #: argon2 verifications running at once, at most, per app (each takes about 100 ms of one core)
 VERIFY_AT_ONCE = 2
@@ -87,15 +93,96 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
     return (name, password) if colon else None
 
 
-async def authenticate(ctx: WebContext, name: str, password: str) -> User | None:
-    """``ctx.users.authenticate`` without blocking the event loop: a pair verified lately is
-    answered at once (``Users.remembered``); otherwise argon2 runs in a worker thread, at most
-    ``VERIFY_AT_ONCE`` at a time (a flood of logins or wrong passwords waits for those, and never
-    takes the worker threads that reads and writes run in). None: wrong name or password."""
-    user = ctx.users.remembered(name, password)
-    if user is not None:
+class Throttle:
+    """Failed logins per (user name, client address), in this process.
+
+    The first ``free`` failures in a row cost nothing more; after them each attempt must wait
+    ``2 ** (failures - free)`` seconds (at most ``max_wait``) from the last failure, and an
+    attempt during the wait is refused without checking the password, even a right one (else
+    guessing would go on at memory speed against the pairs remembered). A success forgets the
+    pair. Keyed by name *and* address, so a guesser elsewhere cannot lock a user out; at most
+    ``max_pairs`` pairs are kept (the oldest forgotten first). Attempts of one pair take turns
+    (``turn``), so sending many at once does not get past the count. Used on the event loop only.
+    """
+
+    def __init__(self, free: int = 5, max_wait: float = 300.0, max_pairs: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.free = free
+        self.max_wait = max_wait
+        self.max_pairs = max_pairs
+        self.clock = clock
+        self._failures: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        self._turns: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """Wait for the attempts of ``key`` before this one (one at a time per pair)."""
+        lock, users = self._turns.get(key) or (asyncio.Lock(), 0)
+        self._turns[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._turns[key]
+            if users == 1:
+                del self._turns[key]
+            else:
+                self._turns[key] = (lock, users - 1)
+
+    def wait(self, key: tuple[str, str]) -> float:
+        """Seconds before ``key`` may try again (0: now)."""
+        failures, last = self._failures.get(key, (0, 0.0))
+        if failures < self.free:
+            return 0.0
+        return max(0.0, last + min(self.max_wait, 2.0 ** (failures - self.free)) - self.clock())
+
+    def failed(self, key: tuple[str, str]) -> None:
+        """Count a failure of ``key``."""
+        failures, _ = self._failures.pop(key, (0, 0.0))
+        self._failures[key] = (failures + 1, self.clock())
+        while len(self._failures) > self.max_pairs:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        """Forget ``key``'s failures."""
+        self._failures.pop(key, None)
+
+
+class TooManyAttempts(Exception):
+    """Too many failed logins of this name from this address: try again in ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(f"too many failed logins: try again in {self.retry_after} s")
+
+
+def client_address(request: Request) -> str:
+    """The address the request came from (the proxy's, behind one that does not forward it)."""
+    return request.client.host if request.client is not None else "?"
+
+
+async def authenticate(ctx: WebContext, name: str, password: str, client: str) -> User | None:
+    """``ctx.users.authenticate`` without blocking the event loop, throttled per (name, ``client``).
+
+    A pair verified lately is answered at once (``Users.remembered``); otherwise argon2 runs
+    in a worker thread, at most ``VERIFY_AT_ONCE`` at a time (a flood of logins or wrong
+    passwords waits for those, and never takes the worker threads that reads and writes run
+    in). None: wrong name or password. Raises TooManyAttempts while ``ctx.throttle`` makes
+    this name at this address wait (nothing is checked then).
+    """
+    key = (name, client)
+    async with ctx.throttle.turn(key):
+        wait = ctx.throttle.wait(key)
+        if wait > 0:
+            raise TooManyAttempts(wait)
+        user = ctx.users.remembered(name, password)
+        if user is None:
+            user = await anyio.to_thread.run_sync(ctx.users.authenticate, name, password, limiter=ctx.verifying)
+        if user is None:
+            ctx.throttle.failed(key)
+        else:
+            ctx.throttle.succeeded(key)
         return user
-    return await anyio.to_thread.run_sync(ctx.users.authenticate, name, password, limiter=ctx.verifying)
 
 
 async def require_api(ctx: WebContext, request: Request, role: Role) -> User:
@@ -104,7 +191,10 @@ async def require_api(ctx: WebContext, request: Request, role: Role) -> User:
     Raises HTTPException 401 (no or wrong credentials) or 403 (a role too low).
     """
     credentials = basic_credentials(request)
-    user = await authenticate(ctx, *credentials) if credentials is not None else None
+    try:
+        user = await authenticate(ctx, *credentials, client_address(request)) if credentials is not None else None
+    except TooManyAttempts as refused:
+        raise HTTPException(429, str(refused), headers={"Retry-After": str(refused.retry_after)}) from None
     if user is None:
         raise HTTPException(401, "credentials required (HTTP Basic)", headers={"WWW-Authenticate": 'Basic realm="redgov"'})
     if not user.may(role):
@@ -150,7 +240,11 @@ def routes(ctx: WebContext) -> list[Route]:
         target = _safe_next(form.get("next"))
         user = None
         if isinstance(name, str) and isinstance(password, str):
-            user = await authenticate(ctx, name, password)
+            try:
+                user = await authenticate(ctx, name, password, client_address(request))
+            except TooManyAttempts as refused:
+                return ctx.render(request, "login.html", {"next": target, "error": str(refused), "user": None},
+                                  status_code=429, headers={"Retry-After": str(refused.retry_after)})
         if user is None:
             return ctx.render(request, "login.html", {"next": target, "error": "wrong user name or password",
                                                       "user": None}, status_code=401)
