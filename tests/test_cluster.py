@@ -572,3 +572,39 @@ def test_a_slot_that_never_settles_gives_a_named_error_and_writes_nothing(
         gov.transition("stuck", LifecycleState.PENDING_APPROVAL)  # and it works once the slot settled
     finally:
         gov.close()
+
+
+def test_the_live_feed_reads_the_scopes_of_every_node(cluster: Cluster, cluster_prefix: str) -> None:
+    """redgov serve's live hub on a Cluster: XREAD cannot span slots, so it polls every scope log
+    (SCAN of every primary, pipelined XREADs); writes in scopes on all three masters arrive."""
+    from redgov.web.live import LiveHub
+
+    scopes = spread_scopes(cluster, cluster_prefix)
+    with redgov.connect(cluster.url, prefix=cluster_prefix) as bp:
+        gov = redgov.Governance(bp)
+        for index, (tenant, environment) in enumerate(scopes):
+            gov.create(f"exp-{index}", tenant=tenant, environment=environment)
+
+        async def feed() -> list[Any]:
+            hub = LiveHub(gov, handle_signals=False, rediscover=0.2)
+            await hub.start()
+            try:
+                assert hub.stats()["scopes"] == MASTERS
+                sub, replay, reset = hub.subscribe({}, None)
+                assert replay == [] and reset is None
+                for index, (tenant, environment) in enumerate(scopes):
+                    await asyncio.to_thread(gov.transition, f"exp-{index}", LifecycleState.PENDING_APPROVAL,
+                                            tenant=tenant, environment=environment)
+                got: list[Any] = []
+                deadline = time.monotonic() + 10
+                while len([e for e in got if e.kind == "transition"]) < MASTERS and time.monotonic() < deadline:
+                    taken = await asyncio.wait_for(sub.take(), timeout=max(0.1, deadline - time.monotonic()))
+                    assert taken is not None
+                    got += taken[0]
+                return got
+            finally:
+                await hub.stop()
+
+        events = asyncio.run(feed())
+    moved = sorted((e.tenant or "", e.environment or "", e.experiment) for e in events if e.kind == "transition")
+    assert moved == sorted((t or "", e or "", f"exp-{i}") for i, (t, e) in enumerate(scopes))
