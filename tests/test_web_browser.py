@@ -141,9 +141,10 @@ def console_errors() -> list[str]:
     return []
 
 
-def session(browser: Any, site: dict[str, Any], name: str, errors: list[str]) -> Any:
+def session(browser: Any, site: dict[str, Any], name: str, errors: list[str],
+            viewport: dict[str, int] = VIEWPORT) -> Any:
     """A logged-in page of ``name`` in its own browser context."""
-    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1, locale="en-US", timezone_id="UTC")
+    context = browser.new_context(viewport=viewport, device_scale_factor=1, locale="en-US", timezone_id="UTC")
     context.add_init_script("document.addEventListener('securitypolicyviolation', e => console.error('CSP', e.violatedDirective, e.sourceFile, e.lineNumber, e.columnNumber, e.sample, new Error().stack))")
     page = context.new_page()
     page.on("console", lambda msg: errors.append(f"{name}: {msg.text}") if msg.type == "error" else None)
@@ -312,6 +313,21 @@ def test_compare_two_versions_and_the_audit_log(browser: Any, site: dict[str, An
     expect(entries.first).to_contain_text("controller")
     assert entries.count() > 20
     shot(page, "audit")
+    page.context.close()
+
+
+def test_a_phone_sees_the_whole_header_and_every_move(browser: Any, site: dict[str, Any],
+                                                      console_errors: list[str]) -> None:
+    width = 400
+    page = session(browser, site, "olga", console_errors, {"width": width, "height": 860})
+    for path in ("/", "/approvals", "/audit", "/experiments/pricing-page"):
+        page.goto(site["url"] + path)
+        for hook in ("logout", "whoami"):
+            box = page.locator(f"[data-testid={hook}]").bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (path, hook, box)
+    for button in page.locator("button[data-testid=transition]").all():
+        box = button.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= width, box
     page.context.close()
 
 
