@@ -110,6 +110,12 @@ def prefix_pattern(prefix: str) -> str:
     return glob_escape(prefix) + "{*"
 
 
+def web_session(prefix: str, sid: str) -> str:
+    """The key of one ``redgov serve`` login (a string ``<user> <fingerprint>`` that expires with
+    the login). Its tag ``{web}`` has no ``:``, so it is no scope's key and no scope SCAN meets it."""
+    return f"{prefix}{{web}}:session:{sid}"
+
+
 def parse_log_key(key: str) -> tuple[str, str | None, str | None]:
     """(prefix, tenant, environment) of a ``{T}:log`` key."""
     brace = key.find("{")

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 import redgov
 from redgov import Governance, ManualGate
 from redgov import LifecycleState as S
-from redgov.web import create_app
+from redgov.web import add_user, create_app
 
 from .conftest import delete_prefix
 from .webusers import PASSWORDS, basic, write_users
@@ -136,6 +136,46 @@ def test_a_session_signed_with_another_secret_is_logged_out(gov: Governance, use
     assert written(gov) == before
 
 
+def test_a_login_ends_with_logout_a_password_change_or_its_lifetime(gov: Governance, users_file: Path) -> None:
+    from redgov.keys import web_session
+
+    redis_client = gov.backplane.client
+    sessions = lambda: list(redis_client.scan_iter(match=gov.backplane.prefix + "{web}:session:*"))  # noqa: E731
+    first = new_client(gov, users_file)
+    log_in(first, "olga")
+    [key] = sessions()
+    assert 0 < redis_client.pttl(key) <= 12 * 3600 * 1000  # the login's lifetime, as its TTL
+    copied = dict(first.cookies)
+    assert first.get("/").status_code == 200
+    first.post("/logout", data={"csrf": csrf_of(first, "/")})
+    assert sessions() == []
+    thief = new_client(gov, users_file)
+    thief.cookies.update(copied)  # the cookie from before the logout: signed, but its login is gone
+    answer = thief.get("/")
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+    before = written(gov)
+    refused = thief.post("/experiments/checkout", data={"op": "transition", "to": "Draft", "csrf": "x" * 43})
+    assert refused.status_code in (303, 403) and written(gov) == before
+
+    # a changed password ends the logins made with the old one
+    second = new_client(gov, users_file)
+    log_in(second, "vic")
+    assert second.get("/").status_code == 200
+    add_user(users_file, "vic", "viewer", "a new password")
+    try:
+        assert second.get("/").status_code == 303
+    finally:
+        add_user(users_file, "vic", "viewer", PASSWORDS["vic"])
+
+    # a login whose key expired (or was deleted) is over
+    third = new_client(gov, users_file)
+    log_in(third, "amy")
+    for key in sessions():
+        redis_client.delete(key)
+    assert third.get("/").status_code == 303
+    assert web_session("p", "s") == "p{web}:session:s"
+
+
 def test_api_posts_from_another_site_are_refused(client: TestClient, gov: Governance) -> None:
     before = written(gov)
     for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
@@ -199,3 +239,52 @@ def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
     answer = client.post("/login", data={"username": "vic", "password": PASSWORDS["vic"], "csrf": csrf_of(client)})
     cookie = answer.headers["set-cookie"].lower()
     assert answer.status_code == 303 and "httponly" in cookie and "samesite=strict" in cookie
+
+
+def test_bodies_are_bounded_and_read_only_with_a_session(client: TestClient, gov: Governance) -> None:
+    from redgov.web.app import MAX_FORM_BODY
+
+    big = "x" * (MAX_FORM_BODY + 1)
+    for path in ("/login", "/logout", "/experiments/checkout"):
+        declared = client.post(path, data={"csrf": "t", "blob": big})
+        assert declared.status_code == 413, (path, declared.status_code)
+    # no session, so no CSRF token to compare: refused before the body is read
+    assert client.post("/logout", data={"csrf": "t"}).status_code == 403
+    log_in(client, "olga")
+    before = written(gov)
+
+    def chunks() -> Any:  # no Content-Length: counted as it arrives
+        for _ in range(MAX_FORM_BODY // 4096 + 2):
+            yield b"a" * 4096
+
+    streamed = client.post("/experiments/checkout", content=chunks(),
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert streamed.status_code == 413
+    assert written(gov) == before
+
+
+def test_answers_are_not_cached_and_failures_keep_the_headers(gov: Governance, users_file: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    client = TestClient(create_app(gov, users_file, SECRET, live=False), follow_redirects=False,
+                        raise_server_exceptions=False)
+    log_in(client, "vic")
+    assert client.get("/").headers["cache-control"] == "no-store"
+    assert client.get("/api/experiments", headers=basic("vic")).headers["cache-control"] == "no-store"
+    assert "no-store" not in client.get("/static/redgov.css").headers.get("cache-control", "")
+
+    def broken(**kwargs: Any) -> Any:
+        raise RuntimeError("a bug with a secret detail")
+
+    monkeypatch.setattr(gov, "experiments", broken)
+    for path, headers in (("/", {}), ("/api/experiments", basic("vic"))):
+        failed = client.get(path, headers=headers)
+        assert failed.status_code == 500 and "secret detail" not in failed.text, path
+        assert failed.headers["content-security-policy"].startswith("default-src 'self'"), path
+        assert failed.headers["cache-control"] == "no-store" and failed.headers["x-frame-options"] == "DENY", path
+
+
+def test_a_broken_users_file_is_a_500_that_names_no_path(client: TestClient, users_file: Path) -> None:
+    users_file.write_text("{not json", encoding="utf-8")
+    answer = client.get("/api/experiments", headers=basic("vic"))
+    assert answer.status_code == 500 and answer.json()["error"] == "ConfigError"
+    assert str(users_file) not in answer.text and "server's log" in answer.json()["message"]

@@ -23,6 +23,7 @@ from the raw (still encoded) path, so ``..%2F..`` is just a name that does not e
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,8 @@ if TYPE_CHECKING:
     from .app import WebContext
 
 __all__ = ["ENDPOINTS", "Endpoint", "openapi", "routes", "status_for"]
+
+log = logging.getLogger("redgov.web.api")
 
 #: the largest request body read (a configuration is at most 1 MiB encoded)
 MAX_BODY = 2 * 1024 * 1024
@@ -212,11 +215,11 @@ def status_for(error: BaseException) -> int:
     """The HTTP status of an error a Governance call raised (500: not one the API knows)."""
     if isinstance(error, NotFoundError):
         return 404
-    if isinstance(error, ValidationError | ConfigError):
+    if isinstance(error, ValidationError):
         return 400
     if isinstance(error, UnavailableError | DurabilityError | RedisError | ConnectionError | TimeoutError):
         return 503
-    if isinstance(error, CorruptDataError | AccessDeniedError):
+    if isinstance(error, CorruptDataError | AccessDeniedError | ConfigError):
         return 500
     if isinstance(error, RedgovError):  # conflict, lease, invalid transition, approval, policy
         return 409
@@ -233,15 +236,26 @@ def answer(value: Any, status: int = 200, headers: dict[str, str] | None = None)
     return Response(encode(value), status_code=status, media_type="application/json", headers=headers)
 
 
+#: what the API says when it cannot reach its data or read its configuration (details: the server's log)
+UNAVAILABLE = "Redis cannot serve the call now; try again (details are in the server's log)"
+MISCONFIGURED = "the server cannot read its configuration (details are in the server's log)"
+
+
 def error_answer(error: BaseException) -> Response:
-    body: dict[str, Any] = {"error": type(error).__name__, "message": " ".join(str(error).split())}
+    status = status_for(error)
+    message = " ".join(str(error).split())
+    if isinstance(error, ConfigError | RedisError | OSError) or (status == 503 and not isinstance(error, DurabilityError)):
+        # hosts, ports and file paths are for the operator's log, not for whoever called
+        log.warning("redgov api: %s: %s", type(error).__name__, message)
+        message = MISCONFIGURED if isinstance(error, ConfigError) else UNAVAILABLE
+    body: dict[str, Any] = {"error": type(error).__name__, "message": message}
     if isinstance(error, PolicyViolationError):
         body["evaluations"] = error.evaluations
     if isinstance(error, ConflictError) and error.current_etag is not None:
         body["current_etag"], body["current_state"] = error.current_etag, error.current_state
     if isinstance(error, DurabilityError):
         body["applied"], body["result"] = True, error.result
-    return answer(body, status_for(error))
+    return answer(body, status)
 
 
 def _experiment_name(request: Request, suffixed: bool) -> str:

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Send
@@ -50,6 +50,9 @@ SCOPES_TTL = 5.0
 #: the longest the experiment list of a scope is kept while the live feed runs (it is dropped at once
 #: when the feed reads a write to that scope), seconds
 LIST_TTL = 10.0
+#: the largest request body a page or form route reads (the JSON API has its own bound); bytes
+MAX_FORM_BODY = 256 * 1024
+
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -70,6 +73,8 @@ class WebContext:
     metrics: Any = None  # metrics.Metrics
     #: the worker threads argon2 may take at once (auth.authenticate)
     verifying: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(auth.VERIFY_AT_ONCE))
+    #: seconds a login lasts (its Redis key's TTL)
+    session_max_age: int = 12 * 3600
     #: failed logins per (name, address): auth.authenticate makes them wait
     throttle: auth.Throttle = field(default_factory=auth.Throttle)
     _scopes: tuple[float, list[Scope]] = field(default=(0.0, []))
@@ -191,7 +196,8 @@ def create_app(governance: Governance, users_file: str | Path, secret: str, *, l
 
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
                             trim_blocks=True, lstrip_blocks=True)
-    ctx = WebContext(governance=governance, users=Users(users_file), templates=templates)
+    ctx = WebContext(governance=governance, users=Users(users_file), templates=templates,
+                     session_max_age=session_max_age)
     ctx.metrics = metrics.Metrics(governance)
     ctx.hub = live_feed.LiveHub(governance) if live else None
     routes: list[BaseRoute] = [
@@ -221,13 +227,17 @@ def create_app(governance: Governance, users_file: str | Path, secret: str, *, l
                     middleware=[Middleware(SecurityHeaders),
                                 Middleware(SessionMiddleware, secret_key=secret, session_cookie="redgov_session",
                                            max_age=session_max_age, same_site="strict", https_only=https_only)],
-                    exception_handlers={auth.LoginRequired: login_required, HTTPException: http_error})
+                    exception_handlers={auth.LoginRequired: login_required, HTTPException: http_error,
+                                        Exception: server_error})
     app.state.ctx = ctx
     return app
 
 
 class SecurityHeaders:
-    """ASGI middleware: ``SECURITY_HEADERS`` on every HTTP response (streams included)."""
+    """ASGI middleware: ``SECURITY_HEADERS`` on every HTTP response (streams included), and
+    ``Cache-Control: no-store`` on all but the static files (pages and answers are per user);
+    request bodies of the pages' routes bounded by ``MAX_FORM_BODY`` (413 past it, before more
+    is read; a declared Content-Length past it is refused unread)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -236,6 +246,8 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        static = path.startswith("/static/")
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -243,6 +255,37 @@ class SecurityHeaders:
                 for name, value in SECURITY_HEADERS.items():
                     if name not in headers:
                         headers[name] = value
+                if not static and "cache-control" not in headers:
+                    headers["cache-control"] = "no-store"
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        if path.startswith("/api/"):
+            await self.app(scope, receive, with_headers)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BODY):
+            await PlainTextResponse(f"the request body is over {MAX_FORM_BODY} bytes", status_code=413)(
+                scope, receive, with_headers)
+            return
+        seen = 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > MAX_FORM_BODY:
+                    raise HTTPException(413, f"the request body is over {MAX_FORM_BODY} bytes")
+            return message
+
+        await self.app(scope, bounded, with_headers)
+
+
+def server_error(request: Request, exc: Exception) -> Response:
+    """A failure no handler expected: a short answer with the security headers (the traceback goes
+    to the server's log, never to the client)."""
+    headers = {**SECURITY_HEADERS, "cache-control": "no-store"}
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": "InternalServerError", "message": "the server failed; see its log"},
+                            status_code=500, headers=headers)
+    return PlainTextResponse("500: the server failed; see its log", status_code=500, headers=headers)

@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio.to_thread
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from ..keys import web_session
 from .users import Role, User
 
 if TYPE_CHECKING:
@@ -61,8 +63,11 @@ def csrf_token(request: Request) -> str:
 
 
 async def check_csrf(request: Request) -> None:
-    """Refuse (403) a state-changing request whose CSRF token is missing or not the session's."""
+    """Refuse (403) a state-changing request whose CSRF token is missing or not the session's (a
+    request whose session has no token is refused before its body is read)."""
     expected = request.session.get("csrf")
+    if not isinstance(expected, str):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again; nothing was changed")
     sent = request.headers.get(CSRF_HEADER)
     if sent is None and request.headers.get("content-type", "").startswith(
             ("application/x-www-form-urlencoded", "multipart/form-data")):
@@ -74,9 +79,48 @@ async def check_csrf(request: Request) -> None:
 
 
 def page_user(ctx: WebContext, request: Request) -> User | None:
-    """The logged-in user of a page request (None: not logged in, or no longer in the users file)."""
-    name = request.session.get("user")
-    return ctx.users.get(name) if isinstance(name, str) else None
+    """The logged-in user of a page request; None when not logged in, logged out, the login
+    expired, the user left the users file or changed password.
+
+    The signed cookie names the user and a login id; the login itself is a Redis key
+    (``keys.web_session``) holding the user and the fingerprint of the password's hash, with
+    the login's lifetime as TTL: logging out deletes it, so a copied cookie is worth nothing
+    afterwards. One GET per request (kept on the request for the rest of it).
+    """
+    if "redgov_user" in request.scope:
+        found: User | None = request.scope["redgov_user"]
+        return found
+    user = None
+    name, sid = request.session.get("user"), request.session.get("sid")
+    if isinstance(name, str) and isinstance(sid, str):
+        user = ctx.users.get(name)
+        fingerprint = ctx.users.fingerprint(name)
+        if user is not None:
+            stored = ctx.governance.backplane.client.get(web_session(ctx.governance.backplane.prefix, sid))
+            if stored is None or (stored.decode() if isinstance(stored, bytes) else stored) != f"{name} {fingerprint}":
+                user = None
+    request.scope["redgov_user"] = user
+    return user
+
+
+def still_valid(ctx: WebContext, name: str, fingerprint: str | None) -> bool:
+    """Whether ``name`` is still a user with the password it logged in with (no Redis call: what
+    an open event stream checks at every ping)."""
+    return fingerprint is not None and ctx.users.fingerprint(name) == fingerprint
+
+
+def _login(ctx: WebContext, user: User) -> tuple[str, str | None]:
+    """Record a new login of ``user``: its id and the password's fingerprint (Redis SET with the login's TTL)."""
+    sid = secrets.token_urlsafe(32)
+    fingerprint = ctx.users.fingerprint(user.name)
+    ctx.governance.backplane.client.set(web_session(ctx.governance.backplane.prefix, sid),
+                                        f"{user.name} {fingerprint}", px=ctx.session_max_age * 1000)
+    return sid, fingerprint
+
+
+def _logout(ctx: WebContext, sid: object) -> None:
+    if isinstance(sid, str):
+        ctx.governance.backplane.client.delete(web_session(ctx.governance.backplane.prefix, sid))
 
 
 def basic_credentials(request: Request) -> tuple[str, str] | None:
@@ -248,13 +292,15 @@ def routes(ctx: WebContext) -> list[Route]:
         if user is None:
             return ctx.render(request, "login.html", {"next": target, "error": "wrong user name or password",
                                                       "user": None}, status_code=401)
+        sid, fingerprint = await run_in_threadpool(_login, ctx, user)
         request.session.clear()  # a new session (and CSRF token) at login: no fixation
-        request.session["user"] = user.name
+        request.session.update(user=user.name, sid=sid, fp=fingerprint, at=int(time.time()))
         csrf_token(request)
         return RedirectResponse(target, status_code=303)
 
     async def logout(request: Request) -> Response:
         await check_csrf(request)
+        await run_in_threadpool(_logout, ctx, request.session.get("sid"))  # the cookie is worth nothing now
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 

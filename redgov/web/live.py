@@ -66,6 +66,7 @@ import msgspec
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -878,7 +879,7 @@ def routes(ctx: WebContext) -> list[Route]:
     """
 
     async def events(request: Request) -> Response:
-        user = auth.require(ctx, request, Role.VIEWER)
+        user = await run_in_threadpool(auth.require, ctx, request, Role.VIEWER)  # the login: a Redis GET
         hub: LiveHub | None = ctx.hub
         if hub is None or not hub.running or hub._closing:
             return PlainTextResponse("the live feed is off", status_code=503)
@@ -887,9 +888,13 @@ def routes(ctx: WebContext) -> list[Route]:
         except ValidationError as exc:
             return PlainTextResponse(str(exc), status_code=400)
 
-        def allowed(name: str = user.name) -> bool:
+        fingerprint, at = request.session.get("fp"), request.session.get("at")
+        ends = (at if isinstance(at, int | float) else 0) + ctx.session_max_age
+
+        def allowed(name: str = user.name) -> bool:  # at every ping, without a Redis call
             current = ctx.users.get(name)
-            return current is not None and current.may(Role.VIEWER)
+            return (current is not None and current.may(Role.VIEWER) and time.time() < ends
+                    and auth.still_valid(ctx, name, fingerprint if isinstance(fingerprint, str) else None))
 
         return hub.stream(filters, request.headers.get("last-event-id"), allowed)
 

@@ -166,6 +166,14 @@ class Users:
                 return None
         return User(name, entry[0])
 
+    def fingerprint(self, name: str) -> str | None:
+        """A digest of ``name``'s stored hash (None: no such user): it changes with the password,
+        so a login that recorded it ends when the password changes."""
+        with self._lock:
+            self._reload()
+            entry = self._entries.get(name)
+        return None if entry is None else hashlib.sha256(entry[1].encode()).hexdigest()[:32]
+
     def _pair(self, name: str, password: str) -> tuple[str, bytes]:
         return name, hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
