@@ -109,10 +109,10 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
         return answer.status, answer.read().decode()
 
 
-def _raw(port: int, target: str) -> str:
+def _raw(port: int, target: str, host: str = "127.0.0.1", headers: str = "") -> str:
     """An HTTP request sent as written (no client normalizes the ``..``)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n".encode())
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
@@ -146,6 +146,15 @@ def test_serve_answers_metrics_and_the_api_and_stops_on_sigint(tmp_path: Path, r
         for target in ("/static/../app.py", "/static/..%2Fapp.py", "/static/../../cli/web.py"):
             answer = _raw(port, target)
             assert not answer.startswith("HTTP/1.1 200") and "def create_app" not in answer, (target, answer[:80])
+        # on loopback only loopback host names are answered (a DNS-rebound name is not)
+        for host in ("localhost", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
+            assert _raw(port, "/metrics", host).startswith("HTTP/1.1 200"), host
+        assert _raw(port, "/metrics", "evil.example").startswith("HTTP/1.1 400")
+        # X-Forwarded-For is not believed without --trusted-proxy: the guesses count for this address
+        wrong = base64.b64encode(b"olga:guess").decode()
+        statuses = [_raw(port, "/api/whoami", headers=f"Authorization: Basic {wrong}\r\n"
+                                                        f"X-Forwarded-For: 10.0.0.{k}\r\n")[9:12] for k in range(6)]
+        assert statuses == ["401"] * 5 + ["429"], statuses
         secret = Path(str(cheap_users) + ".secret")
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_text().strip()) >= 64
     finally:

@@ -39,6 +39,8 @@ __all__ = ["COMMANDS", "declare", "read_secret"]
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 ROLES = ("viewer", "approver", "operator")
 SECRET_ENV = "REDGOV_WEB_SECRET"
+#: the Host names a loopback server answers (any port)
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 SERVE_DETAILS = f"""\
 Serves every tenant/environment scope of the prefix: pages for people (log in at /login), a JSON
@@ -48,7 +50,9 @@ approves and rejects; operator also transitions, creates versions and rolls back
 
 The session secret is --secret-file, else ${SECRET_ENV}, else USERS.secret next to the users file
 (created with mode 0600 on first serve). Only loopback addresses unless --allow-remote: there is
-no TLS here; to serve others, put a TLS proxy in front, pass --allow-remote and --secure-cookies.
+no TLS here; to serve others, put a TLS proxy in front, pass --allow-remote and --secure-cookies
+(and --trusted-proxy ADDR, so that failed logins are counted per client, not per proxy). On
+loopback, requests must name a loopback host (DNS rebinding gets 400).
 
   redgov users add ana --role operator --users users.json   # asks for the password
   redgov --url redis://localhost:6379/0 serve --users users.json
@@ -87,6 +91,9 @@ def declare(command: Callable[..., argparse.ArgumentParser], actions: Callable[.
                    help="listen on an address other than loopback (there is no TLS: put a TLS proxy in front)")
     p.add_argument("--secure-cookies", dest="secure_cookies", action="store_true",
                    help="mark the session cookie Secure (the browser reaches the server over https, via a proxy)")
+    p.add_argument("--trusted-proxy", dest="trusted_proxy", action="append", default=[], metavar="ADDR",
+                   help="a proxy whose X-Forwarded-For/-Proto are believed (repeatable; default: none, so no "
+                        "client can choose the address the login throttle counts)")
     p.add_argument("--cache", action="store_true",
                    help="serve state reads from a local cache that Redis invalidates (connect(cache=True))")
 
@@ -234,9 +241,14 @@ def cmd_serve(ctx: Context) -> int:
         shown = f"[{host}]" if ":" in str(host) else str(host)
         url = f"http://{shown}:{port}/"
         with ctx.governance(archive=True, cache=a.cache) as gov:
-            app = create_app(gov, a.users, secret, https_only=a.secure_cookies)
-            server = uvicorn.Server(uvicorn.Config(app, log_config=_log_config(), lifespan="on",
-                                                   server_header=False, timeout_graceful_shutdown=5))
+            if a.allow_remote and not a.secure_cookies:
+                ctx.out.warn("--allow-remote without --secure-cookies: the session cookie may cross the network "
+                             "in clear unless every client reaches the server over https")
+            app = create_app(gov, a.users, secret, https_only=a.secure_cookies,
+                             allowed_hosts=None if a.allow_remote else LOOPBACK_HOSTS)
+            server = uvicorn.Server(uvicorn.Config(
+                app, log_config=_log_config(), lifespan="on", server_header=False, timeout_graceful_shutdown=5,
+                proxy_headers=bool(a.trusted_proxy), forwarded_allow_ips=a.trusted_proxy or None))
             ctx.out.emit({"url": url, "prefix": ctx.prefix, "users": str(a.users)},
                          f"redgov serve: {url} (prefix {ctx.prefix}, users {a.users}); Ctrl-C stops")
             previous = signal.signal(signal.SIGTERM, _interrupt)  # uvicorn re-raises it after its shutdown

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -173,7 +173,8 @@ def _error_response(ctx: WebContext, request: Request, status: int, message: str
 
 
 def create_app(governance: Governance, users_file: str | Path, secret: str, *, live: bool = True,
-               session_max_age: int = 12 * 3600, https_only: bool = False) -> Starlette:
+               session_max_age: int = 12 * 3600, https_only: bool = False,
+               allowed_hosts: Sequence[str] | None = None) -> Starlette:
     """The web UI and JSON API of one installation (the Governance's prefix, every scope).
 
     Args:
@@ -185,6 +186,8 @@ def create_app(governance: Governance, users_file: str | Path, secret: str, *, l
         live: run the live feed (Server-Sent Events from the scope streams).
         session_max_age: seconds a login lasts.
         https_only: mark the session cookie Secure (serve behind TLS).
+        allowed_hosts: the host names requests may name in ``Host`` (any port; 400 otherwise),
+            e.g. the loopback names against DNS rebinding; None: any.
 
     Raises:
         ValidationError: a short secret. ConfigError: an unreadable users file.
@@ -224,7 +227,7 @@ def create_app(governance: Governance, users_file: str | Path, secret: str, *, l
                 await ctx.hub.stop()
 
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(SecurityHeaders),
+                    middleware=[Middleware(SecurityHeaders, allowed_hosts=allowed_hosts),
                                 Middleware(SessionMiddleware, secret_key=secret, session_cookie="redgov_session",
                                            max_age=session_max_age, same_site="strict", https_only=https_only)],
                     exception_handlers={auth.LoginRequired: login_required, HTTPException: http_error,
@@ -239,14 +242,19 @@ class SecurityHeaders:
     request bodies of the pages' routes bounded by ``MAX_FORM_BODY`` (413 past it, before more
     is read; a declared Content-Length past it is refused unread)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str] | None = None) -> None:
         self.app = app
+        self.allowed_hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))
+        if self.allowed_hosts is not None and _host_name(scope) not in self.allowed_hosts:
+            await PlainTextResponse("this server does not answer that host name", status_code=400)(
+                scope, receive, send)
+            return
         static = path.startswith("/static/")
 
         async def with_headers(message: Message) -> None:
@@ -279,6 +287,15 @@ class SecurityHeaders:
             return message
 
         await self.app(scope, bounded, with_headers)
+
+
+def _host_name(scope: ASGIScope) -> str:
+    """The host name of the request's ``Host`` header, without port or brackets, lower case."""
+    raw: bytes = dict(scope.get("headers") or ()).get(b"host", b"")
+    host = raw.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def server_error(request: Request, exc: Exception) -> Response:
