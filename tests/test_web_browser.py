@@ -316,6 +316,25 @@ def test_compare_two_versions_and_the_audit_log(browser: Any, site: dict[str, An
     page.context.close()
 
 
+def test_a_page_whose_login_ended_goes_to_the_login_form(browser: Any, site: dict[str, Any],
+                                                        console_errors: list[str]) -> None:
+    from playwright.sync_api import expect
+
+    page = session(browser, site, "vic", console_errors)
+    page.goto(site["url"] + "/experiments/pricing-page")
+    expect(page.locator("#live-status")).to_be_visible()
+    client = site["gov"].backplane.client
+    for key in client.scan_iter(match=site["prefix"] + "{web}:session:*"):  # every login ends (logout elsewhere)
+        client.delete(key)
+    code = ("import redgov, sys; g = redgov.Governance(redgov.connect(sys.argv[1], prefix=sys.argv[2])); "
+            "g.create_version('pricing-page', {'discount': 0.2}, actor='ben'); g.close()")
+    subprocess.run([sys.executable, "-c", code, site["redis_url"], site["prefix"]], check=True, timeout=30)
+    # the event makes the page refresh; the server answers with the login form: the page goes there
+    page.wait_for_url(site["url"] + "/login**", timeout=5000)
+    expect(page.locator("input[name=username]")).to_be_visible()
+    page.context.close()
+
+
 def test_a_phone_sees_the_whole_header_and_every_move(browser: Any, site: dict[str, Any],
                                                       console_errors: list[str]) -> None:
     width = 400

@@ -664,6 +664,25 @@ def test_a_new_scope_is_read_from_its_first_entry(live: Live) -> None:
     assert data_of(client.wait_for(5, timeout=5)) == expected
 
 
+def test_a_log_deleted_and_restored_is_not_sent_again(live: Live) -> None:
+    client = live.connect()
+    running(live.gov, ["r1"], "gone", "soon")
+    assert len(client.wait_for(5, timeout=5)) == 5
+    key = log_key(live.gov.backplane.prefix, "gone", "soon")
+    redis_client = live.gov.backplane.client
+    entries = redis_client.xrange(key)
+    redis_client.delete(key)
+    time.sleep(0.6)  # the hub looks for the logs again (every 0.2 s here) and sees it gone
+    for entry_id, fields in entries:  # as `redgov restore --force` writes them: the same ids
+        redis_client.xadd(key, fields, id=entry_id)
+    time.sleep(0.6)  # and found again
+    flip(live.gov, "r1", 1, "gone", "soon")  # one new entry
+    events = client.wait_for(6, timeout=5)
+    time.sleep(0.3)
+    assert len(client.events) == 6, [e.data for e in client.events]  # the restored five were not sent again
+    assert data_of(events)[-1]["record"]["to_state"] == "Paused"
+
+
 def test_memory_url_is_polled(live_factory: Callable[..., Live]) -> None:
     live = live_factory("memory://live-test")
     running(live.gov, ["m1"], "acme", "prod")
@@ -703,11 +722,17 @@ def test_a_slow_client_is_dropped_and_memory_stays_bounded() -> None:
         assert hub.clients == 2 and hub.stats()["overflows"] == 1
         hub._publish([_event(seq := seq + 1) for _ in range(100)])
         assert len(hub._buffer) == 50 and hub._evicted == seq - 50  # bounded replay buffer
+        # a batch larger than the backlog, to a client that had taken everything: queued, not dropped
+        assert fast.closed is None and len(fast.items) == 100
+        taken = await fast.take()
+        assert taken is not None and len(taken[0]) == 100
         # a cursor still in the buffer resumes exactly after it; an evicted one resets
         sub, replay, reset = hub.subscribe({}, hub.cursor(seq - 10))
         assert reset is None and [e.seq for e in replay] == list(range(seq - 9, seq + 1))
         sub, replay, reset = hub.subscribe({}, hub.cursor(seq - 60))
         assert reset is not None and replay == []
+        for bad in ("e-\u00b2", "e-" + "9" * 25, "e--1", "e-", "other-3", ""):  # a reset, never a failure
+            assert hub.subscribe({}, bad)[2] is not None, bad
         hub._running = False
 
     asyncio.run(scenario())

@@ -16,11 +16,14 @@ Guarantees and bounds:
 - Order: a client gets events in the order the hub read them; within one scope, in log
   order. Nothing read is skipped, nothing is sent twice.
 - The reader's connection breaking (``CLIENT KILL``, a restart, a timeout) costs nothing:
-  it reconnects with backoff and goes on after the last id read of each log.
+  it reconnects with backoff and goes on after the last id read of each log. A log deleted
+  and written again (``redgov restore --force``) is read on after the last id read of it, so
+  restored entries are not sent a second time.
 - A client too slow to keep up (``client_backlog`` events queued and not yet written) is
   disconnected; its browser reconnects with ``Last-Event-ID`` and resumes from the replay
-  buffer. Memory is the replay buffer (``replay_events`` events, at most ``replay_bytes``)
-  plus at most ``client_backlog`` references per client.
+  buffer. Memory is the replay buffer (``replay_events`` events, at most ``replay_bytes``),
+  at most ``client_backlog`` references plus one batch per client, and the batches read but
+  not yet taken by the event loop (``PENDING_MAX``; the thread waits past it).
 - Resume: ``Last-Event-ID`` is the cursor of the last event a client got. When every event
   after it is still in the replay buffer, the stream starts with those (of the client's
   filter) and goes on live: nothing missed, nothing repeated. Otherwise (too old, another
@@ -112,6 +115,8 @@ REPLAY_BYTES = 32 * 1024 * 1024
 CLIENT_BACKLOG = 2_000
 #: events read and not yet taken by the event loop before the thread waits
 PENDING_MAX = 10_000
+#: deleted logs whose last id read is kept (for when they come back)
+GONE_KEPT = 10_000
 #: seconds between ``: ping`` comments
 PING_S = 15.0
 RECONNECT_MIN = 0.05
@@ -179,7 +184,8 @@ class Subscriber:
                 and ("experiment" not in f or f["experiment"] == event.experiment))
 
     def offer(self, events: Sequence[LiveEvent]) -> bool:
-        """Queue those of ``events`` that match; False (nothing queued) when that would pass ``limit``."""
+        """Queue those of ``events`` that match; False (nothing queued) when ``limit`` events already
+        wait (so a client holds at most ``limit`` plus one batch)."""
         if self.closed is not None:
             return True
         if not self.filters:
@@ -188,7 +194,7 @@ class Subscriber:
             fresh = [e for e in events if self.matches(e)]
         if not fresh:
             return True
-        if len(self.items) + len(fresh) > self.limit:
+        if len(self.items) >= self.limit:  # behind already: one big batch alone is no sign of a slow client
             return False
         self.items.extend(fresh)
         self._wake()
@@ -286,8 +292,9 @@ class LiveHub:
 
     @property
     def running(self) -> bool:
-        """Whether the hub is started (and not stopped)."""
-        return self._running
+        """Whether the hub is started (and not stopped) and its reader thread alive."""
+        thread = self._thread
+        return self._running and thread is not None and thread.is_alive()
 
     @property
     def reader_client_id(self) -> int | None:
@@ -442,7 +449,7 @@ class LiveHub:
 
     def _seq_of(self, cursor: str) -> int | None:
         epoch, _, number = cursor.strip().rpartition("-")
-        if epoch != self._epoch or not number.isdigit():
+        if epoch != self._epoch or not (number.isascii() and number.isdigit()) or len(number) > 19:
             return None
         return int(number)
 
@@ -533,6 +540,7 @@ class LiveHub:
 
     def _run(self, stop: threading.Event, ready: threading.Event, source: _Source, epoch: str) -> None:
         cursors: dict[str, str] = {}  # log key -> id of the last entry read
+        gone: dict[str, str] = {}  # a log deleted since: the last id read of it, for when it comes back
         scopes: dict[str, tuple[str | None, str | None]] = {}
         initial = True
         next_look = 0.0
@@ -547,11 +555,15 @@ class LiveHub:
                     if time.monotonic() >= next_look:
                         found = source.discover()
                         fresh = [k for k in found if k not in cursors]
-                        # logs there at the start: from their newest entry; found later: from the first
-                        start = source.tails(fresh) if initial else dict.fromkeys(fresh, "0-0")
-                        for key in set(cursors) - set(found):  # deleted: if it comes back, from its first entry
-                            del cursors[key]
+                        # logs there at the start: from their newest entry; found later: from the
+                        # first, or after the last id read when it is one that was deleted (a
+                        # restore writes the same ids again: nothing is sent twice)
+                        start = source.tails(fresh) if initial else {k: gone.pop(k, "0-0") for k in fresh}
+                        for key in set(cursors) - set(found):
+                            gone[key] = cursors.pop(key)
                             scopes.pop(key, None)
+                        while len(gone) > GONE_KEPT:
+                            del gone[next(iter(gone))]
                         for key, at in start.items():
                             cursors[key] = at
                             _prefix, tenant, environment = parse_log_key(key)

@@ -3,13 +3,18 @@
  * - Every htmx request carries the session's CSRF token (header X-CSRF-Token, from <meta name="csrf-token">).
  * - Live updates: a page whose <main> has data-events opens an EventSource on it (GET /events, Server-Sent
  *   Events of the scope streams). A relevant event refreshes the page's #live region from data-refresh
- *   (debounced), keeping what the user typed; a "reset" event reloads the page.
+ *   (debounced), keeping what the user typed; so does every (re)connection, for what came as no event;
+ *   a "reset" event reloads the page. When the browser gives up the stream (an answer that is not
+ *   one), the page refreshes and reconnects with backoff (1 s doubling to 30 s); a refresh answered
+ *   with the login page reloads the page instead of swapping it in.
  */
 (function () {
   "use strict";
 
   var KINDS = ["state", "transition", "approval", "version", "policy"];
   var DEBOUNCE_MS = 120;
+  var RETRY_MIN_MS = 1000;
+  var RETRY_MAX_MS = 30000;
 
   function csrfToken() {
     var meta = document.querySelector('meta[name="csrf-token"]');
@@ -123,36 +128,81 @@
     }
   }
 
-  function startLive() {
+  // a refresh (or an htmx form) the server answered with the login page: the login ended (logout
+  // elsewhere, expiry, a changed password). Swapping that page into #live would remove the region;
+  // reload instead, so the browser follows the server to the login form and back here after it.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var xhr = event.detail.xhr;
+    if (xhr && xhr.responseURL && new URL(xhr.responseURL, location.href).pathname === "/login"
+        && location.pathname !== "/login") {
+      event.detail.shouldSwap = false;
+      location.reload();
+    }
+  });
+
+  var source = null;
+  var retryMs = RETRY_MIN_MS;
+  var retryTimer = null;
+
+  function setStatus(on, title) {
+    var status = document.getElementById("live-status");
+    if (status) {
+      status.hidden = false;
+      status.classList.toggle("off", !on);
+      status.title = title;
+    }
+  }
+
+  function connect() {
     var main = page();
     if (!main || !main.dataset.events || !window.EventSource) {
       return;
     }
-    var status = document.getElementById("live-status");
-    var source = new EventSource(main.dataset.events);
-    source.addEventListener("open", function () {
-      if (status) {
-        status.hidden = false;
-        status.classList.remove("off");
-        status.title = "live: this page updates itself";
-      }
+    if (source) {
+      source.close();
+    }
+    var current = new EventSource(main.dataset.events);
+    source = current;
+    current.addEventListener("open", function () {
+      retryMs = RETRY_MIN_MS;
+      setStatus(true, "live: this page updates itself");
+      // what was written between the page's rendering and now (or while disconnected) came as no event
+      schedule();
     });
-    source.addEventListener("error", function () {
-      if (status) {
-        status.classList.add("off");
-        status.title = "reconnecting to the live feed";
+    current.addEventListener("error", function () {
+      setStatus(false, "reconnecting to the live feed");
+      if (current.readyState === EventSource.CLOSED && retryTimer === null) {
+        // the browser gave up (an answer that is no event stream: the login page, a 503 while the
+        // server restarts): refresh (which finds an ended login) and open the feed again later
+        schedule();
+        retryTimer = window.setTimeout(function () {
+          retryTimer = null;
+          connect();
+        }, retryMs);
+        retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
       }
     });
     KINDS.forEach(function (kind) {
       // the feed is already filtered by the page's scope and experiment: any event may change the page
-      source.addEventListener(kind, schedule);
+      current.addEventListener(kind, schedule);
     });
-    source.addEventListener("reset", function () {
-      source.close();
+    current.addEventListener("reset", function () {
+      current.close();
       location.reload();
     });
+  }
+
+  function startLive() {
+    connect();
     window.addEventListener("pagehide", function () {
-      source.close();
+      if (source) {
+        source.close();
+      }
+    });
+    window.addEventListener("pageshow", function (event) {
+      if (event.persisted) { // back from the browser's page cache: the feed was closed on the way out
+        connect();
+      }
     });
   }
 
