@@ -378,6 +378,8 @@ def test_history_is_newest_first_and_paged(app: object, gov: Governance) -> None
     assert len(entries) == 5 and attr(entries[-1], "data-to") == "Draft"  # the create
     assert hooks(second, "history-newer") and not hooks(second, "history-older")
     assert client.get("/experiments/flip?page=0").status_code == 400
+    deep = client.get(f"/experiments/flip?page={pages.HISTORY_PAGES + 1}")
+    assert deep.status_code == 400 and "audit page" in deep.text
     assert client.get("/experiments/flip?page=x").status_code == 400
 
 
@@ -404,6 +406,8 @@ def test_audit_is_paged_and_filtered(app: object, gov: Governance) -> None:
     scoped = client.get("/audit?scope=t1:~&kind=transition").text
     assert {attr(e, "data-experiment") for e in hooks(scoped, "audit-entry")} == {"b"}
     assert client.get("/audit?kind=bogus").status_code == 400
+    for bad in ("99999999999999999999999-0@~:~", "1-\u00b2@~:~", "abc", "1-1@nocolon", "1@~:~"):
+        assert client.get("/audit", params={"before": bad}).status_code == 400, bad
 
 
 def test_versions_diff_and_rollback(app: object, gov: Governance) -> None:

@@ -71,9 +71,12 @@ def _parse_cursor(cursor: str | None) -> tuple[tuple[int, int], str] | None:
     if not cursor:
         return None
     entry_id, _, token = cursor.partition("@")
-    try:
-        key = _id_key(entry_id)
-    except ValueError:
+    ms, dash, seq = entry_id.partition("-")
+    if not (ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit() and dash) or len(ms) > 19 \
+            or len(seq) > 19:
+        return None
+    key = int(ms), int(seq)
+    if max(key) >= 2 ** 64:  # no stream id is that large: Redis would refuse it
         return None
     return (key, token) if parse_scope_token(token) is not None else None
 
@@ -107,8 +110,12 @@ class _Stream:
 
 def read_audit(client: Any, scopes: Iterable[Scope], *, cursor: str | None = None, experiment: str | None = None,
                kind: str | None = None, limit: int = 50, scan_limit: int = 5000) -> AuditPage:
-    """Up to ``limit`` entries of ``scopes``' logs, newest first, after ``cursor``, matching the filters."""
+    """Up to ``limit`` entries of ``scopes``' logs, newest first, after ``cursor``, matching the filters.
+
+    Raises ValueError for a ``cursor`` that is not one this module made."""
     start = _parse_cursor(cursor)
+    if cursor and start is None:
+        raise ValueError(f"before={cursor[:80]!r} is not a cursor of the audit pages")
     streams = [_Stream(client, scope, start) for scope in scopes]
     out: list[AuditEntry] = []
     scanned = 0

@@ -47,6 +47,8 @@ __all__ = ["experiment_url", "routes"]
 
 #: history entries per page of the experiment page
 HISTORY_PAGE = 20
+#: the deepest history page shown (the newest 5,000 moves; older ones: the audit page or the API)
+HISTORY_PAGES = 250
 #: experiments per page of the list (the counts by state cover every page)
 LIST_ROWS = 100
 #: audit entries per page
@@ -261,6 +263,10 @@ def experiment_context(ctx: WebContext, request: Request, user: User, name: str,
     if state is None:
         raise HTTPException(404, f"there is no experiment {name!r} in scope {scope_label(tenant, environment)}")
     page = _page_number(request)
+    if page > HISTORY_PAGES:
+        raise HTTPException(400, f"page {page}: the history pages go to {HISTORY_PAGES} (the newest "
+                                 f"{HISTORY_PAGES * HISTORY_PAGE} moves); older ones are on the audit page and at "
+                                 "GET /api/experiments/<name>/history?order=oldest")
     newest = bp.transitions(name, tenant=tenant, environment=environment, limit=page * HISTORY_PAGE + 1,
                             newest_first=True)
     history = newest[(page - 1) * HISTORY_PAGE: page * HISTORY_PAGE]
@@ -385,8 +391,11 @@ def audit_context(ctx: WebContext, request: Request) -> dict[str, Any]:
         raise HTTPException(400, f"kind {kind!r} is not one of {', '.join(KINDS)}")
     experiment = (q.get("experiment") or "").strip() or None
     read = [s for s in scopes if chosen_scope is None or (s.tenant, s.environment) == chosen_scope]
-    page = read_audit(ctx.governance.backplane.client, read, cursor=q.get("before") or None,
-                      experiment=experiment, kind=kind, limit=AUDIT_PAGE)
+    try:
+        page = read_audit(ctx.governance.backplane.client, read, cursor=q.get("before") or None,
+                          experiment=experiment, kind=kind, limit=AUDIT_PAGE)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
     rows = [_audit_row(e) for e in page.entries]
     older = url_with("/audit", scope=chosen, experiment=experiment, kind=kind, before=page.next_cursor) \
         if page.next_cursor else None
