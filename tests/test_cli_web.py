@@ -190,6 +190,21 @@ def test_serve_refuses_before_serving(tmp_path: Path, cheap_users: Path, capsys:
     code, error = _serve(capsys, "--users", users, "--secret-file", str(open_secret))
     assert code == 2 and error["error"] == "ConfigError" and f"chmod 600 {open_secret}" in error["message"]
 
+    good = tmp_path / "good.secret"
+    good.write_text("z" * 64)
+    good.chmod(0o600)
+    link = tmp_path / "link.secret"
+    link.symlink_to(good)
+    code, error = _serve(capsys, "--users", users, "--secret-file", str(link))
+    assert code == 2 and "symbolic link" in error["message"]
+    if os.geteuid() == 0:  # only root can give a file to another user (the CI runs as root)
+        foreign = tmp_path / "foreign.secret"
+        foreign.write_text("f" * 64)
+        foreign.chmod(0o600)
+        os.chown(foreign, 65534, 65534)
+        code, error = _serve(capsys, "--users", users, "--secret-file", str(foreign))
+        assert code == 2 and "belongs to another user" in error["message"]
+
     short = tmp_path / "short.secret"
     short.write_text("too short")
     short.chmod(0o600)

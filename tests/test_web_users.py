@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 from argon2 import PasswordHasher
 
 import redgov
-from redgov import Governance
+from redgov import ConfigError, Governance
 from redgov.web import add_user, auth, create_app
 from redgov.web import users as users_module
 from redgov.web.users import Role, User, Users
@@ -255,3 +257,26 @@ def test_repeated_wrong_passwords_are_throttled_per_name_and_address(tmp_path: P
     finally:
         delete_prefix(gov.backplane.client, prefix)
         gov.close()
+
+
+def test_a_users_file_others_may_write_is_refused(tmp_path: Path, hasher: CountingHasher) -> None:
+    path = tmp_path / "users.json"
+    add_user(path, "amy", "approver", "right")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    users = Users(path)
+    path.chmod(0o620)
+    with pytest.raises(ConfigError, match="writable by group or others"):
+        users.authenticate("amy", "right")
+    path.chmod(0o644)  # readable by others: hashes, not passwords; allowed
+    assert users.authenticate("amy", "right") is not None
+
+
+def test_users_added_at_once_by_processes_are_all_kept(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    code = ("import sys; from argon2 import PasswordHasher; import redgov.web.users as u; "
+            "u._HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1); "
+            "[u.add_user(sys.argv[1], f'{sys.argv[2]}-{k}', 'viewer', 'pw') for k in range(15)]")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), f"p{n}"]) for n in range(4)]
+    for proc in procs:
+        assert proc.wait(60) == 0
+    assert len(Users(path)) == 60  # no update lost to another's rewrite

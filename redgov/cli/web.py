@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import getpass
 import ipaddress
 import os
@@ -153,18 +154,26 @@ def cmd_users(ctx: Context) -> int:
 
 
 def read_secret(path: Path) -> str:
-    """The session secret in ``path``; ConfigError when it is missing, empty, or readable by group or others."""
+    """The session secret in ``path``; ConfigError when it is missing, empty, a symbolic link, owned by
+    another user, or open to group or others (checked on the file opened, not on its name)."""
     try:
-        mode = path.stat().st_mode
+        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"secret file {path} is a symbolic link; name the file itself") from None
         raise ConfigError(f"secret file {path}: {exc.strerror or exc}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"secret file {path} is open to group or others (mode {stat.S_IMODE(mode):04o}); "
-                          f"anyone reading it can forge sessions: chmod 600 {path}")
-    try:
-        secret = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"secret file {path} cannot be read: {exc}") from None
+    with os.fdopen(handle, "rb") as file:
+        info = os.fstat(file.fileno())
+        if info.st_uid != os.geteuid():
+            raise ConfigError(f"secret file {path} belongs to another user (uid {info.st_uid}); whoever wrote it "
+                              "can forge sessions: use a file of your own")
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"secret file {path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
+                              f"anyone reading it can forge sessions: chmod 600 {path}")
+        try:
+            secret = file.read().decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"secret file {path} cannot be read: {exc}") from None
     if not secret:
         raise ConfigError(f"secret file {path} is empty")
     return secret

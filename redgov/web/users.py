@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import stat as statmod
 import tempfile
 import threading
 import time
@@ -107,6 +109,10 @@ class Users:
         except OSError as exc:
             raise ConfigError(f"users file {self.path}: {exc.strerror or exc}; create it with "
                               "`redgov users add NAME --role ROLE --users FILE`") from None
+        if stat.st_mode & (statmod.S_IWGRP | statmod.S_IWOTH):
+            raise ConfigError(f"users file {self.path} is writable by group or others (mode "
+                              f"{statmod.S_IMODE(stat.st_mode):04o}): whoever can write it can make themselves an "
+                              f"operator; chmod 600 {self.path}")
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return
@@ -207,7 +213,8 @@ def _read(path: Path) -> dict[str, tuple[Role, str]]:
 def add_user(path: str | os.PathLike[str], name: str, role: str, password: str) -> User:
     """Add ``name`` (or replace its role and password) in the users file, creating the file (mode 0600).
 
-    The file is rewritten atomically. Raises ValidationError for a blank name or password,
+    The file is rewritten atomically (a temporary file, fsynced, renamed over it), one writer at
+    a time (a lock on its folder). Raises ValidationError for a blank name or password,
     an unknown role or a password over 1024 characters; ConfigError when the file exists but
     cannot be read.
     """
@@ -218,18 +225,27 @@ def add_user(path: str | os.PathLike[str], name: str, role: str, password: str) 
     if len(password) > MAX_PASSWORD:
         raise ValidationError(f"the password is {len(password)} characters long; the limit is {MAX_PASSWORD}")
     target = Path(path)
-    current = _read(target) if target.exists() else {}
-    document = {"users": {n: {"role": r.label, "hash": h} for n, (r, h) in current.items()}}
-    document["users"][name] = {"role": chosen.label, "hash": _HASHER.hash(password)}
+    hashed = _HASHER.hash(password)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".users-", dir=target.parent)
+    folder = os.open(target.parent, os.O_RDONLY)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(document, out, indent=2, sort_keys=True)
-            out.write("\n")
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        fcntl.flock(folder, fcntl.LOCK_EX)  # two `users add` at once: one after the other, neither lost
+        current = _read(target) if target.exists() else {}
+        document = {"users": {n: {"role": r.label, "hash": h} for n, (r, h) in current.items()}}
+        document["users"][name] = {"role": chosen.label, "hash": hashed}
+        handle, temporary = tempfile.mkstemp(prefix=".users-", dir=target.parent)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(document, out, indent=2, sort_keys=True)
+                out.write("\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, 0o600)
+            os.replace(temporary, target)
+            os.fsync(folder)  # the rename itself survives a crash
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(folder)  # and the lock with it
     return User(name, chosen)
