@@ -280,3 +280,35 @@ def test_users_added_at_once_by_processes_are_all_kept(tmp_path: Path) -> None:
     for proc in procs:
         assert proc.wait(60) == 0
     assert len(Users(path)) == 60  # no update lost to another's rewrite
+
+
+def test_one_address_going_through_names_is_throttled_too(tmp_path: Path, redis_url: str, prefix: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_users(tmp_path / "users.json", monkeypatch)
+    gov = Governance(redgov.connect(redis_url, prefix=prefix))
+    app = create_app(gov, path, "s" * 48, live=False)
+    clock = FakeClock()
+    app.state.ctx.throttle = auth.Throttle(clock=clock)
+
+    async def scenario() -> None:
+        here = httpx2.ASGITransport(app=app, client=("10.0.0.7", 4000))
+        there = httpx2.ASGITransport(app=app, client=("10.0.0.8", 4000))
+        async with httpx2.AsyncClient(transport=here, base_url="http://test") as client, \
+                httpx2.AsyncClient(transport=there, base_url="http://test") as elsewhere:
+            for k in range(auth.ADDRESS_FREE):  # one guess per name: no name reaches its own limit
+                answer = await client.get("/api/whoami", headers=basic_pair(f"name-{k}", "guess"))
+                assert answer.status_code == 401, k
+            assert (await client.get("/api/whoami", headers=basic_pair("name-new", "guess"))).status_code == 429
+            assert (await client.get("/api/whoami", headers=basic("vic"))).status_code == 429  # this address waits
+            assert (await elsewhere.get("/api/whoami", headers=basic("vic"))).status_code == 200
+            clock.now += 1.0
+            assert (await client.get("/api/whoami", headers=basic("vic"))).status_code == 200
+            clock.now += 2 * 300 + 1  # quiet for twice the longest wait: forgotten
+            for k in range(3):
+                assert (await client.get("/api/whoami", headers=basic_pair(f"later-{k}", "x"))).status_code == 401
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        delete_prefix(gov.backplane.client, prefix)
+        gov.close()

@@ -41,6 +41,8 @@ __all__ = ["VERIFY_AT_ONCE", "LoginRequired", "Throttle", "TooManyAttempts", "au
 
 #: argon2 verifications running at once, at most, per app (each takes about 100 ms of one core)
 VERIFY_AT_ONCE = 2
+#: failed logins from one address, whatever the names, before its attempts wait
+ADDRESS_FREE = 20
 
 CSRF_HEADER = "x-csrf-token"
 
@@ -144,7 +146,9 @@ class Throttle:
     ``2 ** (failures - free)`` seconds (at most ``max_wait``) from the last failure, and an
     attempt during the wait is refused without checking the password, even a right one (else
     guessing would go on at memory speed against the pairs remembered). A success forgets the
-    pair. Keyed by name *and* address, so a guesser elsewhere cannot lock a user out; at most
+    pair; a pair quiet for twice ``max_wait`` is forgotten. ``authenticate`` also counts every
+    name of an address together (``ADDRESS_FREE`` failures before waits), against a guesser going
+    through names. Keyed by name *and* address, so a guesser elsewhere cannot lock a user out; at most
     ``max_pairs`` pairs are kept (the oldest forgotten first). Attempts of one pair take turns
     (``turn``), so sending many at once does not get past the count. Used on the event loop only.
     """
@@ -173,16 +177,25 @@ class Throttle:
             else:
                 self._turns[key] = (lock, users - 1)
 
-    def wait(self, key: tuple[str, str]) -> float:
-        """Seconds before ``key`` may try again (0: now)."""
+    def _count(self, key: tuple[str, str]) -> tuple[int, float]:
         failures, last = self._failures.get(key, (0, 0.0))
-        if failures < self.free:
+        if failures and self.clock() - last > 2 * self.max_wait:  # quiet that long: forgotten
+            return 0, 0.0
+        return failures, last
+
+    def wait(self, key: tuple[str, str], free: int | None = None) -> float:
+        """Seconds before ``key`` may try again (0: now); ``free``: failures allowed before waits
+        (default ``self.free``)."""
+        failures, last = self._count(key)
+        allowed = self.free if free is None else free
+        if failures < allowed:
             return 0.0
-        return max(0.0, last + min(self.max_wait, 2.0 ** (failures - self.free)) - self.clock())
+        return max(0.0, last + min(self.max_wait, 2.0 ** (failures - allowed)) - self.clock())
 
     def failed(self, key: tuple[str, str]) -> None:
         """Count a failure of ``key``."""
-        failures, _ = self._failures.pop(key, (0, 0.0))
+        failures, _ = self._count(key)
+        self._failures.pop(key, None)
         self._failures[key] = (failures + 1, self.clock())
         while len(self._failures) > self.max_pairs:
             self._failures.popitem(last=False)
@@ -214,9 +227,10 @@ async def authenticate(ctx: WebContext, name: str, password: str, client: str) -
     in). None: wrong name or password. Raises TooManyAttempts while ``ctx.throttle`` makes
     this name at this address wait (nothing is checked then).
     """
-    key = (name, client)
+    key, anyone = (name, client), ("", client)
     async with ctx.throttle.turn(key):
-        wait = ctx.throttle.wait(key)
+        # this name from this address, and any name from it (a guesser going through names)
+        wait = max(ctx.throttle.wait(key), ctx.throttle.wait(anyone, ADDRESS_FREE))
         if wait > 0:
             raise TooManyAttempts(wait)
         user = ctx.users.remembered(name, password)
@@ -224,8 +238,9 @@ async def authenticate(ctx: WebContext, name: str, password: str, client: str) -
             user = await anyio.to_thread.run_sync(ctx.users.authenticate, name, password, limiter=ctx.verifying)
         if user is None:
             ctx.throttle.failed(key)
+            ctx.throttle.failed(anyone)
         else:
-            ctx.throttle.succeeded(key)
+            ctx.throttle.succeeded(key)  # the address's count stays (it is forgotten when quiet)
         return user
 
 
