@@ -641,6 +641,28 @@ def test_stop_ends_every_stream_promptly(live: Live) -> None:
         assert client.get("/events", headers={"Cookie": live.cookie}).status_code == 503
 
 
+def test_one_user_has_a_bounded_number_of_streams(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    from redgov.web import live as live_module
+
+    monkeypatch.setattr(live_module, "STREAMS_PER_USER", 3)
+    streams = [live.connect() for _ in range(3)]
+    deadline = time.monotonic() + 5
+    while live.hub.streams_of("vera") < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert live.hub.streams_of("vera") == 3
+    with httpx2.Client(base_url=live.server.base, timeout=5) as client:
+        refused = client.get("/events", headers={"Cookie": live.cookie})
+        assert refused.status_code == 429 and "3 live streams" in refused.text
+        other = login(live.server.base, "otto")  # another user is not counted with vera
+        with client.stream("GET", "/events", headers={"Cookie": other}) as answer:
+            assert answer.status_code == 200
+    streams[0].close()
+    deadline = time.monotonic() + 5
+    while live.hub.streams_of("vera") > 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert live.connect().status == 200  # one closed: room again
+
+
 def test_pings_and_a_removed_user_loses_the_stream(live_factory: Callable[..., Live]) -> None:
     live = live_factory(ping_interval=0.3)
     client = live.connect()

@@ -115,6 +115,8 @@ REPLAY_BYTES = 32 * 1024 * 1024
 CLIENT_BACKLOG = 2_000
 #: events read and not yet taken by the event loop before the thread waits
 PENDING_MAX = 10_000
+#: live streams one user may have open at once (each browser tab holds one)
+STREAMS_PER_USER = 32
 #: deleted logs whose last id read is kept (for when they come back)
 GONE_KEPT = 10_000
 #: seconds between ``: ping`` comments
@@ -161,15 +163,17 @@ class Subscriber:
     counts as too slow; ``check`` says whether the user may still read (asked at every ping).
     """
 
-    __slots__ = ("check", "closed", "filters", "items", "limit", "ping_due", "task", "waiter")
+    __slots__ = ("check", "closed", "filters", "items", "limit", "owner", "ping_due", "task", "waiter")
 
-    def __init__(self, filters: Mapping[str, str | None], limit: int, check: Callable[[], bool] | None = None) -> None:
+    def __init__(self, filters: Mapping[str, str | None], limit: int, check: Callable[[], bool] | None = None,
+                 owner: str | None = None) -> None:
         unknown = set(filters) - set(FILTERS)
         if unknown:
             raise ValueError(f"unknown filters {sorted(unknown)}")
         self.filters = dict(filters)
         self.limit = limit
         self.check = check
+        self.owner = owner
         self.items: deque[LiveEvent] = deque()
         self.closed: str | None = None
         self.ping_due = False
@@ -453,8 +457,13 @@ class LiveHub:
             return None
         return int(number)
 
+    def streams_of(self, owner: str) -> int:
+        """How many streams ``owner`` (a user name) has open now."""
+        return sum(1 for sub in self._subs if sub.owner == owner)
+
     def subscribe(self, filters: Mapping[str, str | None], last_event_id: str | None,
-                  check: Callable[[], bool] | None = None) -> tuple[Subscriber, list[LiveEvent], bytes | None]:
+                  check: Callable[[], bool] | None = None,
+                  owner: str | None = None) -> tuple[Subscriber, list[LiveEvent], bytes | None]:
         """Register a subscriber (on the event loop, atomically with publishing).
 
         ``filters``: see Subscriber; ``check``: whether the user may still read. Returns the
@@ -462,7 +471,7 @@ class LiveHub:
         that match the filters) and the reset frame to send first instead when ``last_event_id``
         cannot be resumed (None: no reset).
         """
-        sub = Subscriber(filters, self.client_backlog, check)
+        sub = Subscriber(filters, self.client_backlog, check, owner)
         replay: list[LiveEvent] = []
         reset: bytes | None = None
         if last_event_id is not None:
@@ -482,10 +491,10 @@ class LiveHub:
         sub.close(sub.closed or "disconnect")
 
     def stream(self, filters: Mapping[str, str | None], last_event_id: str | None,
-               check: Callable[[], bool] | None = None) -> Response:
-        """The ``text/event-stream`` response of one client (``filters``, ``last_event_id`` and
-        ``check`` as for ``subscribe``, which it calls when the response starts)."""
-        return EventStream(self, filters, last_event_id, check)
+               check: Callable[[], bool] | None = None, owner: str | None = None) -> Response:
+        """The ``text/event-stream`` response of one client (``filters``, ``last_event_id``,
+        ``check`` and ``owner`` as for ``subscribe``, which it calls when the response starts)."""
+        return EventStream(self, filters, last_event_id, check, owner)
 
     def _publish(self, events: list[LiveEvent]) -> None:
         """Append a batch read by the thread to the replay buffer and every subscriber (event loop)."""
@@ -810,11 +819,12 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(self, hub: LiveHub, filters: Mapping[str, str | None], last_event_id: str | None,
-                 check: Callable[[], bool] | None) -> None:
+                 check: Callable[[], bool] | None, owner: str | None = None) -> None:
         self.hub = hub
         self.filters = filters
         self.last_event_id = last_event_id
         self.check = check
+        self.owner = owner
         self.status_code = 200
         self.background = None
         self.init_headers(HEADERS)
@@ -824,7 +834,7 @@ class EventStream(Response):
         if not hub.running or hub._closing:
             await PlainTextResponse("the live feed is stopped", status_code=503)(scope, receive, send)
             return
-        sub, replay, reset = hub.subscribe(self.filters, self.last_event_id, self.check)
+        sub, replay, reset = hub.subscribe(self.filters, self.last_event_id, self.check, self.owner)
         task = sub.task = asyncio.current_task()
         watcher = asyncio.ensure_future(self._watch(receive, sub))
         try:
@@ -908,6 +918,9 @@ def routes(ctx: WebContext) -> list[Route]:
             return (current is not None and current.may(Role.VIEWER) and time.time() < ends
                     and auth.still_valid(ctx, name, fingerprint if isinstance(fingerprint, str) else None))
 
-        return hub.stream(filters, request.headers.get("last-event-id"), allowed)
+        if hub.streams_of(user.name) >= STREAMS_PER_USER:
+            return PlainTextResponse(f"{user.name} has {STREAMS_PER_USER} live streams open already; close a tab",
+                                     status_code=429, headers={"Retry-After": "30"})
+        return hub.stream(filters, request.headers.get("last-event-id"), allowed, user.name)
 
     return [Route("/events", events, methods=["GET"])]
