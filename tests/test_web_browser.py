@@ -316,6 +316,40 @@ def test_compare_two_versions_and_the_audit_log(browser: Any, site: dict[str, An
     page.context.close()
 
 
+def test_typing_goes_on_while_a_live_refresh_is_under_way(browser: Any, site: dict[str, Any],
+                                                         console_errors: list[str]) -> None:
+    from playwright.sync_api import expect
+
+    site["gov"].create("typing-test", actor="ana")
+    page = session(browser, site, "olga", console_errors)
+    page.goto(site["url"] + "/experiments/typing-test")
+    expect(page.locator("#live-status")).to_be_visible()
+    page.wait_for_timeout(500)  # the refresh made when the feed opened is done
+    held: list[Any] = []
+
+    def hold_refresh(route: Any) -> None:  # the live refresh (an htmx GET) is held until the user typed
+        if route.request.method == "GET" and route.request.headers.get("hx-request"):
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/experiments/typing-test*", hold_refresh)
+    code = ("import redgov, sys; g = redgov.Governance(redgov.connect(sys.argv[1], prefix=sys.argv[2])); "
+            "g.create_version('typing-test', {'v': 2}, actor='ben'); g.close()")
+    subprocess.run([sys.executable, "-c", code, site["redis_url"], site["prefix"]], check=True, timeout=30)
+    deadline = time.monotonic() + 5
+    while not held and time.monotonic() < deadline:  # the event came: the refresh is asked for, and held
+        page.wait_for_timeout(50)
+    assert held, "no live refresh was asked for"
+    page.fill("#move-reason", "typed while the page refreshed")
+    for route in held:
+        route.continue_()
+    expect(page.locator("[data-testid=version]")).to_have_count(1)  # the refresh landed
+    expect(page.locator("#move-reason")).to_have_value("typed while the page refreshed")
+    page.unroute("**/experiments/typing-test*")
+    page.context.close()
+
+
 def test_a_page_whose_login_ended_goes_to_the_login_form(browser: Any, site: dict[str, Any],
                                                         console_errors: list[str]) -> None:
     from playwright.sync_api import expect

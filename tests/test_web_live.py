@@ -641,10 +641,8 @@ def test_stop_ends_every_stream_promptly(live: Live) -> None:
         assert client.get("/events", headers={"Cookie": live.cookie}).status_code == 503
 
 
-def test_one_user_has_a_bounded_number_of_streams(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
-    from redgov.web import live as live_module
-
-    monkeypatch.setattr(live_module, "STREAMS_PER_USER", 3)
+def test_one_user_has_a_bounded_number_of_streams(live: Live) -> None:
+    live.hub.streams_per_user = 3
     streams = [live.connect() for _ in range(3)]
     deadline = time.monotonic() + 5
     while live.hub.streams_of("vera") < 3 and time.monotonic() < deadline:

@@ -68,6 +68,7 @@ SERVER = textwrap.dedent("""
     app = create_app(gov, users, secret)
     hub = app.state.ctx.hub
     hub.replay_events = int(replay)
+    hub.streams_per_user = 100  # the 51 clients here are one user
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto set: asyncio turns Nagle off
     # accepted sockets inherit this: 64 KiB of kernel send buffer per client instead of the
     # megabytes Linux autotunes to on loopback, so the client that never reads fills it (and

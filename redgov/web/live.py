@@ -248,13 +248,14 @@ class LiveHub:
     ``replay_bytes`` (the replay buffer's bounds), ``client_backlog`` (events queued for one
     client before it is disconnected as too slow), ``ping_interval`` (seconds between pings),
     ``linger`` (seconds the reader waits after a busy read, to batch), ``handle_signals`` (end
-    the streams on SIGINT/SIGTERM when started in the main thread).
+    the streams on SIGINT/SIGTERM when started in the main thread), ``streams_per_user`` (streams
+    one user may hold at once; more are refused with 429).
     """
 
     def __init__(self, governance: Any, *, block_ms: int = BLOCK_MS, rediscover: float = REDISCOVER_S,
                  replay_events: int = REPLAY_EVENTS, replay_bytes: int = REPLAY_BYTES,
                  client_backlog: int = CLIENT_BACKLOG, ping_interval: float = PING_S, linger: float = LINGER_S,
-                 handle_signals: bool = True) -> None:
+                 handle_signals: bool = True, streams_per_user: int = STREAMS_PER_USER) -> None:
         self.governance = governance
         self.block_ms = block_ms
         self.rediscover = rediscover
@@ -264,6 +265,7 @@ class LiveHub:
         self.ping_interval = ping_interval
         self.linger = linger
         self.handle_signals = handle_signals
+        self.streams_per_user = streams_per_user
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._closing = False
@@ -918,8 +920,8 @@ def routes(ctx: WebContext) -> list[Route]:
             return (current is not None and current.may(Role.VIEWER) and time.time() < ends
                     and auth.still_valid(ctx, name, fingerprint if isinstance(fingerprint, str) else None))
 
-        if hub.streams_of(user.name) >= STREAMS_PER_USER:
-            return PlainTextResponse(f"{user.name} has {STREAMS_PER_USER} live streams open already; close a tab",
+        if hub.streams_of(user.name) >= hub.streams_per_user:
+            return PlainTextResponse(f"{user.name} has {hub.streams_per_user} live streams open already; close a tab",
                                      status_code=429, headers={"Retry-After": "30"})
         return hub.stream(filters, request.headers.get("last-event-id"), allowed, user.name)
 

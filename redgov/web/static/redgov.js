@@ -95,6 +95,7 @@
   var timer = null;
   var running = false;
   var again = false;
+  var kept = null;
 
   function refresh() {
     timer = null;
@@ -108,10 +109,12 @@
       return;
     }
     running = true;
-    var saved = saveFields(region);
     var url = main.dataset.refresh || (location.pathname + location.search);
     window.htmx.ajax("GET", url, { target: "#live", select: "#live", swap: "outerHTML" }).then(function () {
-      restoreFields(saved);
+      if (kept !== null) {
+        restoreFields(kept);
+        kept = null;
+      }
     }, function () { /* the next event tries again */ }).then(function () {
       running = false;
       document.body.dataset.refreshed = String(Date.now());
@@ -137,6 +140,13 @@
         && location.pathname !== "/login") {
       event.detail.shouldSwap = false;
       location.reload();
+      return;
+    }
+    var target = event.detail.target;
+    if (target && target.id === "live") {
+      // what the user typed up to this moment (not when the refresh was asked for: typing goes on
+      // while it is under way), put back once the new region is in
+      kept = saveFields(target);
     }
   });
 
