@@ -318,6 +318,35 @@ def test_async_writes_survive_reopen(data_file: Path) -> None:
         assert state is not None and state.etag == etag and state.last_modified_by == "carol"
 
 
+def test_async_first_calls_at_once_or_in_a_batch_start_the_server_once(data_file: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    url = url_of(data_file)
+    opened: list[int] = []
+    real_open = EmbeddedServer.open
+
+    def counted(self: EmbeddedServer) -> None:
+        opened.append(1)
+        time.sleep(0.05)  # long enough for the other first calls to ask too
+        real_open(self)
+
+    monkeypatch.setattr(EmbeddedServer, "open", counted)
+
+    async def first_calls() -> int:
+        bp = redgov.aio.connect(url, prefix="p")
+        try:  # a batch of reads (no scope, no WAIT) as the very first call, next to plain ones
+            batch, *single = await asyncio.gather(
+                bp.run_many([bp.core.get_state("a", None, None), bp.core.get_state("b", None, None)]),
+                bp.get_state("c"), bp.get_state("d"))
+            assert batch == [None, None] and single == [None, None]
+            return server_pid(data_file)
+        finally:
+            await bp.close()
+
+    pid = asyncio.run(first_calls())
+    assert opened == [1]
+    wait_gone(pid)  # its one handle released: the server stopped
+
+
 def test_last_close_is_prompt(data_file: Path) -> None:
     """Closing the last opener saves a tiny DB and stops the server: well under a second."""
     bp = redgov.connect(url_of(data_file), prefix="p")

@@ -87,6 +87,7 @@ class AsyncBackplane:
         }
         self._server = server
         self._server_open = False
+        self._opening = asyncio.Lock()
 
     @property
     def prefix(self) -> str:
@@ -96,9 +97,13 @@ class AsyncBackplane:
     # -- running calls ----------------------------------------------------------------
 
     async def _ready(self) -> None:
-        if self._server is not None and not self._server_open:
-            await asyncio.to_thread(self._server.open)
-            self._server_open = True
+        """Start the embedded server behind the client, once, however many first calls run at once."""
+        if self._server is None or self._server_open:
+            return
+        async with self._opening:
+            if not self._server_open:
+                await asyncio.to_thread(self._server.open)
+                self._server_open = True
 
     async def _send(self, call: Call[Any]) -> Any:
         if call.batch:
@@ -251,6 +256,7 @@ class AsyncBackplane:
         """
         if not calls:
             return []
+        await self._ready()  # a batch of reads may be the first thing sent to an embedded server
         if self._cluster:
             results = [await self._settle(call) for call in calls]
             return results if self._wait is None else durable_results(results)
@@ -258,7 +264,6 @@ class AsyncBackplane:
             await self._check_access(call)
         wait = self._wait if self._wait is not None and any(call.scope is not None for call in calls) else None
         if wait is not None:
-            await self._ready()
             if not self._aof_checked:
                 await self._check_aof()
         async with self.client.pipeline(transaction=False) as pipe:
