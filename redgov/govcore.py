@@ -272,6 +272,18 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans):
 
     # -- transition ---------------------------------------------------------------------------
 
+    def transition_many(self, requests: Iterable[TransitionRequest]) -> list[Call[StateTransition]]:
+        """One ``transition`` call per request (ValidationError, before any is sent, for an item that
+        is not a TransitionRequest or is not valid)."""
+        calls = []
+        for index, r in enumerate(requests):
+            if not isinstance(r, TransitionRequest):
+                raise ValidationError(f"requests[{index}] must be a TransitionRequest, got {type(r).__name__}")
+            calls.append(self.transition(r.experiment, r.to, actor=r.actor, reason=r.reason, metadata=r.metadata,
+                                         telemetry=r.telemetry, tenant=r.tenant, environment=r.environment,
+                                         expected_etag=r.expected_etag, idempotency_key=r.idempotency_key))
+        return calls
+
     def transition(self, experiment: str, to: LifecycleState | str, *, actor: str | None = None,
                    reason: str | None = None, metadata: Mapping[str, Any] | None = None,
                    telemetry: Mapping[str, Any] | None = None, tenant: str | None = None,

@@ -231,10 +231,7 @@ class Governance(GovernanceBase[Backplane]):
         Returns:
             In request order, each StateTransition or the RedgovError that refused it.
         """
-        calls = [self.core.transition(r.experiment, r.to, actor=r.actor, reason=r.reason, metadata=r.metadata,
-                                      telemetry=r.telemetry, tenant=r.tenant, environment=r.environment,
-                                      expected_etag=r.expected_etag, idempotency_key=r.idempotency_key)
-                 for r in requests]
+        calls = self.core.transition_many(requests)
         return self.backplane.run_many(calls)
 
     def approve(self, experiment: str, to: LifecycleState | str, *, approver: str, reason: str | None = None,

@@ -470,6 +470,10 @@ def test_batch_transitions(gov: Governance) -> None:
     assert all(isinstance(r, redgov.StateTransition) for r in results[:5])
     assert isinstance(results[5], InvalidTransitionError)
     assert gov.transition_many([]) == []
+    before = [gov.state(f"e{i}") for i in range(5)]
+    with pytest.raises(redgov.ValidationError, match=r"requests\[1\] must be a TransitionRequest, got dict"):
+        gov.transition_many([TransitionRequest(experiment="e1", to=S.DRAFT), {"experiment": "e2", "to": "Draft"}])
+    assert [gov.state(f"e{i}") for i in range(5)] == before  # nothing was sent
 
 
 # -- bad input --------------------------------------------------------------------
@@ -544,6 +548,8 @@ def test_async_governance_end_to_end(url: str, prefix: str) -> None:
             assert (await gov.replay("exp")) == (await gov.state("exp"))
             results = await gov.transition_many([TransitionRequest(experiment="exp", to=S.RUNNING)])
             assert isinstance(results[0], redgov.StateTransition)
+            with pytest.raises(redgov.ValidationError, match="must be a TransitionRequest"):
+                await gov.transition_many(["exp"])  # type: ignore[list-item]
             found = await gov.evaluate_policies("exp", telemetry={"errorRate": 0.5})
             assert not found[0].compliant
             events = [e async for e in gov.watch(from_id="0", timeout=0.2)]
