@@ -4,8 +4,11 @@ ARGV[1] experiment name
 ARGV[2] the experiment's state as 'field value ...' pairs folded from its entries ('' = none):
         its fields, '\n'-separated: s, v, t, b, m, e, r (written after the entries)
 ARGV[3..] the experiment's log entry ids, in log order
-Returns: the number of entries indexed
+Returns: the number of entries indexed (by this call or by an earlier send of it)
 Errors: REDGOV_CORRUPT <an entry that cannot be indexed>
+Safe to re-send (a Cluster client re-sends after a lost reply): the ids arrive in log order, so
+an id at or below the newest one the experiment's history already holds was indexed before and
+is passed over; the state write is a plain HSET.
 ]]
 -- @include lib/common.lua
 -- @include lib/history.lua
@@ -13,9 +16,21 @@ Errors: REDGOV_CORRUPT <an entry that cannot be indexed>
 local experiment, state = ARGV[1], ARGV[2]
 local IDS = 3
 
+-- the newest entry already indexed ('<code><ms>-<seq>'), as {ms, seq}; nil: none
+local function id_of(text)
+  local ms, seq = string.match(text or '', '(%d+)%-(%d+)$')
+  if ms then return {tonumber(ms), tonumber(seq)} end
+  return nil
+end
+local newest = id_of(redis.call('LINDEX', history_key, -1))
+
 -- what each write script does to the indexes, entry by entry (the same functions as the writes)
 for i = IDS, #ARGV do
   local id = ARGV[i]
+  local at = id_of(id)
+  -- at or below the newest indexed: done by an earlier send of this call
+  local done = newest and at and (at[1] < newest[1] or (at[1] == newest[1] and at[2] <= newest[2]))
+  if not done then
   local found = redis.call('XRANGE', log_key, id, id)[1]
   if not found then return refuse('CORRUPT', 'log entry ' .. id .. ' of ' .. log_key .. ' is not in the log') end
   local fields = found[2]
@@ -57,6 +72,7 @@ for i = IDS, #ARGV do
       hist().consume(consumed, tostring(rec['transition_id']))
       hist().link(tostring(rec['transition_id']), {consumed})
     end
+  end
   end
 end
 hist().register(experiment)

@@ -356,6 +356,35 @@ def test_restore_indexes_like_the_write_scripts(bp: redgov.Backplane, target: re
         target.append_transition(bp.transitions("seeded")[-1])
 
 
+def test_restore_index_calls_sent_twice_index_once(bp: redgov.Backplane, target: redgov.Backplane, sqlite_url: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Cluster client re-sends a script call whose reply was lost: every restore_index call twice
+    must leave the same keys as once."""
+    from redgov.sql import restorer as restorer_module
+
+    gov = Governance(bp, gates=[ManualGate(to_state=S.APPROVED)])
+    gov.create("twice")
+    gov.transition("twice", S.PENDING_APPROVAL)
+    gov.approve("twice", S.APPROVED, approver="bob")
+    gov.transition("twice", S.APPROVED)
+    for i in range(INDEX_CHUNK + 5):
+        bp.append_policy_evaluation(PolicyEvaluation(experiment="many", policy=f"p{i % 2}", compliant=True,
+                                                     severity=Severity.INFO))
+    export(bp, sqlite_url, progress=False)
+    once = restorer_module.ScopeRebuild.commands
+
+    def twice(self: Any) -> Any:
+        for command in once(self):
+            yield command
+            if isinstance(command, restorer_module.IndexCall):
+                yield command  # the re-send
+
+    monkeypatch.setattr(restorer_module.ScopeRebuild, "commands", twice)
+    restore(target, sqlite_url, progress=False)
+    assert dump(target.client, target.prefix) == dump(bp.client, bp.prefix)
+    assert Governance(target).verify("twice") == [] and Governance(target).verify("many") == []
+
+
 def test_interrupted_export_resumes(bp: redgov.Backplane, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     build_history(bp)
     from redgov.sql import write as sqlwrite
