@@ -197,7 +197,7 @@ def decode_fields(entry_id: str, fields: Mapping[str, bytes], log_key: str, *,
         if changes:
             record = msgspec.structs.replace(record, **changes)
         return Entry(entry_id, kind, experiment, record, revision, etag)
-    except (KeyError, ValueError, TypeError, AttributeError, msgspec.DecodeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError, msgspec.DecodeError) as exc:
         raise CorruptDataError(f"log entry {entry_id} of {log_key} cannot be decoded: {exc!r}") from None
 
 

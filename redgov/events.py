@@ -106,7 +106,11 @@ class WatchCursor:
             out = []
             for _stream, items in streams(reply):
                 for entry_id, fields in items:
-                    entry = decode_fields(text(entry_id), pairs(fields), log)
+                    try:
+                        name, values = text(entry_id), pairs(fields)
+                    except (ValueError, IndexError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+                        raise CorruptDataError(f"log entry {entry_id!r} of {log} cannot be decoded: {exc!r}") from None
+                    entry = decode_fields(name, values, log)
                     out.append(GovernanceEvent(id=entry.id, kind=entry.kind,  # type: ignore[arg-type]
                                                experiment=entry.experiment, tenant=tenant, environment=environment,
                                                record=entry.record))

@@ -134,7 +134,10 @@ class ReadPlans(GovernanceSettings):
             replies = yield Call(keys, (("TIME",), *(("HGETALL", key) for key in keys)), settled(keys), batch=True)
             now_ms = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
             for name, key, raw in zip(names, keys, replies[1:]):
-                stored = pairs(raw)
+                try:
+                    stored = pairs(raw)
+                except (ValueError, IndexError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+                    raise CorruptDataError(f"key {key} has a field that cannot be read: {exc!r}") from None
                 state = decode_state_hash([stored.get(f) for f in fields], key, name, tenant, environment)
                 if state is None:
                     continue
@@ -144,8 +147,9 @@ class ReadPlans(GovernanceSettings):
                         continue
                     pending = stored.get(f"p:{state.state.value}>{target.value}")
                     if pending is not None:
-                        parts = text(pending).split("|")
-                        if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) >= now_ms:
+                        raw_pending = pending if isinstance(pending, bytes) else str(pending).encode()
+                        until = raw_pending.split(b"|")[1:2]
+                        if not until or not (until[0].isascii() and until[0].isdigit()) or int(until[0]) >= now_ms:
                             continue  # approved, waiting to be consumed
                     out.append(PendingMove(experiment=name, from_state=state.state, to_state=target, gate=gate.name,
                                            state=state, tenant=tenant, environment=environment))

@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from typing import Any
 
 from .errors import ValidationError
 
@@ -125,6 +127,18 @@ def parse_log_key(key: str) -> tuple[str, str | None, str | None]:
     if len(parts) != 2 or "{" in key[brace + 1:-5] or "}" in key[brace + 1:-5]:
         raise ValueError(f"not a redgov log key: {key!r}")
     return key[:brace], decode_part(parts[0]), decode_part(parts[1])
+
+
+def scope_logs(raw_keys: Iterable[Any], prefix: str) -> Iterator[str]:
+    """The scope log keys of ``prefix`` among SCAN results (bytes or str), each once as listed; a
+    key that is not UTF-8 or only looks like a scope log (another prefix) is passed over."""
+    for raw in raw_keys:
+        try:
+            key = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            if parse_log_key(key)[0] == prefix:
+                yield key
+        except ValueError:  # UnicodeDecodeError is a ValueError too
+            continue
 
 
 class Scope:

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from ..backplane import Backplane
 from ..codec import text
 from ..events import streams as _streams
-from ..keys import parse_log_key, scope_pattern
+from ..keys import scope_logs, scope_pattern
 from .copy import ScopeRow, SqlCopy, SqlCopyError, progress_bar
 from .restorer import redis_refusals
 from .schema import join_id, split_id
@@ -89,15 +89,8 @@ def _is_cluster(client: Any) -> bool:
 
 def discover(client: Any, prefix: str) -> list[str]:
     """The log key of every scope of prefix (SCAN; every primary of a Cluster)."""
-    found = set()
-    for raw in client.scan_iter(match=scope_pattern(prefix), count=1000, _type="STREAM"):
-        key = text(raw)
-        try:
-            if parse_log_key(key)[0] == prefix:
-                found.add(key)
-        except ValueError:  # a stream that only looks like a scope log
-            continue
-    return sorted(found)
+    return sorted(set(scope_logs(client.scan_iter(match=scope_pattern(prefix), count=1000, _type="STREAM"),
+                                 prefix)))
 
 
 class Exporter:

@@ -113,7 +113,10 @@ def scope_experiments(backplane: Backplane, scope: Scope, page: int = INDEX_PAGE
     after = "-"
     while True:
         raw = backplane.client.zrangebylex(scope.index, after, "+", start=0, num=page)
-        names = [text(n) for n in raw]
+        try:
+            names = [text(n) for n in raw]
+        except ValueError as exc:  # UnicodeDecodeError
+            raise CorruptDataError(f"scope index {scope.index} holds a name that is not UTF-8: {exc!r}") from None
         if names:
             yield names
         if len(names) < page:

@@ -135,8 +135,8 @@ class Batch:
             raise CorruptDataError(f"log entry {entry_id} of {row.log_key} cannot be decoded: {exc!r}") from None
         extra = None
         if not _KNOWN.issuperset(fields):
-            extra = msgspec.json.encode({text(k): text(val) for k, val in fields.items()
-                                         if k not in _KNOWN}).decode()
+            extra = msgspec.json.encode({k.decode("utf-8", "backslashreplace"): val.decode("utf-8", "backslashreplace")
+                                         for k, val in fields.items() if k not in _KNOWN}).decode()
         scope_id = row.scope_id
         names = self.touched.get(scope_id)
         if names is None:

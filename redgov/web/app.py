@@ -34,7 +34,7 @@ from starlette.types import Scope as ASGIScope
 
 from ..errors import ValidationError
 from ..governance import Governance
-from ..keys import Scope, parse_log_key, scope_pattern
+from ..keys import Scope, parse_log_key, scope_logs, scope_pattern
 from ..records import ExperimentState
 from ..validate import check_scope_part
 from . import auth
@@ -87,16 +87,9 @@ class WebContext:
         if time.monotonic() - at < SCOPES_TTL:
             return found
         prefix = self.governance.backplane.prefix
-        keys = set()
-        for raw in self.governance.backplane.client.scan_iter(match=scope_pattern(prefix), count=1000,
-                                                               _type="STREAM"):
-            key = raw.decode() if isinstance(raw, bytes) else str(raw)
-            try:
-                parsed = parse_log_key(key)
-            except ValueError:
-                continue
-            if parsed[0] == prefix:
-                keys.add(parsed)
+        found_keys = self.governance.backplane.client.scan_iter(match=scope_pattern(prefix), count=1000,
+                                                                _type="STREAM")
+        keys = {parse_log_key(key) for key in scope_logs(found_keys, prefix)}
         found = sorted((Scope(*k) for k in keys), key=lambda s: (s.tenant or "", s.environment or ""))
         self._scopes = (time.monotonic(), found)
         return found

@@ -11,12 +11,14 @@ than a page, and then offers a cursor to go on from where it stopped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..codec import decode_fields, pairs, text
-from ..errors import CorruptDataError
+from redis.exceptions import ResponseError
+
+from ..codec import decode_fields, text
+from ..errors import CorruptDataError, raise_for_reply
 from ..keys import Scope, decode_part, encode_part
 
 __all__ = ["AuditEntry", "AuditPage", "read_audit"]
@@ -98,8 +100,12 @@ class _Stream:
 
     def head(self) -> tuple[str, dict[str, bytes]] | None:
         if not self.buffer and not self.done:
-            reply = self.client.xrevrange(self.scope.log, self.upper, "-", count=CHUNK)
-            items = [(text(entry_id), pairs(fields)) for entry_id, fields in reply or []]
+            try:
+                reply = self.client.xrevrange(self.scope.log, self.upper, "-", count=CHUNK)
+            except ResponseError as exc:  # e.g. WRONGTYPE: the default scope's log is no stream
+                raise_for_reply(exc, (self.scope.log,))
+            # field names as text whatever they hold: an entry that cannot be decoded is shown as a problem
+            items = [(text(entry_id), _lenient(fields)) for entry_id, fields in reply or []]
             if len(items) < CHUNK:
                 self.done = True
             if items:
@@ -135,13 +141,25 @@ def read_audit(client: Any, scopes: Iterable[Scope], *, cursor: str | None = Non
         entry_id, fields = best.buffer.pop(0)
         scanned += 1
         last = f"{entry_id}@{best.token}"
-        if kind is not None and text(fields.get("k", b"")) != kind:
+        if kind is not None and _shown(fields.get("k", b"")) != kind:
             continue
-        if experiment is not None and text(fields.get("x", b"")) != experiment:
+        if experiment is not None and _shown(fields.get("x", b"")) != experiment:
             continue
         out.append(_decode(entry_id, fields, best.scope))
     more = any(stream.head() is not None for stream in streams)
     return AuditPage(out, last if more else None, scanned)
+
+
+def _shown(value: bytes | str) -> str:
+    """A stored value as text, bytes that are not UTF-8 replaced (what the page shows)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _lenient(fields: Any) -> dict[str, bytes]:
+    """A log entry's ``[field, value, ...]`` keyed by text, field names that are not UTF-8 replaced."""
+    if isinstance(fields, Mapping):
+        return {_shown(k): v for k, v in fields.items()}
+    return {_shown(fields[i]): fields[i + 1] for i in range(0, len(fields) - 1, 2)}
 
 
 def _decode(entry_id: str, fields: dict[str, bytes], scope: Scope) -> AuditEntry:

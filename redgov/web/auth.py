@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio.to_thread
+from redis.exceptions import ResponseError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from ..errors import raise_for_reply
 from ..keys import web_session
 from .users import Role, User
 
@@ -98,8 +100,13 @@ def page_user(ctx: WebContext, request: Request) -> User | None:
         user = ctx.users.get(name)
         fingerprint = ctx.users.fingerprint(name)
         if user is not None:
-            stored = ctx.governance.backplane.client.get(web_session(ctx.governance.backplane.prefix, sid))
-            if stored is None or (stored.decode() if isinstance(stored, bytes) else stored) != f"{name} {fingerprint}":
+            key = web_session(ctx.governance.backplane.prefix, sid)
+            try:
+                stored = ctx.governance.backplane.client.get(key)
+            except ResponseError as exc:  # the key holds something else: corrupt data, named
+                raise_for_reply(exc, (key,))
+            if stored is None or (stored.decode("utf-8", "replace") if isinstance(stored, bytes) else stored) \
+                    != f"{name} {fingerprint}":
                 user = None
     request.scope["redgov_user"] = user
     return user

@@ -94,7 +94,8 @@ def _mapping(body: dict[str, Any], key: str) -> dict[str, Any] | None:
 
 
 def _integer(value: Any, what: str, least: int = 1, most: int = 2**53 - 1) -> int:
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    digits = value.strip().lstrip("-") if isinstance(value, str) else ""
+    if digits.isascii() and digits.isdigit() and len(digits) <= 19:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
         raise ValidationError(f"{what} must be an integer from {least} to {most}, got {value!r}")

@@ -60,7 +60,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -79,7 +79,7 @@ from starlette.types import Scope as ASGIScope
 from ..codec import decode_fields, pairs, text
 from ..errors import ValidationError
 from ..events import streams
-from ..keys import parse_log_key, scope_pattern
+from ..keys import parse_log_key, scope_logs, scope_pattern
 from ..records import to_builtins
 from ..validate import check_name, check_scope_part
 from . import auth
@@ -743,7 +743,7 @@ class _DirectSource(_Source):
         pattern = scope_pattern(self.prefix)
         while True:
             cursor, keys = self._call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000, "TYPE", "stream")
-            found.update(_scope_logs(keys, self.prefix))
+            found.update(scope_logs(keys, self.prefix))
             if int(cursor) == 0:
                 return sorted(found)
 
@@ -782,7 +782,7 @@ class _PollingSource(_Source):
 
     def discover(self) -> list[str]:
         keys = self.client.scan_iter(match=scope_pattern(self.prefix), count=1000, _type="STREAM")
-        return sorted(set(_scope_logs(keys, self.prefix)))
+        return sorted(set(scope_logs(keys, self.prefix)))
 
     def tails(self, keys: Sequence[str]) -> dict[str, str]:
         out = {}
@@ -800,16 +800,6 @@ class _PollingSource(_Source):
         if not out:
             stop.wait(min(POLL_S, block_ms / 1000))
         return out
-
-
-def _scope_logs(keys: Iterable[Any], prefix: str) -> Iterable[str]:
-    for raw in keys:
-        key = text(raw)
-        try:
-            if parse_log_key(key)[0] == prefix:
-                yield key
-        except ValueError:  # a stream that only looks like a scope log
-            continue
 
 
 # -- the response

@@ -224,16 +224,26 @@ def add_user(path: str | os.PathLike[str], name: str, role: str, password: str) 
         raise ValidationError("the password must not be empty")
     if len(password) > MAX_PASSWORD:
         raise ValidationError(f"the password is {len(password)} characters long; the limit is {MAX_PASSWORD}")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("the password is not valid text (bytes that are not UTF-8 were read)") from None
     target = Path(path)
     hashed = _HASHER.hash(password)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(target.parent, os.O_RDONLY)
+    except OSError as exc:
+        raise ConfigError(f"users file {target}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)  # two `users add` at once: one after the other, neither lost
         current = _read(target) if target.exists() else {}
         document = {"users": {n: {"role": r.label, "hash": h} for n, (r, h) in current.items()}}
         document["users"][name] = {"role": chosen.label, "hash": hashed}
-        handle, temporary = tempfile.mkstemp(prefix=".users-", dir=target.parent)
+        try:
+            handle, temporary = tempfile.mkstemp(prefix=".users-", dir=target.parent)
+        except OSError as exc:
+            raise ConfigError(f"users file {target} cannot be written: {exc.strerror or exc}") from None
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as out:
                 json.dump(document, out, indent=2, sort_keys=True)
@@ -243,6 +253,9 @@ def add_user(path: str | os.PathLike[str], name: str, role: str, password: str) 
             os.chmod(temporary, 0o600)
             os.replace(temporary, target)
             os.fsync(folder)  # the rename itself survives a crash
+        except OSError as exc:
+            Path(temporary).unlink(missing_ok=True)
+            raise ConfigError(f"users file {target} cannot be written: {exc.strerror or exc}") from None
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
