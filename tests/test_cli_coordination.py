@@ -64,6 +64,12 @@ def test_two_owners_a_waiter_and_a_stale_token_across_processes(tmp_path: Path, 
                          str(held["token"] - 1), code=1)
         assert stale["error"] == "LeaseError" and stale["exit"] == 1
         assert waiter.poll() is None, waiter.communicate()  # still Running: the waiter waits
+        # the move comes only once the waiter is blocked reading the log (else it would find Paused at once)
+        with redis.Redis.from_url(redis_url) as watcher:
+            deadline = time.monotonic() + 20
+            while not any(c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in watcher.client_list()):
+                assert time.monotonic() < deadline and waiter.poll() is None, "the waiter never blocked on the log"
+                time.sleep(0.02)
         moved = cli("transition", "exp", "Paused", "--lease-owner", "ctl-a", "--lease-token", token, "--actor", "a")
         assert "Running -> Paused" in moved.stdout
         out, err = waiter.communicate(timeout=20)

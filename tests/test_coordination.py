@@ -287,7 +287,8 @@ def test_wait_for_returns_at_once_wakes_on_the_move_and_times_out(gov: Governanc
     try:
         reached = gov.wait_for("exp", [S.PENDING_APPROVAL, S.APPROVED], timeout=10)
     finally:
-        thread.join()
+        thread.join(10)
+    assert not thread.is_alive()
     assert reached.state is S.PENDING_APPROVAL and time.monotonic() - started < 5
 
 

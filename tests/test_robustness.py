@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -40,9 +41,11 @@ def test_watch_blocks_longer_than_the_socket_timeout(redis_url: str, prefix: str
         started = time.monotonic()
         thread.start()
         events = list(gov.watch(block_ms=2000, timeout=1.8))  # each read blocks longer than 0.6 s allows
+        elapsed = time.monotonic() - started
         thread.join(5)
         writer.close()
-        assert time.monotonic() - started < 5
+        # the watch ran its whole 1.8 s (reads capped below the socket timeout), not cut short, not stuck
+        assert 1.7 <= elapsed < 3.0, elapsed
         assert [e.kind for e in events] == ["transition"]
         assert events[0].record.to_state is S.PENDING_APPROVAL
     finally:
@@ -51,19 +54,46 @@ def test_watch_blocks_longer_than_the_socket_timeout(redis_url: str, prefix: str
 
 
 def test_async_watch_blocks_longer_than_the_socket_timeout(redis_url: str, prefix: str) -> None:
-    async def main() -> list[redgov.GovernanceEvent]:
+    async def main() -> tuple[list[redgov.GovernanceEvent], float]:
         gov = redgov.aio.AsyncGovernance(redgov.aio.connect(redis_url, prefix=prefix, timeout=0.5))
+        writer = redgov.aio.AsyncGovernance(redgov.aio.connect(redis_url, prefix=prefix))
         try:
             await gov.create("x")
-            return [e async for e in gov.watch(block_ms=3000, timeout=1.2)]
+
+            async def later() -> None:
+                await asyncio.sleep(0.8)  # after a read longer than 0.5 s would have timed out
+                await writer.transition("x", S.PENDING_APPROVAL)
+
+            started = time.monotonic()
+            move = asyncio.create_task(later())
+            events = [e async for e in gov.watch(block_ms=3000, timeout=1.2)]
+            await move
+            return events, time.monotonic() - started
         finally:
+            await writer.close()
             await gov.close()
 
     try:
-        assert asyncio.run(main()) == []
+        events, elapsed = asyncio.run(main())
+        assert [e.kind for e in events] == ["transition"]
+        assert 1.1 <= elapsed < 2.4, elapsed
     finally:
         with redgov.connect(redis_url) as cleanup:
             delete_prefix(cleanup.client, prefix)
+
+
+def exit_code_of(pid: int, timeout: float = 30) -> int:
+    """The exit code of forked child ``pid``; it is killed (and the test fails) after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the forked child {pid} did not exit within {timeout} s (killed)")
+        time.sleep(0.02)
 
 
 def fork_and_use(url: str, prefix: str, parent: Governance, close_in_child: bool) -> None:
@@ -82,8 +112,7 @@ def fork_and_use(url: str, prefix: str, parent: Governance, close_in_child: bool
         except BaseException:  # noqa: BLE001 - reported through the exit code
             code = 1
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert exit_code_of(pid) == 0
     parent.transition("before-fork", S.PENDING_APPROVAL)
     child = parent.state("from-child")
     assert child is not None and child.state is S.PENDING_APPROVAL
@@ -111,8 +140,7 @@ def test_a_forked_child_leaves_the_parent_working(scheme: str, close_in_child: b
             except BaseException:  # noqa: BLE001
                 code = 1
             os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert exit_code_of(pid) == 0
         assert parent.state("from-child") is None and parent.transition("before-fork", S.PENDING_APPROVAL)
         gov.close()
         return

@@ -245,6 +245,7 @@ def test_viewer_has_no_enabled_buttons_and_a_crafted_post_is_refused(browser: An
                             "button[data-testid=reject]:enabled, button[data-testid=rollback]:enabled")) \
             .to_have_count(0)
     before = site["gov"].state("pricing-page")
+    approvals = site["gov"].backplane.approvals("pricing-page")
     token = page.locator('meta[name="csrf-token"]').get_attribute("content")
     answer = page.request.post(site["url"] + "/experiments/pricing-page",
                                form={"op": "transition", "to": "Draft", "csrf": token}, max_redirects=0)
@@ -253,6 +254,7 @@ def test_viewer_has_no_enabled_buttons_and_a_crafted_post_is_refused(browser: An
                                form={"op": "approve", "to": "Approved", "csrf": token}, max_redirects=0)
     assert answer.status == 403
     assert site["gov"].state("pricing-page") == before
+    assert site["gov"].backplane.approvals("pricing-page") == approvals  # no approval recorded either
     page.context.close()
 
 

@@ -316,8 +316,9 @@ def live_factory(redis_url: str, prefix: str, users_file: Path) -> Iterator[Call
         for name, value in hub_options.items():
             setattr(hub, name, value)
         server = ServerThread(app)
-        live = Live(url or redis_url, prefix, users_file, gov, server, login(server.base))
-        made.append(live)
+        live = Live(url or redis_url, prefix, users_file, gov, server, "")
+        made.append(live)  # stopped at the end even when logging in fails
+        live.cookie = login(server.base)
         return live
 
     yield make
@@ -452,8 +453,7 @@ def test_not_logged_in_is_refused(live: Live) -> None:
         assert anonymous.headers["location"].startswith("/login?next=/events")
         forged = client.get("/events", headers={"Cookie": "redgov_session=forged"})
         assert forged.status_code == 303
-    raw = live.connect(cookie=None)
-    raw.ended.wait(5)
+    raw = live.connect(cookie=None)  # returns once the status line came (the connection may stay open)
     assert raw.status == 303 and raw.events == []
     assert live.hub.clients == 0
 
@@ -691,11 +691,19 @@ def test_a_log_deleted_and_restored_is_not_sent_again(live: Live) -> None:
     key = log_key(live.gov.backplane.prefix, "gone", "soon")
     redis_client = live.gov.backplane.client
     entries = redis_client.xrange(key)
+    scopes = live.hub.stats()["scopes"]
     redis_client.delete(key)
-    time.sleep(0.6)  # the hub looks for the logs again (every 0.2 s here) and sees it gone
+
+    def hub_reads(count: int) -> None:  # the hub looks for the logs again every 0.2 s here
+        deadline = time.monotonic() + 5
+        while live.hub.stats()["scopes"] != count:
+            assert time.monotonic() < deadline, live.hub.stats()
+            time.sleep(0.02)
+
+    hub_reads(scopes - 1)  # it saw the log gone
     for entry_id, fields in entries:  # as `redgov restore --force` writes them: the same ids
         redis_client.xadd(key, fields, id=entry_id)
-    time.sleep(0.6)  # and found again
+    hub_reads(scopes)  # and found again
     flip(live.gov, "r1", 1, "gone", "soon")  # one new entry
     events = client.wait_for(6, timeout=5)
     time.sleep(0.3)
