@@ -77,7 +77,7 @@ def socket_timeout(client: Any) -> float | None:
 def access_probe(core: Core, scope: Scope) -> Call[None]:
     """The ACL preflight of a scope: every command redgov runs on each kind of its keys."""
     exp = scope.experiment(_PROBE)
-    keys = exp.standard[:3] + (scope.ops(),) + exp.standard[3:] + (exp.idempotency("probe"), exp.lease())
+    keys = exp.write_keys(scope.ops()) + (exp.idempotency("probe"), exp.lease())
 
     def parse(reply: Any) -> None:
         refused = reply.decode() if isinstance(reply, bytes) else str(reply)

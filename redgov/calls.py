@@ -117,8 +117,8 @@ def new_etag() -> str:
 
 
 def new_op() -> str:
-    """An operation id: 96 random bits (16 URL-safe characters), made once per logical call."""
-    return binascii.b2a_base64(os.urandom(12), newline=False).translate(_URLSAFE).decode()
+    """An operation id: 96 random bits (16 URL-safe characters, as an etag), made once per logical call."""
+    return new_etag()
 
 
 def new_ids() -> tuple[str, str, str]:

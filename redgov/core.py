@@ -42,7 +42,7 @@ from .records import (
     StateTransition,
 )
 from .scripts import load_scripts
-from .validate import check_name, check_scope_part, check_version_number
+from .validate import check_etag, check_name, check_scope_part, check_version_number
 
 # Call, Plan, ArchiveRead, settle, Archive and the id makers are defined in ``calls``; they are
 # importable from here too, where the shells and the governance core have always found them.
@@ -122,7 +122,7 @@ class Core(Reads):
         """A write script's Call: the standard keys (1-4 only when ``lean``), the ops bucket's op id and
         expiry flag first in ARGV; ``parse`` gets the reply without its status."""
         ops_key, expire = self.ops(scope)
-        keys = exp.standard[:3] + (ops_key,) + ((exp.standard[3:] + extra_keys) if not lean else ())
+        keys = exp.write_keys(ops_key) + extra_keys if not lean else exp.standard[:3] + (ops_key,)
         self.specs[script].check_keys(len(keys))
         applied = self._applied
 
@@ -155,8 +155,7 @@ class Core(Reads):
                                   + ("; None comes from a get_state of an experiment that does not exist, or "
                                      "from the .state of a SaveResult whose save was refused (check .conflict: "
                                      "without an expected_etag save_state only creates)" if state is None else ""))
-        if expected_etag is not None and (not isinstance(expected_etag, str) or not expected_etag):
-            raise ValidationError(f"expected_etag must be a non-empty string or None, got {expected_etag!r}")
+        check_etag(expected_etag)
         etag, op, _ = new_ids()
         state, record = encode_record(msgspec.structs.replace(state, etag=etag, revision=0))
         if state.last_modified_by is not None:

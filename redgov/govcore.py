@@ -50,7 +50,14 @@ from .records import (
     utcnow,
 )
 from .rules import Rules
-from .validate import check_data, check_name, check_scope_part, check_state, check_version_number
+from .validate import (
+    check_data,
+    check_etag,
+    check_name,
+    check_scope_part,
+    check_state,
+    check_version_number,
+)
 
 __all__ = ["DEFAULT_IDEMPOTENCY_WINDOW", "GovernanceCore", "TransitionRequest", "compare"]
 
@@ -295,8 +302,7 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans):
         actor = _actor(actor, "actor")
         meta = check_data(metadata, "metadata")
         measured = check_telemetry(telemetry, self.telemetry_keys)
-        if expected_etag is not None and (not isinstance(expected_etag, str) or not expected_etag):
-            raise ValidationError(f"expected_etag must be a non-empty string or None, got {expected_etag!r}")
+        check_etag(expected_etag)
         if reason is not None:
             _reason(reason)
         now = self.now()

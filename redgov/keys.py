@@ -188,7 +188,7 @@ class ExperimentKeys:
     """The keys of one experiment in a scope.
 
     ``standard`` holds the keys every per-experiment write script takes, in its
-    order (lua/lib/common.lua): state, log, history, approvals, policies,
+    order (lua/lib/history.lua): state, log, history, approvals, policies,
     versions, latest, base, links, index; the scope's ops bucket is inserted
     after history (4th).
     """
@@ -211,6 +211,11 @@ class ExperimentKeys:
         self.links = tag + ":links"
         self.standard: tuple[str, ...] = (self.state, self.log, self.history, self.approvals, self.policies,
                                           self.versions, self.latest, self.base, self.links, self.index)
+
+    def write_keys(self, ops: str) -> tuple[str, ...]:
+        """The keys every write script takes, in their order: ``standard`` with the scope's ops
+        bucket ``ops`` (re-send dedupe) inserted 4th."""
+        return self.standard[:3] + (ops,) + self.standard[3:]
 
     def idempotency(self, key: str) -> str:
         """The key of one idempotency key's record."""

@@ -31,6 +31,13 @@ def _has_control(value: str) -> bool:
     return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value)
 
 
+def check_etag(value: object, what: str = "expected_etag") -> str | None:
+    """``value`` when it is None or a non-empty string (an etag to compare with), else ValidationError."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValidationError(f"{what} must be a non-empty string or None, got {value!r}")
+    return value
+
+
 def check_name(value: object, what: str) -> str:
     """A non-empty, non-blank name of at most MAX_NAME_LENGTH characters without control characters."""
     if value.__class__ is str and value in _GOOD_NAMES:  # names in use are checked once per process

@@ -128,8 +128,7 @@ local function hist()
   -- it lapse (the consumed one was used)
   function H.lapse(from)
     local fields = {'pn'}
-    for name in string.gmatch(' Draft PendingApproval Approved Running Ramping Paused RolledBack Archived Rejected ',
-                              '%a+') do
+    for name in string.gmatch(STATE_NAMES, '%a+') do
       fields[#fields + 1] = 'p:' .. from .. '>' .. name
     end
     redis.call('HDEL', state_key, unpack(fields))

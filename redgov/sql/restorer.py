@@ -164,8 +164,7 @@ class ScopeRebuild:
         yield from self.xadds
         ops = self.target.ops()
         for name, x in self.experiments.items():
-            keys = self.target.experiment(name).standard
-            keys = keys[:3] + (ops,) + keys[3:]
+            keys = self.target.experiment(name).write_keys(ops)
             state, times = self._fold(name)
             state_text = "" if state is None else _state_text(state, times)
             for start in range(0, len(x.ids), INDEX_CHUNK):

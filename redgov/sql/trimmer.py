@@ -96,7 +96,7 @@ def trim_call(backplane: Backplane, scope: Scope, experiment: str, cut: str,
     them; the trim script does not dedupe). Returns (entries removed, entries left in its history).
     """
     exp = scope.experiment(experiment)
-    keys = exp.standard[:3] + (scope.ops(),) + exp.standard[3:]
+    keys = exp.write_keys(scope.ops())
     backplane.core.specs["trim"].check_keys(len(keys))
 
     def parse(reply: Any) -> tuple[int, int]:
