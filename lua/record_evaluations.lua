@@ -1,6 +1,7 @@
 --[[ record_evaluations: persist policy evaluations (of evaluate_policies, or of a refused transition).
 KEYS[1..11] standard keys (lib/common.lua)
-KEYS[12..] the idempotency record {T}:i:<exp>:<key> (when ARGV[7] is not '')
+KEYS[12..] the idempotency record {T}:i:<exp>:<key> (when ARGV[7] is not ''), then the state hashes the
+          evaluations were decided from (ARGV[10] of them)
 ARGV[1] operation id ('' = no dedupe)
 ARGV[2] '1' when the ops bucket needs its expiry set
 ARGV[3] experiment name
@@ -10,9 +11,12 @@ ARGV[6] retain: history entries kept for the experiment (0 = all)
 ARGV[7] idempotency intent ('' = no key)
 ARGV[8] idempotency window, ms
 ARGV[9] the policy refusal the evaluations explain, recorded for the idempotency key ('' = none)
-ARGV[10..] pairs: policy name, PolicyEvaluation record JSON (current_state is the entry's 'from' field)
+ARGV[10] n: how many state hashes guard the evaluations
+ARGV[11..] the revision (field r) each guard had when read ('' = no state), n of them: one that differs
+        now means the verdicts were decided from stale states, and nothing is written; then pairs:
+        policy name, PolicyEvaluation record JSON (current_state is the entry's 'from' field)
 Returns: {1, current state}; a re-send {2, ...the same}; {4, refusal, evaluation records...} replaying
-         an idempotency key whose first call was refused
+         an idempotency key whose first call was refused; {5} a guarded state changed (nothing written)
 Errors: REDGOV_NOT_FOUND, REDGOV_INVALID_TRANSITION (nothing written), REDGOV_CORRUPT, REDGOV_DENIED
 ]]
 -- @include lib/common.lua
@@ -21,13 +25,25 @@ Errors: REDGOV_NOT_FOUND, REDGOV_INVALID_TRANSITION (nothing written), REDGOV_CO
 -- @include lib/retain.lua
 local op, expire, experiment, initial, move = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local retain, intent, window, refusal = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
-local PAIRS = 10
+local GUARDS = 10
+local guards = tonumber(ARGV[10])
+local PAIRS = GUARDS + 1 + guards
 local idem_key = nil
-if intent ~= '' then idem_key = KEYS[12] end
+local first_guard = 12
+if intent ~= '' then
+  idem_key = KEYS[12]
+  first_guard = 13
+end
 local what = 'experiment ' .. experiment
 
 local replay, err = hist().prior(op, idem_key, intent, what)
 if replay or err then return replay or err end
+for k = 1, guards do
+  local seen
+  seen, err = read('HGET', KEYS[first_guard + k - 1], 'r')
+  if err then return err end
+  if (seen or '') ~= ARGV[GUARDS + k] then return {5} end
+end
 
 local current
 current, err = read('HGET', state_key, 's')

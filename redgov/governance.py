@@ -425,8 +425,9 @@ class Governance(GovernanceBase[Backplane]):
         Reads the states of the experiment and its conflict-group members (one round trip;
         plus when it entered Running or Ramping, for a TrafficLimit that needs it), judges
         each policy (each ConflictPrevention group on its own) and records the evaluations
-        in one script call. Advisory: unlike ``transition``, the judgement and the states it
-        read are not one atomic step.
+        in one script call, which records nothing when a state they were decided from changed
+        since it was read (its revision): then it reads and decides again, up to 5 times.
+        Advisory: nothing is refused; a later move may change what the verdict would be.
 
         Args:
             experiment: its name (it must exist, unless ``auto_create``).
@@ -437,6 +438,7 @@ class Governance(GovernanceBase[Backplane]):
 
         Raises:
             NotFoundError: the experiment was never created.
+            ConflictError: the states changed before each of 5 records; nothing is written.
             ValidationError: bad input (e.g. an unknown telemetry key); nothing is written.
         """
         return self.backplane.drive(self.core.evaluate_policies(experiment, telemetry=telemetry, target=target,

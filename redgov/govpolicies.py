@@ -18,6 +18,7 @@ import msgspec
 from .calls import Call, Plan, settled
 from .codec import decode_fields, decode_state_hash, from_micros, state_fields, stored, text, to_micros
 from .errors import (
+    ConflictError,
     CorruptDataError,
     NotFoundError,
     PolicyViolationError,
@@ -26,6 +27,7 @@ from .govreads import GovernanceSettings
 from .keys import ExperimentKeys, Scope
 from .policies import RUNNING_STATES, ConflictPrevention, PolicyContext, TrafficLimit, check_telemetry
 from .records import (
+    ExperimentState,
     LifecycleState,
     PolicyEvaluation,
     Severity,
@@ -34,6 +36,9 @@ from .records import (
 from .validate import check_state
 
 __all__ = ["PolicyPlans", "replay_refusal"]
+
+#: evaluate_policies reads and decides again when a state it decided from changed before the record
+EVALUATE_ATTEMPTS = 5
 
 
 class PolicyPlans(GovernanceSettings):
@@ -124,22 +129,28 @@ class PolicyPlans(GovernanceSettings):
         def parse(reply: Any) -> NoReturn:
             if int(reply[0]) == 4:  # the first call with this idempotency key was refused
                 replay_refusal(reply, experiment, scope.log)
-            raise PolicyViolationError(message, call.parse(reply))
+            raise PolicyViolationError(message, call.parse(reply) or [])
 
         return Call(call.keys, call.args, parse, call.script, None, call.state_key, call.scope)
 
     def _record(self, experiment: str, evaluations: Sequence[PolicyEvaluation], scope: Scope, exp: ExperimentKeys,
-                move: str, extra: tuple[str, ...], intent: str, refusal: str) -> Call[list[PolicyEvaluation]]:
+                move: str, extra: tuple[str, ...], intent: str, refusal: str,
+                guards: Sequence[tuple[str, str]] = ()) -> Call[list[PolicyEvaluation] | None]:
+        """The record_evaluations call; ``guards``: (state key, revision read) the verdicts were decided
+        from; the call answers None (and writes nothing) when one of them changed since."""
         args: list[Any] = [experiment, self.initial_state.value if self.auto_create else "", move, self.core.retain,
-                           intent, self._window_ms, refusal]
+                           intent, self._window_ms, refusal, len(guards), *(revision for _key, revision in guards)]
         for evaluation in evaluations:
             args += [evaluation.policy, stored(evaluation)]
 
-        def parse(reply: list[Any]) -> list[PolicyEvaluation]:
+        def parse(reply: list[Any]) -> list[PolicyEvaluation] | None:
+            if int(reply[0]) == 5:
+                return None
             state = LifecycleState(text(reply[1]))
             return [msgspec.structs.replace(e, current_state=state) for e in evaluations]
 
-        return self.core.write("record_evaluations", scope, exp, tuple(args), parse, extra_keys=extra)
+        return self.core.write("record_evaluations", scope, exp, tuple(args), parse,
+                               extra_keys=extra + tuple(key for key, _revision in guards))
 
     def evaluate_policies(self, experiment: str, *, telemetry: Mapping[str, Any] | None,
                           target: LifecycleState | str | None, tenant: str | None,
@@ -149,7 +160,23 @@ class PolicyPlans(GovernanceSettings):
         goal = None if target is None else check_state(target, "target state")
         measured = check_telemetry(telemetry, self.telemetry_keys)
         members = self.conflict_group_members(experiment)
-        states = yield self.states_of(members, tenant, environment)
+        scope, exp = self.core.keys(experiment, tenant, environment)
+        for _attempt in range(EVALUATE_ATTEMPTS):
+            stored_states = yield self.states_of(members, tenant, environment)
+            recorded = yield from self._evaluate_once(experiment, goal, measured, members, stored_states, scope,
+                                                      exp, tenant, environment)
+            if recorded is not None:
+                return recorded
+        raise ConflictError(f"experiment {experiment}: the states its policies are decided from changed during "
+                            f"each of {EVALUATE_ATTEMPTS} evaluations; nothing was recorded, try again")
+
+    def _evaluate_once(self, experiment: str, goal: LifecycleState | None, measured: Mapping[str, float],
+                       members: Sequence[str], stored_states: Mapping[str, ExperimentState | None], scope: Scope,
+                       exp: ExperimentKeys, tenant: str | None,
+                       environment: str | None) -> Plan[list[PolicyEvaluation] | None]:
+        """One evaluation from the states read; recorded unless a state it was decided from changed
+        since (then None: the caller reads again)."""
+        states = {n: None if s is None else s.state for n, s in stored_states.items()}
         current = states.get(experiment)
         if current is None and not self.auto_create:
             raise NotFoundError(f"experiment {experiment} does not exist (create it first)")
@@ -169,8 +196,13 @@ class PolicyPlans(GovernanceSettings):
                         reason=reason, timestamp=now, current_state=current, target_state=goal,
                         metadata={"type": policy.kind, "experiments": list(policy.experiments)},
                         tenant=tenant, environment=environment))
-        scope, exp = self.core.keys(experiment, tenant, environment)
-        recorded: list[PolicyEvaluation] = yield self._record(experiment, evaluations, scope, exp, "", (), "", "")
+        # the script records them only if no state they were decided from changed (its revision)
+        decided_from = members if goal in RUNNING_STATES else (experiment,)
+        guards = [(scope.experiment(name).state,
+                   "" if stored_states.get(name) is None else str(stored_states[name].revision))  # type: ignore[union-attr]
+                  for name in decided_from]
+        recorded: list[PolicyEvaluation] | None = yield self._record(experiment, evaluations, scope, exp, "", (), "",
+                                                                     "", guards)
         return recorded
 
     def running_since(self, experiment: str, tenant: str | None, environment: str | None) -> Call[datetime | None]:
@@ -197,18 +229,15 @@ class PolicyPlans(GovernanceSettings):
         return tuple(members)
 
     def states_of(self, experiments: Sequence[str], tenant: str | None,
-                  environment: str | None) -> Call[dict[str, LifecycleState | None]]:
-        """The current state name of each experiment (one round trip: their HMGETs pipelined)."""
+                  environment: str | None) -> Call[dict[str, ExperimentState | None]]:
+        """The current state of each experiment (one round trip: their HMGETs pipelined)."""
         scope = self.core.scope(tenant, environment)
         keys = tuple(scope.experiment(name).state for name in experiments)
         check = settled(keys)
 
-        def parse(reply: Any) -> dict[str, LifecycleState | None]:
-            out: dict[str, LifecycleState | None] = {}
-            for name, key, values in zip(experiments, keys, check(reply)):
-                state = decode_state_hash(values, key, name, tenant, environment)
-                out[name] = None if state is None else state.state
-            return out
+        def parse(reply: Any) -> dict[str, ExperimentState | None]:
+            return {name: decode_state_hash(values, key, name, tenant, environment)
+                    for name, key, values in zip(experiments, keys, check(reply))}
 
         return Call(keys, tuple(("HMGET", key, *state_fields()) for key in keys), parse, batch=True)
 

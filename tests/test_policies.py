@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import redgov
 from redgov import (
     Backplane,
     ConflictPrevention,
@@ -294,3 +295,59 @@ def test_policy_reprs_show_their_thresholds() -> None:
     assert repr(ConflictPrevention("a", "b", severity="Warning")) == \
         "ConflictPrevention('a', 'b', severity='Warning')"
     assert repr(TimeWindow(time(9), time(17))) == "TimeWindow(datetime.time(9, 0), datetime.time(17, 0))"
+
+
+def test_an_evaluation_is_never_recorded_from_states_that_changed_before_the_record(backplane: Backplane) -> None:
+    """evaluate_policies reads the group's states, decides in Python, then records in a script: a move of
+    a member in between must not be recorded with the verdict of before (the script checks the
+    revisions read; the plan reads and decides again)."""
+    gov = Governance(backplane, policies=[ConflictPrevention("a", "b")])
+    for name in ("a", "b"):
+        gov.create(name)
+        gov.transition(name, LifecycleState.PENDING_APPROVAL)
+        gov.transition(name, LifecycleState.APPROVED)
+    before = len(backplane.policy_evaluations("a"))
+    plan = gov.core.evaluate_policies("a", telemetry=None, target=LifecycleState.RUNNING, tenant=None,
+                                      environment=None)
+    call = next(plan)
+    call = plan.send(backplane.run(call))  # the states read: b is Approved, so no conflict yet
+    gov.transition("b", LifecycleState.RUNNING)  # ... and now b runs, before the record
+    attempts = 1
+    while True:
+        reply = backplane.run(call)
+        if reply is None:
+            attempts += 1
+        try:
+            call = plan.send(reply)
+        except StopIteration as done:
+            recorded = done.value
+            break
+    assert attempts == 2  # the first record was refused (nothing written), the second decided anew
+    conflict = [e for e in recorded if e.policy == "conflictPrevention"]
+    assert len(conflict) == 1 and conflict[0].compliant is False
+    assert [e.compliant for e in backplane.policy_evaluations("a")[before:]] == [False]  # only the fresh verdict
+
+
+def test_evaluations_whose_states_keep_changing_are_a_conflict(backplane: Backplane,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    gov = Governance(backplane, policies=[ConflictPrevention("a", "b")])
+    gov.create("a")
+    before = backplane.policy_evaluations("a")
+    real = gov.core.states_of
+
+    def and_then_a_move(*args: Any, **kwargs: Any) -> Any:  # every read is followed by a write of a
+        call = real(*args, **kwargs)
+        parse = call.parse
+
+        def moved(reply: Any) -> Any:
+            read = parse(reply)
+            backplane.client.hincrby(backplane.core.keys("a", None, None)[1].state, "r", 1)
+            return read
+
+        call.parse = moved
+        return call
+
+    monkeypatch.setattr(gov.core, "states_of", and_then_a_move)
+    with pytest.raises(redgov.ConflictError, match="changed during each of 5 evaluations"):
+        gov.evaluate_policies("a", target=LifecycleState.RUNNING)
+    assert backplane.policy_evaluations("a") == before  # nothing recorded

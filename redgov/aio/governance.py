@@ -247,7 +247,9 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         (None: none; ConflictPrevention judges only moves into Running or Ramping);
         ``tenant`` + ``environment`` is the scope. The states the policies need are read
         first, then the evaluations are written by one Lua script call
-        (record_evaluations.lua, all or nothing): the two are not one atomic step. Nothing
+        (record_evaluations.lua, all or nothing), which writes nothing when a state they were
+        decided from changed since (its revision); then they are read and decided again, up
+        to 5 times (ConflictError after that). Nothing
         is refused: non-compliant evaluations are returned, not raised. Raises
         NotFoundError (never created), ValidationError (an unknown telemetry key or state).
         """
