@@ -99,26 +99,58 @@ class AutomaticGate(Gate):
 
 
 class ManualGate(Gate):
-    """The move needs an approval recorded with ``Governance.approve`` before it.
+    """The move needs ``approvals`` approvals recorded with ``Governance.approve`` before it.
 
-    The transition script checks for it atomically, consumes it and links it to the
-    transition (``ApprovalRecord.transition_id``); approvals lapse when the experiment
-    leaves the state they were given in, and a rejection withdraws one.
+    The approvals must come from distinct approvers. Unless ``self_approval`` is True, an
+    approver may be neither the actor who requested the move (``Governance.request``, or
+    the actor of the move into PendingApproval) nor the actor of the gated transition
+    itself (SeparationOfDutiesError). The transition script checks for the approvals
+    atomically, consumes them and links them to the transition
+    (``ApprovalRecord.transition_id``); approvals lapse when the experiment leaves the
+    state they were given in, and a rejection withdraws them.
 
     Args:
         to_state: the state the gated moves go to.
         from_state: the state they come from (None: any state).
+        approvals: how many approvals from distinct approvers the move needs (an int >= 1).
+        self_approval: whether the requester or the transition's actor may approve it.
+
+    Raises:
+        ValidationError: an unknown state, ``approvals`` not an int >= 1 (a bool is refused)
+            or ``self_approval`` not a bool.
     """
 
     kind = "manual"
-    __slots__ = ()
+    __slots__ = ("approvals", "self_approval")
+
+    def __init__(self, *, to_state: LifecycleState | str, from_state: LifecycleState | str | None = None,
+                 approvals: int = 1, self_approval: bool = False) -> None:
+        super().__init__(to_state=to_state, from_state=from_state)
+        if isinstance(approvals, bool) or not isinstance(approvals, int) or approvals < 1:
+            raise ValidationError(f"ManualGate approvals must be an int >= 1, got {approvals!r}")
+        if not isinstance(self_approval, bool):
+            raise ValidationError(f"ManualGate self_approval must be True or False, got {self_approval!r}")
+        self.approvals = approvals
+        self.self_approval = self_approval
+
+    def _key(self) -> tuple[Any, ...]:
+        return (*super()._key(), self.approvals, self.self_approval)
+
+    def __repr__(self) -> str:
+        extra = "" if self.approvals == 1 else f", approvals={self.approvals}"
+        extra += ", self_approval=True" if self.self_approval else ""
+        shown = super().__repr__()
+        return f"{shown[:-1]}{extra})"
 
 
 class RoleGate(Gate):
-    """Approves a move when the transition's ``metadata["actorRole"]`` is one of ``roles``.
+    """Approves a move when the actor has one of ``roles``.
 
-    Decided in Python on the call's metadata; an approval record (gate, actor, role) is
-    written with the transition, in the same script call.
+    The actor's roles are the transition's ``metadata["actorRole"]`` (one role name) and
+    ``metadata["actorRoles"]`` (a list of role names, e.g. a logged-in web user's roles);
+    when both are given, either may match. Decided in Python on the call's metadata; an
+    approval record (gate, actor, role) is written with the transition, in the same
+    script call.
 
     Args:
         roles: the allowed roles (one or more non-empty strings).
@@ -142,15 +174,27 @@ class RoleGate(Gate):
                 raise ValidationError(f"RoleGate roles must be non-empty strings, got {role!r}")
         self.roles: tuple[str, ...] = tuple(roles)
 
+    def matching_role(self, metadata: Mapping[str, Any] | None) -> str | None:
+        """The first of the actor's roles (``actorRole``, then ``actorRoles``) that ``roles`` allows, else None.
+
+        ``metadata`` is the transition's metadata; an ``actorRoles`` that is a single
+        string counts as one role, one that is not a list or tuple of strings as none.
+        """
+        return next((role for role in _actor_roles(metadata) if role in self.roles), None)
+
     def decide(self, metadata: Mapping[str, Any] | None) -> tuple[bool, str]:
-        """(approved, reason) for a transition's ``metadata`` (its ``actorRole``)."""
-        role = (metadata or {}).get("actorRole")
-        if role in self.roles:
+        """(approved, reason) for a transition's ``metadata``: approved when ``actorRole`` or one of
+        ``actorRoles`` is allowed; the reason names the role that matched (or those that did not)."""
+        role = self.matching_role(metadata)
+        if role is not None:
             return True, f"actor role {role!r} is allowed"
+        given = _actor_roles(metadata)
         allowed = ", ".join(self.roles)
-        if role is None:
+        if not given:
             return False, f"no actorRole given; one of {allowed} is required"
-        return False, f"actor role {role!r} is not one of {allowed}"
+        if len(given) == 1:
+            return False, f"actor role {given[0]!r} is not one of {allowed}"
+        return False, f"actor roles {', '.join(repr(r) for r in given)} are not one of {allowed}"
 
     def _key(self) -> tuple[Any, ...]:
         return (*super()._key(), self.roles)
@@ -159,3 +203,16 @@ class RoleGate(Gate):
         roles = ", ".join(repr(r) for r in self.roles)
         source = f", from_state={self.from_state.value!r}" if self.from_state else ""
         return f"RoleGate({roles}, to_state={self.to_state.value!r}{source})"
+
+
+def _actor_roles(metadata: Mapping[str, Any] | None) -> list[str]:
+    """The role names of ``metadata``: ``actorRole`` first, then each of ``actorRoles``, without repeats."""
+    data = metadata or {}
+    found: list[Any] = [data.get("actorRole")]
+    many = data.get("actorRoles")
+    found.extend([many] if isinstance(many, str) else many if isinstance(many, list | tuple) else ())
+    roles: list[str] = []
+    for role in found:
+        if isinstance(role, str) and role and role not in roles:
+            roles.append(role)
+    return roles

@@ -14,6 +14,10 @@ Decided inside the transition script, atomically with the state it depends on:
 ``ConflictPrevention`` (the other experiments' states) and the stable time of a
 ``TrafficLimit`` with ``min_stable_time`` (from the moment the experiment last
 entered Running or Ramping, kept in its state hash).
+
+Policies are also data: ``Policy.definition`` and ``from_definition`` (the code is in
+``redgov.config.runtime``); ``register_policy`` keeps the custom kinds. Kept past ~400
+lines: the registry and those hooks belong with the classes they describe.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ValidationError
 from .records import LifecycleState, Severity
 from .validate import check_data, check_name
 
 __all__ = [
+    "BUILT_IN_KINDS",
     "TELEMETRY_KEYS",
     "ConflictPrevention",
     "ErrorRate",
@@ -38,11 +43,15 @@ __all__ = [
     "TimeWindow",
     "TrafficLimit",
     "check_telemetry",
+    "policy_kind",
+    "register_policy",
+    "registered_policy",
 ]
 
 #: The built-in telemetry keys, accepted whatever policies are configured.
 TELEMETRY_KEYS = ("trafficPercentage", "errorRate", "runningDuration")
 RUNNING_STATES = (LifecycleState.RUNNING, LifecycleState.RAMPING)
+_P = TypeVar("_P", bound="type[Policy]")
 
 
 def check_telemetry(telemetry: Mapping[str, Any] | None, known: Iterable[str] = TELEMETRY_KEYS) -> dict[str, Any]:
@@ -161,6 +170,21 @@ class Policy:
             if missing:
                 return False, f"required telemetry missing: {', '.join(missing)}"
         return self.evaluate(ctx)
+
+    def definition(self) -> dict[str, Any]:
+        """This policy as the DSL's data, ``{"type": kind, "name", "severity", <parameters>}``: built-in kinds
+        in the DSL's keys, custom ones by ``redgov.config.runtime.default_policy_definition``."""
+        from .config.runtime import default_policy_definition
+
+        return default_policy_definition(self)
+
+    @classmethod
+    def from_definition(cls, data: Mapping[str, Any]) -> Policy:
+        """The policy ``data`` describes (on ``Policy``: of any registered kind); ConfigError when it cannot be
+        built (``redgov.config.runtime.default_policy_from_definition``)."""
+        from .config.runtime import default_policy_from_definition
+
+        return default_policy_from_definition(cls, data)
 
     def _args(self) -> list[str]:
         return []
@@ -384,6 +408,43 @@ class ConflictPrevention(Policy):
 
     def _args(self) -> list[str]:
         return [repr(e) for e in self.experiments]
+
+
+#: the built-in kinds, and the custom ones ``register_policy`` added: kind -> class
+_KINDS: dict[str, type[Policy]] = {c.kind: c for c in (TrafficLimit, ErrorRate, TimeWindow, ConflictPrevention)}
+#: the kinds of the built-in policies
+BUILT_IN_KINDS = tuple(_KINDS)
+
+
+def policy_kind(cls: type[Policy]) -> str:
+    """The kind ``cls`` is written as: its ``kind``, or its class name when it has only Policy's."""
+    return cls.__name__ if cls.kind == Policy.kind else cls.kind
+
+
+def register_policy(cls: _P) -> _P:
+    """Register the custom Policy subclass ``cls`` under its kind, so published rules naming it can be rebuilt.
+
+    Usable as a decorator; returns ``cls``. Built-in policies count as registered; registering a
+    class of the same module and name again (a reloaded module) replaces it. Raises
+    ValidationError when ``cls`` is not a Policy subclass, its kind is a built-in one or another
+    class holds it.
+    """
+    if not isinstance(cls, type) or not issubclass(cls, Policy) or cls is Policy:
+        raise ValidationError(f"register_policy takes a subclass of redgov.Policy, got {cls!r}")
+    kind = check_name(policy_kind(cls), "policy kind")
+    known = _KINDS.get(kind)
+    same = known is not None and (known.__module__, known.__qualname__) == (cls.__module__, cls.__qualname__)
+    if known is not None and known is not cls and (kind in BUILT_IN_KINDS or not same):
+        held = "built in" if kind in BUILT_IN_KINDS else "registered"
+        raise ValidationError(f"policy kind {kind!r} is already {held} as {known.__module__}.{known.__qualname__}; "
+                              f"give {cls.__qualname__} another kind")
+    _KINDS[kind] = cls
+    return cls
+
+
+def registered_policy(kind: str) -> type[Policy] | None:
+    """The Policy class of ``kind``, built in or registered with ``register_policy``; else None."""
+    return _KINDS.get(kind)
 
 
 def _number(value: object, label: str, low: float, high: float) -> None:

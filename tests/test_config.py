@@ -605,7 +605,7 @@ def test_config_schema() -> None:
     governance = defs["GovernanceConfig"]
     assert governance["additionalProperties"] is False
     assert set(governance["properties"]) == {"initialState", "enableAutoVersioning", "requireTelemetry",
-                                             "approvalGates", "policies", "persistence"}
+                                             "approvalGates", "policies", "persistence", "rules"}
     assert set(defs["LifecycleState"]["enum"]) == {s.value for s in LifecycleState}
     assert set(defs["RoleGateConfig"]["properties"]) == {"type", "fromState", "toState", "properties",
                                                          "allowedRoles"}

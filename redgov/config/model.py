@@ -20,6 +20,7 @@ from .formats import DURATION_RE, TIME_OF_DAY_RE, redis_url
 if TYPE_CHECKING:
     from ..gates import Gate
     from ..policies import Policy
+    from ..rules import Rules
 
 __all__ = [
     "AutomaticGateConfig",
@@ -60,6 +61,12 @@ Fraction = Annotated[float, _meta("a number from 0 to 1", ge=0, le=1)]
 Roles = Annotated[tuple[Name, ...], _meta("a list of at least one role name", min_length=1)]
 Experiments = Annotated[tuple[Name, ...], _meta("a list of at least two experiment names", min_length=2)]
 Retention = Annotated[int, _meta("true, false or a number of entries >= 1", ge=1)]
+Approvals = Annotated[int, _meta("a whole number >= 1", ge=1)]
+TimeZone = Annotated[str, _meta("an IANA time zone name (Europe/Berlin), UTC or an offset +HH:MM",
+                                min_length=1, max_length=64)]
+LifecycleTable = Annotated[dict[LifecycleState, tuple[LifecycleState, ...]],
+                           _meta("a mapping of each state to the list of states it may move to (states: "
+                                 + ", ".join(s.value for s in LifecycleState) + ")")]
 
 
 class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
@@ -85,17 +92,24 @@ class AutomaticGateConfig(_GateConfig, tag="automatic", frozen=True, kw_only=Tru
 
 
 class ManualGateConfig(_GateConfig, tag="manual", frozen=True, kw_only=True):
-    """``type: manual``: the move from ``from_state`` to ``to_state`` needs a recorded approval (Governance.approve).
+    """``type: manual``: the move from ``from_state`` to ``to_state`` needs recorded approvals (Governance.approve).
 
+    ``required_approvals`` (``requiredApprovals``, default 1): approvals from distinct
+    approvers the move needs; ``allow_self_approval`` (``allowSelfApproval``, default
+    false): the requester and the transition's actor may approve it too.
     ``properties`` holds free-form settings (kept, not interpreted).
     """
+
+    required_approvals: Approvals = 1
+    allow_self_approval: bool = False
 
 
 class RoleGateConfig(_GateConfig, tag="roleBased", frozen=True, kw_only=True):
     """``type: roleBased``: approves the move from ``from_state`` to ``to_state`` when the actor's role is allowed.
 
-    The role is ``metadata["actorRole"]``; ``allowed_roles`` (``allowedRoles``) lists
-    the roles accepted. ``properties`` holds free-form settings (kept, not interpreted).
+    The actor's roles are ``metadata["actorRole"]`` and ``metadata["actorRoles"]``;
+    ``allowed_roles`` (``allowedRoles``) lists the roles accepted. ``properties`` holds
+    free-form settings (kept, not interpreted).
     """
 
     allowed_roles: Roles
@@ -130,11 +144,14 @@ class ErrorRateConfig(_PolicyConfig, tag="errorRate", frozen=True, kw_only=True)
 class TimeWindowConfig(_PolicyConfig, tag="timeWindow", frozen=True, kw_only=True):
     """``type: timeWindow``: changes only between ``allowed_start_time`` and ``allowed_end_time`` (may wrap midnight).
 
+    ``time_zone`` (``timeZone``: an IANA name such as Europe/Berlin, UTC, or a fixed
+    offset +HH:MM; default: the times are UTC) is where the times are judged.
     ``name`` and ``severity`` optional.
     """
 
     allowed_start_time: TimeOfDay
     allowed_end_time: TimeOfDay
+    time_zone: TimeZone | None = None
 
 
 class ConflictPreventionConfig(_PolicyConfig, tag="conflictPrevention", frozen=True, kw_only=True):
@@ -203,7 +220,9 @@ class GovernanceConfig(_Config, frozen=True, kw_only=True):
     Fields (config keys in camelCase): ``initial_state`` (default Draft),
     ``enable_auto_versioning`` (default true), ``require_telemetry`` (default false:
     a policy whose telemetry is missing passes), ``approval_gates``, ``policy_configs``
-    (key ``policies``) and ``persistence`` (None: memory://).
+    (key ``policies``), ``persistence`` (None: memory://) and ``rules`` (each state ->
+    the states it may move to; states left out are terminal; None: the default
+    lifecycle, ``redgov.DEFAULT_RULES``).
     """
 
     initial_state: LifecycleState = LifecycleState.DRAFT
@@ -212,6 +231,7 @@ class GovernanceConfig(_Config, frozen=True, kw_only=True):
     approval_gates: tuple[GateConfig, ...] = ()
     policy_configs: tuple[PolicyConfig, ...] = msgspec.field(default=(), name="policies")
     persistence: PersistenceConfig | None = None
+    rules: LifecycleTable | None = None
 
     @property
     def auto_versioning(self) -> bool:
@@ -229,6 +249,14 @@ class GovernanceConfig(_Config, frozen=True, kw_only=True):
         from .runtime import policy
 
         return [policy(p) for p in self.policy_configs]
+
+    def lifecycle(self) -> Rules:
+        """The ``Rules`` of ``rules`` (``DEFAULT_RULES`` when None), for ``Governance(rules=...)``."""
+        from ..rules import Rules
+
+        if self.rules is None:
+            return Rules()
+        return Rules({source.value: [t.value for t in targets] for source, targets in self.rules.items()})
 
     def url(self, default: str = "memory://") -> str:
         """The redgov.connect URL of the persistence settings; ``default`` when none are configured."""
