@@ -1,7 +1,7 @@
 --[[ append_policy_evaluation: add a PolicyEvaluation and make it its policy's latest (the seed's interface).
 KEYS[1..11] standard keys (lib/common.lua)
 ARGV[1] operation id ('' = no dedupe)
-ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[2] '1' when the ops bucket needs its expiry set (it also gets it whenever it has none)
 ARGV[3] experiment name
 ARGV[4] policy name
 ARGV[5] retain: history entries kept for the experiment (0 = all)

@@ -1,7 +1,7 @@
 --[[ append_transition: add a StateTransition to the history (the seed's interface; the state is not written).
 KEYS[1..11] standard keys (lib/common.lua)
 ARGV[1] operation id ('' = no dedupe)
-ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[2] '1' when the ops bucket needs its expiry set (it also gets it whenever it has none)
 ARGV[3] experiment name
 ARGV[4] transition id (appended ones are unique per scope)
 ARGV[5] retain: history entries kept for the experiment (0 = all)

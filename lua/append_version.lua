@@ -1,7 +1,7 @@
 --[[ append_version: add an immutable ConfigurationVersion with the given number (the seed's interface).
 KEYS[1..11] standard keys (lib/common.lua)
 ARGV[1] operation id ('' = no dedupe)
-ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[2] '1' when the ops bucket needs its expiry set (it also gets it whenever it has none)
 ARGV[3] experiment name
 ARGV[4] version number
 ARGV[5] retain: history entries kept for the experiment (0 = all)

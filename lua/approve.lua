@@ -1,78 +1,142 @@
---[[ approve: record an approval (or rejection) of a move, for a ManualGate to consume.
+--[[ approve: record an approval or a rejection of a move, or a request for it (lib/gates.lua judges them).
 KEYS[1..11] standard keys (lib/common.lua)
-KEYS[12..] the idempotency record {T}:i:<exp>:<key> (when ARGV[10] is not '')
+KEYS[12] the scope's rules hash {T}:rules
+KEYS[13..] the idempotency record {T}:i:<exp>:<key> (when ARGV[9] is not '')
 ARGV[1] operation id ('' = no dedupe)
-ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[2] '1' when the ops bucket needs its expiry set (it also gets it whenever it has none)
 ARGV[3] experiment name
 ARGV[4] target state
-ARGV[5] states the rules allow to move to the target, '|'-separated with a leading and trailing '|'
-ARGV[6] '1' approved, '0' rejected (a rejection withdraws a pending approval of the move)
-ARGV[7] initial state of an experiment not created yet ('' = it must exist)
-ARGV[8] retain: history entries kept for the experiment (0 = all)
-ARGV[9] ApprovalRecord, JSON (from_state is the entry's 'from' field)
-ARGV[10] idempotency intent ('' = no key)
-ARGV[11] idempotency window, ms
-ARGV[12] valid for, ms ('' = until consumed or lapsed): the approval stops satisfying its gate that long
-        after now (server clock, TIME); kept as entry field vu and in the pending field ('<id>|<vu>')
-Returns: {1, approval entry id, from state, valid until ms or ''}; a re-send {2, ...}; an idempotency replay
-         {3, entry id, from state, approval record, valid until ms or ''}
-Errors: REDGOV_NOT_FOUND, REDGOV_INVALID_TRANSITION <no rule allows the move>, REDGOV_CORRUPT, REDGOV_DENIED
+ARGV[5] mode: 'approve', 'reject' (closes the move's request and withdraws its approvals) or 'request'
+ARGV[6] initial state of an experiment not created yet ('' = it must exist)
+ARGV[7] retain: history entries kept for the experiment (0 = all)
+ARGV[8] the ApprovalRecord, JSON (from_state and config_version are the entry's 'from' and 'cv' fields); for
+        a request, the request line '<by>\t<at µs>\t<reason>'
+ARGV[9] idempotency intent ('' = no key)
+ARGV[10] idempotency window, ms
+ARGV[11] valid for, ms ('' = until consumed or lapsed): the approval stops satisfying its gate that long
+        after now (server clock, TIME); kept as entry field vu and in the approvals of the move
+ARGV[12] the rules version the call was decided under ('0' = the scope had published none)
+ARGV[13] the client's steps into the target (lib/gates.lua), used while the scope has published no rules
+ARGV[14] the client's gates of those steps, JSON ('' = none), used while nothing is published
+ARGV[15] the approver, or the requester ('' = none)
+Returns: {1, approval entry id ('' for a request), from state, valid until ms or '', config version}; a
+         re-send {2, ...}; an idempotency replay {3, entry id, from state, approval record, valid until ms or
+         '', config version}
+Errors: REDGOV_NOT_FOUND, REDGOV_RULES_CHANGED <current version>, REDGOV_INVALID_TRANSITION <no rule allows the
+        move>, REDGOV_SEPARATION <the approver requested the move>, REDGOV_CORRUPT, REDGOV_DENIED. A refusal is
+        remembered under the operation id like a success.
 ]]
 -- @include lib/common.lua
 -- @include lib/idem.lua
 -- @include lib/history.lua
 -- @include lib/retain.lua
-local op, expire, experiment, target, sources = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local approved, initial, retain, record = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
-local intent, window, valid_for = ARGV[10], ARGV[11], ARGV[12]
+-- @include lib/gates.lua
+local op, expire, experiment, target, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local initial, retain, record, intent, window = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
+local valid_for, decided, client_steps, client_details, who = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]
+local rules_key = KEYS[12]
 local idem_key = nil
-if intent ~= '' then idem_key = KEYS[12] end
+if intent ~= '' then idem_key = KEYS[13] end
 local what = 'experiment ' .. experiment
 
-local replay, err = hist().prior(op, idem_key, intent, what)
-if replay or err then return replay or err end
+local function main()
+  local replay, err = hist().prior(op, idem_key, intent, what)
+  if replay or err then return replay or err end
 
-local stored
-stored, err = read('HMGET', state_key, 's', 'pn')
-if err then return err end
-local current = stored[1]
-if stored[2] and not string.match(stored[2], '^%-?%d+$') then return util().bad_value(state_key, 'pn', stored[2], 'a count') end
-if not current then
-  if initial == '' then return refuse('NOT_FOUND', what .. ' does not exist (create it first)') end
-  current = initial
-elseif not is_state(current) then
-  return util().bad_value(state_key, 's', current, 'a lifecycle state')
-end
-if not string.find(sources, '|' .. current .. '|', 1, true) then
-  return refuse('INVALID_TRANSITION', what .. ': ' .. current .. ' -> ' .. target
-    .. ' is not allowed, so it cannot be approved')
-end
-local field = 'p:' .. current .. '>' .. target
-local pending
-pending, err = read('HGET', state_key, field)
-if err then return err end
-local length
-length, err = read('LLEN', history_key)
-if err then return err end
-err = util().expect_all(log_key, 'stream', approvals_key, 'list', index_key, 'zset')
-if err then return err end
-local trim
-trim, err = retention().plan(retain, 1, length)
-if err then return err end
+  local stored
+  stored, err = read('HMGET', state_key, 's', 'v')
+  if err then return err end
+  local current = stored[1]
+  if not current then
+    if initial == '' then return refuse('NOT_FOUND', what .. ' does not exist (create it first)') end
+    current = initial
+  elseif not is_state(current) then
+    return util().bad_value(state_key, 's', current, 'a lifecycle state')
+  end
+  local version = stored[2] or '0'
+  if not is_count(version) then return util().bad_value(state_key, 'v', version, 'a configuration version') end
+  local steps, published
+  steps, published, err = gates().governing(rules_key, decided, target, client_steps)
+  if err then return err end
+  local step_number = gates().step_of(steps, current)
+  local doing = (mode == 'request') and 'requested' or (mode == 'approve' and 'approved' or 'rejected')
+  if not step_number then
+    return refuse('INVALID_TRANSITION', what .. ': ' .. current .. ' -> ' .. target
+      .. ' is not allowed, so it cannot be ' .. doing)
+  end
+  local step = nil
+  if step_number ~= '0' then
+    local decoded = nil
+    if client_details ~= '' then decoded = cjson.decode(client_details) end
+    step, err = gates().details(rules_key, published, target, step_number, decoded)
+    if err then return err end
+  end
+  local manual = step and step['manual']
+  if mode == 'approve' and manual and step['self'] ~= true and who ~= '' then
+    local request
+    request, err = gates().request(current, target)
+    if err then return err end
+    if request and request.by == who then
+      return refuse('SEPARATION', what .. ': ' .. current .. ' -> ' .. target .. ': ' .. who .. ' requested this '
+        .. 'move, so another person must approve it (' .. manual .. ' does not allow self-approval)')
+    end
+  end
+  local list = nil
+  if mode ~= 'request' then
+    list, err = gates().approvals(current, target) -- proves the field before the first write
+    if err then return err end
+  end
+  local length
+  length, err = read('LLEN', history_key)
+  if err then return err end
+  err = util().expect_all(log_key, 'stream', approvals_key, 'list', index_key, 'zset')
+  if err then return err end
+  local trim = nil
+  if mode ~= 'request' then
+    trim, err = retention().plan(retain, 1, length)
+    if err then return err end
+  end
 
-local valid_until = ''
-local fields = {'from', current}
-if valid_for ~= '' then
-  local clock = redis.call('TIME')
-  valid_until = string.format('%d', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-    + tonumber(valid_for))
-  fields = {'from', current, 'vu', valid_until}
+  -- every check passed: write
+  local id, valid_until = '', ''
+  if mode == 'request' then
+    redis.call('HSET', state_key, 'q:' .. current .. '>' .. target, record, 'pn', 1)
+  else
+    local fields = {'from', current, 'cv', version}
+    if valid_for ~= '' then
+      local clock = redis.call('TIME')
+      valid_until = string.format('%d', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+        + tonumber(valid_for))
+      fields[#fields + 1], fields[#fields + 2] = 'vu', valid_until
+    end
+    id = hist().add_entry('A', experiment, record, fields)
+    local field = 'p:' .. current .. '>' .. target
+    if mode == 'approve' then -- one line per approver: a new approval by the same person replaces theirs
+      local lines = {}
+      for _, a in ipairs(list) do
+        if a.approver == who and a.kept then
+          redis.call('XDEL', log_key, a.id) -- replaced: retention kept it only while it was open
+        elseif a.approver ~= who then
+          lines[#lines + 1] = a.id .. '\t' .. a.approver .. '\t' .. a.until_ms .. '\t' .. a.version
+            .. (a.kept and '\tk' or '')
+        end
+      end
+      lines[#lines + 1] = id .. '\t' .. who .. '\t' .. valid_until .. '\t' .. version
+      redis.call('HSET', state_key, field, table.concat(lines, '\n'), 'pn', 1)
+    else -- a rejection closes the request ('' overrides a request for every move) and withdraws the approvals
+      for _, a in ipairs(list) do
+        if a.kept then redis.call('XDEL', log_key, a.id) end -- kept past the cut only while open
+      end
+      redis.call('HDEL', state_key, field)
+      redis.call('HSET', state_key, 'q:' .. current .. '>' .. target, '', 'pn', 1)
+    end
+  end
+  hist().register(experiment)
+  if trim then retention().apply(trim) end
+  local reply = {1, id, current, valid_until, version}
+  op_done(op, reply, expire)
+  if idem_key then idem().done(idem_key, intent, {1, id, current, record, valid_until, version}, window) end
+  return reply
 end
-local id = hist().add_entry('A', experiment, record, fields)
-hist().pend(current, target, id, approved == '1', pending, valid_until)
-hist().register(experiment)
-if trim then retention().apply(trim) end
-local reply = {1, id, current, valid_until}
-op_done(op, reply, expire)
-if idem_key then idem().done(idem_key, intent, {1, id, current, record, valid_until}, window) end
-return reply
+
+return finish(op, main(), expire)

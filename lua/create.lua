@@ -1,6 +1,7 @@
 --[[ create: create an experiment in its initial state, with its first history entries.
 KEYS[1..11] standard keys (lib/common.lua)
-KEYS[12..] the idempotency record {T}:i:<exp>:<key> (when ARGV[10] is not '')
+KEYS[12] the scope's rules hash {T}:rules
+KEYS[13..] the idempotency record {T}:i:<exp>:<key> (when ARGV[10] is not '')
 ARGV[1] operation id ('' = no dedupe)
 ARGV[2] '1' when the ops bucket needs its expiry set
 ARGV[3] experiment name
@@ -16,47 +17,57 @@ ARGV[12] ExperimentState record, JSON (revision and etag are entry fields)
 ARGV[13] StateTransition record (from None to the initial state), JSON
 ARGV[14] ConfigurationVersion record number 1, JSON ('' = none)
 ARGV[15] the transition's id (recorded in links, as an appended transition's is)
+ARGV[16] the rules version the call was decided under ('0' = the scope had published none): the initial
+        state is the published one
 Returns: {1, revision, state entry id, etag}; a re-send {2, ...}; an idempotency replay
          {3, revision, state entry id, etag, state record}
-Errors: REDGOV_CONFLICT <exists>, REDGOV_CORRUPT, REDGOV_DENIED
+Errors: REDGOV_CONFLICT <exists>, REDGOV_RULES_CHANGED <current version>, REDGOV_CORRUPT, REDGOV_DENIED.
+        A refusal is remembered under the operation id like a success.
 ]]
 -- @include lib/common.lua
 -- @include lib/idem.lua
 -- @include lib/history.lua
+-- @include lib/gates.lua
 local op, expire, experiment, initial, etag, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local actor, metadata, config_version, intent, window = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local state_record, transition_record, version_record, transition_id = ARGV[12], ARGV[13], ARGV[14], ARGV[15]
+local decided = ARGV[16]
 local idem_key = nil
-if intent ~= '' then idem_key = KEYS[12] end
+if intent ~= '' then idem_key = KEYS[13] end
 local what = 'experiment ' .. experiment
 
-local replay, err = hist().prior(op, idem_key, intent, what)
-if replay or err then return replay or err end
+local function main()
+  local replay, err = hist().prior(op, idem_key, intent, what)
+  if replay or err then return replay or err end
 
-local stored
-stored, err = read('HMGET', state_key, 'e', 'r')
-if err then return err end
-if stored[1] then return refuse('CONFLICT', what .. ' already exists (etag ' .. stored[1] .. ')') end
-if stored[2] and not is_count(stored[2]) then return util().bad_value(state_key, 'r', stored[2], 'a revision') end
-local versions
-versions, err = read('ZCARD', versions_key)
-if err then return err end
-if version_record ~= '' and versions > 0 then return refuse('CONFLICT', what .. ' already has versions') end
-err = util().expect_all(log_key, 'stream', history_key, 'list', index_key, 'zset', links_key, 'hash')
-if err then return err end
+  local stored
+  stored, err = read('HMGET', state_key, 'e', 'r')
+  if err then return err end
+  if stored[1] then return refuse('CONFLICT', what .. ' already exists (etag ' .. stored[1] .. ')') end
+  if stored[2] and not is_count(stored[2]) then return util().bad_value(state_key, 'r', stored[2], 'a revision') end
+  local versions
+  versions, err = read('ZCARD', versions_key)
+  if err then return err end
+  if version_record ~= '' and versions > 0 then return refuse('CONFLICT', what .. ' already has versions') end
+  err = util().expect_all(log_key, 'stream', history_key, 'list', index_key, 'zset', links_key, 'hash')
+  if err then return err end
+  err = gates().version(KEYS[12], decided)
+  if err then return err end
 
-local revision = tonumber(stored[2] or '0') + 1
-redis.call('HSET', state_key, 's', initial, 'v', config_version, 't', now, 'm', metadata, 'e', etag, 'r', revision,
-  'es', now)
-if actor ~= '' then redis.call('HSET', state_key, 'b', actor) end
-if initial == 'Running' or initial == 'Ramping' then redis.call('HSET', state_key, 'rs', now) end
-hist().register(experiment)
-local id = hist().add_entry('S', experiment, state_record, {'rev', revision, 'etag', etag})
-redis.call('HSET', links_key, 'x:' .. transition_id, hist().add_entry('t', experiment, transition_record, {}))
-if version_record ~= '' then
-  hist().add_entry('v', experiment, version_record, {'v', 1}, 1)
+  local revision = tonumber(stored[2] or '0') + 1
+  redis.call('HSET', state_key, 's', initial, 'v', config_version, 't', now, 'm', metadata, 'e', etag, 'r', revision)
+  if actor ~= '' then redis.call('HSET', state_key, 'b', actor) end
+  enter(nil, initial, now, nil)
+  hist().register(experiment)
+  local id = hist().add_entry('S', experiment, state_record, {'rev', revision, 'etag', etag})
+  redis.call('HSET', links_key, 'x:' .. transition_id, hist().add_entry('t', experiment, transition_record, {}))
+  if version_record ~= '' then
+    hist().add_entry('v', experiment, version_record, {'v', 1}, 1)
+  end
+  local reply = {1, revision, id, etag}
+  op_done(op, reply, expire)
+  if idem_key then idem().done(idem_key, intent, {1, revision, id, etag, state_record}, window) end
+  return reply
 end
-local reply = {1, revision, id, etag}
-op_done(op, reply, expire)
-if idem_key then idem().done(idem_key, intent, {1, revision, id, etag, state_record}, window) end
-return reply
+
+return finish(op, main(), expire)

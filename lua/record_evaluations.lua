@@ -3,7 +3,7 @@ KEYS[1..11] standard keys (lib/common.lua)
 KEYS[12..] the idempotency record {T}:i:<exp>:<key> (when ARGV[7] is not ''), then the state hashes the
           evaluations were decided from (ARGV[10] of them)
 ARGV[1] operation id ('' = no dedupe)
-ARGV[2] '1' when the ops bucket needs its expiry set
+ARGV[2] '1' when the ops bucket needs its expiry set (it also gets it whenever it has none)
 ARGV[3] experiment name
 ARGV[4] initial state of an experiment not created yet ('' = it must exist)
 ARGV[5] the move refused: '<target>|<source>|<source>|' ('' = no rule check)

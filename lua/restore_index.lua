@@ -6,6 +6,7 @@ ARGV[2] the experiment's state as 'field value ...' pairs folded from its entrie
 ARGV[3..] the experiment's log entry ids, in log order
 Returns: the number of entries indexed (by this call or by an earlier send of it)
 Errors: REDGOV_CORRUPT <an entry that cannot be indexed>
+Open approvals and requests are not restored: like every write of the state field, a restore lapses them.
 Safe to re-send (a Cluster client re-sends after a lost reply): the ids arrive in log order, so
 an id at or below the newest one the experiment's history already holds was indexed before and
 is passed over; the state write is a plain HSET.
@@ -56,21 +57,16 @@ for i = IDS, #ARGV do
     local from = retention().entry_field(fields, 'from')
     if type(rec['transition_id']) == 'string' then
       hist().link(rec['transition_id'], {id})
-    elseif from then -- approve.lua
-      local to = tostring(rec['to_state'])
-      hist().pend(from, to, id, rec['approved'] == true, redis.call('HEXISTS', state_key, 'p:' .. from .. '>' .. to) == 1,
-        retention().entry_field(fields, 'vu'))
-    end
+    end -- approve.lua's open approvals are not restored: a restore lapses them, as every state write does
   elseif code == 't' then -- create.lua and append_transition.lua: their transition ids are unique per scope
     redis.call('HSET', links_key, 'x:' .. tostring(rec['transition_id']), id)
   elseif code == 'T' then
-    -- transition.lua: approvals of moves out of the state left lapse; a consumed one is linked
-    local from, count = retention().entry_field(fields, 'from'), redis.call('HGET', state_key, 'pn')
-    if from and count and count ~= '0' then hist().lapse(from) end
+    -- transition.lua: the manual approvals it consumed are linked
     local consumed = retention().entry_field(fields, 'ap')
     if consumed then
-      hist().consume(consumed, tostring(rec['transition_id']))
-      hist().link(tostring(rec['transition_id']), {consumed})
+      local ids = util().split(consumed, ' ')
+      for _, approval_id in ipairs(ids) do hist().consume(approval_id, tostring(rec['transition_id'])) end
+      hist().link(tostring(rec['transition_id']), ids)
     end
   end
   end
@@ -78,6 +74,9 @@ end
 hist().register(experiment)
 if state ~= '' then
   local parts = util().split(state, '\n')
+  local before = redis.call('HMGET', state_key, 's', 'pn')
   redis.call('HSET', state_key, unpack(parts))
+  -- a restore writes the state field: what was open on the state before lapses (enter, lib/history.lua)
+  if before[1] and before[2] then lapse(before[1], nil, nil) end
 end
 return #ARGV - IDS + 1

@@ -22,6 +22,9 @@ from .errors import (
     NotFoundError,
     PolicyViolationError,
     RedgovError,
+    RulesChangedError,
+    RulesMismatchError,
+    SeparationOfDutiesError,
     UnavailableError,
     ValidationError,
 )
@@ -29,7 +32,7 @@ from .events import GovernanceEvent
 from .gates import AutomaticGate, Gate, ManualGate, RoleGate
 from .govcore import TransitionRequest
 from .governance import Governance
-from .policies import ConflictPrevention, ErrorRate, Policy, TimeWindow, TrafficLimit
+from .policies import ConflictPrevention, ErrorRate, Policy, TimeWindow, TrafficLimit, register_policy
 from .records import (
     ApprovalRecord,
     ConfigurationVersion,
@@ -38,6 +41,7 @@ from .records import (
     LifecycleState,
     PendingMove,
     PolicyEvaluation,
+    RulesVersion,
     SaveResult,
     Severity,
     StateTransition,
@@ -106,7 +110,11 @@ __all__ = [
     "PolicyEvaluation",
     "PolicyViolationError",
     "RedgovError",
+    "RulesChangedError",
+    "RulesMismatchError",
+    "RulesVersion",
     "SaveResult",
+    "SeparationOfDutiesError",
     "Severity",
     "StateTransition",
     "UnavailableError",
@@ -114,6 +122,7 @@ __all__ = [
     "aio",
     "config_schema",
     "connect",
+    "register_policy",
     "from_config",
     "load_config",
 ]

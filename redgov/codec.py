@@ -92,8 +92,14 @@ def _name_json(experiment: str) -> bytes:
 
 
 def stored(record: msgspec.Struct) -> bytes:
-    """The bytes a script stores for ``record``: its JSON without the leading experiment field."""
+    """The bytes a script stores for ``record``: its JSON without the leading experiment field.
+
+    Raises ValidationError when the encoding is over ``MAX_RECORD_BYTES`` (1 MiB), before anything is sent.
+    """
     data = ENCODER.encode(record)
+    if len(data) > MAX_RECORD_BYTES:
+        raise ValidationError(f"{_label(record)} is {len(data)} bytes encoded; the limit is {MAX_RECORD_BYTES} "
+                              "(nothing was written)")
     head = b'{"experiment":' + _name_json(record.experiment) + b","  # type: ignore[attr-defined]
     if not data.startswith(head):  # pragma: no cover - experiment is every record's first field
         raise AssertionError(f"{type(record).__name__} does not encode its experiment first")
@@ -190,6 +196,10 @@ def decode_fields(entry_id: str, fields: Mapping[str, bytes], log_key: str, *,
             changes["transition_id"] = text(fields["tid"])
         if kind == "approval" and "vu" in fields:  # valid until, server ms (approve.lua)
             changes["valid_until"] = from_millis(int(fields["vu"]))
+        if kind == "approval" and "cv" in fields:  # the configuration version when given (approve.lua)
+            changes["config_version"] = int(fields["cv"])
+        if kind == "rules":  # the version number publish_rules.lua gave it
+            changes["version"] = int(fields["n"])
         if tenant is not None and record.tenant is None:
             changes["tenant"] = tenant
         if environment is not None and record.environment is None:

@@ -119,10 +119,10 @@ class Core(Reads):
     def write(self, script: str, scope: Scope, exp: ExperimentKeys, args: tuple[Any, ...],
               parse: Callable[[list[Any]], T], *, recover: Callable[[RedgovError], T] | None = None,
               extra_keys: tuple[str, ...] = (), lean: bool = False, op: str | None = None) -> Call[T]:
-        """A write script's Call: the standard keys (1-4 only when ``lean``), the ops bucket's op id and
-        expiry flag first in ARGV; ``parse`` gets the reply without its status."""
+        """A write script's Call: the standard keys (1-4 only when ``lean``) then ``extra_keys``, the ops
+        bucket's op id and expiry flag first in ARGV; ``parse`` gets the reply without its status."""
         ops_key, expire = self.ops(scope)
-        keys = exp.write_keys(ops_key) + extra_keys if not lean else exp.standard[:3] + (ops_key,)
+        keys = exp.write_keys(ops_key) + extra_keys if not lean else exp.standard[:3] + (ops_key,) + extra_keys
         self.specs[script].check_keys(len(keys))
         applied = self._applied
 

@@ -37,6 +37,9 @@ __all__ = [
     "NotFoundError",
     "PolicyViolationError",
     "RedgovError",
+    "RulesChangedError",
+    "RulesMismatchError",
+    "SeparationOfDutiesError",
     "UnavailableError",
     "ValidationError",
     "map_reply_error",
@@ -125,6 +128,16 @@ class ApprovalRequiredError(RedgovError):
     """
 
 
+class SeparationOfDutiesError(ApprovalRequiredError):
+    """Four eyes: the person may not approve or make this move; nothing was written.
+
+    Raised by ``approve`` when the approver is the one who requested the move, and by
+    ``transition`` when its actor is one of the move's approvers, unless the ManualGate was
+    built with ``self_approval=True``. Judged inside the script from the published rules. An
+    ``ApprovalRequiredError``.
+    """
+
+
 class PolicyViolationError(RedgovError):
     """A Critical policy is not compliant (or a ConflictPrevention group is busy): the transition is refused.
 
@@ -152,6 +165,29 @@ class ConfigError(RedgovError):
     def __init__(self, message: str, *, errors: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.errors: tuple[str, ...] = tuple(errors) or (message,)
+
+
+class RulesMismatchError(ConfigError):
+    """This Governance's own definition differs from the rules published for the scope; nothing was written.
+
+    Raised on the first write to a scope that has published rules (``Governance.publish``) by a
+    Governance built with rules, gates or policies of its own that are not the published ones.
+    The message names what differs; ``errors`` lists each difference. Build the Governance
+    without a definition (it then follows the published one) or publish yours. A ``ConfigError``.
+    """
+
+
+class RulesChangedError(ConflictError):
+    """The scope's published rules changed between the decision and the write; nothing was written.
+
+    Governance reads the new rules and decides again by itself (a few times), so callers see it
+    only when rules keep changing under a write. ``version`` is the scope's current rules version.
+    A ``ConflictError``.
+    """
+
+    def __init__(self, message: str, *, version: int = 0) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 class NotFoundError(RedgovError):
@@ -215,6 +251,8 @@ _CODES: dict[str, type[RedgovError]] = {
     "REDGOV_CORRUPT": CorruptDataError,
     "REDGOV_DENIED": AccessDeniedError,
     "REDGOV_LEASE": LeaseError,
+    "REDGOV_RULES_CHANGED": RulesChangedError,
+    "REDGOV_SEPARATION": SeparationOfDutiesError,
 }
 _CODE_RE = re.compile(r"(REDGOV_[A-Z_]+)\s*(.*)", re.DOTALL)
 #: a time in a script's message, '@ms:<epoch ms>' or '@us:<epoch µs>', shown as ISO 8601 UTC
@@ -240,6 +278,11 @@ def map_reply_error(exc: ResponseError, keys: Sequence[object] = (), *, script: 
     if match:
         code, detail = match.group(1), _MS_RE.sub(_iso, match.group(2).strip())
         cls = _CODES.get(code, RedgovError)
+        if cls is RulesChangedError:
+            number, _, text = detail.partition(" ")
+            if number.isdigit():  # the scripts put the current version first
+                return RulesChangedError(text or detail, version=int(number))
+            return RulesChangedError(detail)
         if cls is ConflictError:
             found = _FOUND_RE.search(detail)
             if found and found.group(1) != "none":

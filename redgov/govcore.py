@@ -35,6 +35,7 @@ from .gates import AutomaticGate, Gate, ManualGate, RoleGate
 from .govleases import LeasePlans, check_lease
 from .govpolicies import PolicyPlans, replay_refusal
 from .govreads import ReadPlans, compare
+from .govrules import RulesPlans, compile_target
 from .keys import ExperimentKeys
 from .policies import TELEMETRY_KEYS, Policy, check_telemetry
 from .records import (
@@ -44,6 +45,7 @@ from .records import (
     ExperimentState,
     Lease,
     LifecycleState,
+    PendingMove,
     Severity,
     StateTransition,
     new_id,
@@ -86,22 +88,29 @@ class TransitionRequest(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str | None = None
 
 
-def _span_text(span: timedelta) -> str:
-    """A duration as people write it: 15m, 1h 30m, 2d 3h, 45s, 250ms."""
-    ms = int(span.total_seconds() * 1000)
-    if ms < 1000:
-        return f"{ms}ms"
-    seconds = ms // 1000
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return " ".join(parts)
-
-
 def _actor(value: object, what: str) -> str | None:
     return None if value is None else check_name(value, what)
+
+
+def _actor_roles(metadata: Mapping[str, Any]) -> list[str]:
+    """The roles a call claims for role gates: ``metadata["actorRoles"]`` (a list) and ``["actorRole"]``."""
+    roles: list[str] = []
+    many = metadata.get("actorRoles")
+    if many is not None:
+        if not isinstance(many, (list, tuple)) or not all(isinstance(r, str) for r in many):
+            raise ValidationError(f"metadata actorRoles must be a list of role names, got {many!r}")
+        roles.extend(many)
+    one = metadata.get("actorRole")
+    if one is not None:
+        if not isinstance(one, str):
+            raise ValidationError(f"metadata actorRole must be a role name, got {one!r}")
+        roles.append(one)
+    return [r for r in dict.fromkeys(roles) if r and "|" not in r]
+
+
+def request_line(actor: str | None, now: datetime, reason: str | None) -> bytes:
+    """A request as the state hash keeps it (lua/lib/history.lua): ``<by>\t<at µs>\t<reason>``."""
+    return f"{actor or ''}\t{to_micros(now)}\t{reason or ''}".encode()
 
 
 def _reason(value: object) -> str | None:
@@ -111,37 +120,21 @@ def _reason(value: object) -> str | None:
 
 
 class _Target:
-    """What a transition into one target needs from the rules and gates (computed once per target)."""
+    """What a transition into one target needs from the rules and gates (compiled once per target)."""
 
-    __slots__ = ("dynamic", "manual_only", "sources", "steps", "waits")
+    __slots__ = ("details", "gated", "roles", "steps")
 
     def __init__(self, core: GovernanceCore, target: LifecycleState) -> None:
-        self.sources: list[tuple[str, str | None, tuple[RoleGate, ...]]] = []
-        #: per source state, the AutomaticGate with the longest ``after`` (the experiment must wait in it)
-        self.waits: dict[str, AutomaticGate] = {}
-        for source in core.rules.sources(target):
-            manual = next((g.name for g in core.gates if isinstance(g, ManualGate) and g.applies(source, target)),
-                          None)
-            roles = tuple(g for g in core.gates if isinstance(g, RoleGate) and g.applies(source, target))
-            timed = [g for g in core.gates if isinstance(g, AutomaticGate) and g.after and g.applies(source, target)]
-            if timed:
-                self.waits[source.value] = max(timed, key=lambda g: g.after or timedelta(0))
-            self.sources.append((source.value, manual, roles))
-        #: role gates and timed gates decide per call; otherwise the steps string and details are fixed
-        self.dynamic = any(roles for _, _, roles in self.sources) or bool(self.waits)
-        self.manual_only: dict[str, Any] = {}
-        parts = []
-        for number, (name, manual, roles) in enumerate(self.sources, start=1):
-            if manual is not None or roles or name in self.waits:
-                parts.append(f"{name}:{number}")
-                if manual is not None and not roles:
-                    self.manual_only[str(number)] = {"manual": manual}
-            else:
-                parts.append(f"{name}:0")
-        self.steps = "|" + "|".join(parts) + "|" if parts else "|"
+        #: the steps into the target and their gates, as lib/gates.lua reads them (govrules.compile_target)
+        self.steps, self.details = compile_target(core.rules, core.gates, target)
+        #: any step has gates: the call needs its plan
+        self.gated = bool(self.details)
+        #: the role gates of any move into the target (their approval records are made per call)
+        self.roles: tuple[RoleGate, ...] = tuple(
+            dict.fromkeys(g for g in core.gates if isinstance(g, RoleGate) and g.to_state is target))
 
 
-class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans):
+class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans, RulesPlans):
     """Validation, Calls and plans for one Governance configuration."""
 
     def __init__(
@@ -189,6 +182,25 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans):
         self.idempotency_window = idempotency_window
         self._window_ms = int(idempotency_window.total_seconds() * 1000)
         self._targets: dict[LifecycleState, _Target] = {}
+        #: the scope rules version this definition stands for (0: the scope published none); every
+        #: governed write carries it and its script refuses it when no longer current
+        self.rules_version = 0
+        #: per scope tag, the GovernanceCore governing it (govrules.RulesPlans)
+        self.views: dict[str, GovernanceCore] = {}
+
+    def derive(self, parts: Any, version: int) -> GovernanceCore:
+        """A GovernanceCore like this one under published rules version ``version``: with the published
+        ``parts`` (govdefinition.Parts), or this one's own definition when ``parts`` is None."""
+        own = parts is None
+        derived = GovernanceCore(
+            self.core, rules=self.rules if own else parts.rules, gates=self.gates if own else parts.gates,
+            policies=self.policies if own else parts.policies,
+            initial_state=self.initial_state if own else parts.initial_state,
+            auto_versioning=self.auto_versioning, clock=self.clock, idempotency_window=self.idempotency_window,
+            auto_create=self.auto_create,
+            require_telemetry=self.require_telemetry if own else parts.require_telemetry)
+        derived.rules_version = version
+        return derived
 
     def __repr__(self) -> str:
         return (f"GovernanceCore(prefix={self.core.prefix!r}, gates={len(self.gates)}, "
@@ -264,8 +276,9 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans):
             actor=actor, reason="created", tenant=tenant, environment=environment))
         scope, exp = self.core.keys(experiment, tenant, environment)
         extra, intent = self._idem(exp, idempotency_key, "creating the experiment")
+        extra = (scope.rules, *extra)
         args = (experiment, initial.value, etag, to_micros(now), actor or "", ENCODER.encode(meta), follows, intent,
-                self._window_ms, stored(state), transition, version_record, tid)
+                self._window_ms, stored(state), transition, version_record, tid, str(self.rules_version))
 
         def parse(reply: list[Any]) -> ExperimentState:
             if int(reply[0]) == 3:  # the first call with this idempotency key
@@ -279,14 +292,25 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans):
 
     # -- transition ---------------------------------------------------------------------------
 
-    def transition_many(self, requests: Iterable[TransitionRequest]) -> list[Call[StateTransition]]:
-        """One ``transition`` call per request (ValidationError, before any is sent, for an item that
-        is not a TransitionRequest or is not valid)."""
-        calls = []
-        for index, r in enumerate(requests):
+    @staticmethod
+    def check_requests(requests: Iterable[TransitionRequest]) -> list[TransitionRequest]:
+        """``requests`` as a list (ValidationError for an item that is not a TransitionRequest)."""
+        out = list(requests)
+        for index, r in enumerate(out):
             if not isinstance(r, TransitionRequest):
                 raise ValidationError(f"requests[{index}] must be a TransitionRequest, got {type(r).__name__}")
-            calls.append(self.transition(r.experiment, r.to, actor=r.actor, reason=r.reason, metadata=r.metadata,
+        return out
+
+    def transition_many(self, requests: Iterable[TransitionRequest],
+                        views: Mapping[tuple[str | None, str | None], GovernanceCore] | None = None,
+                        ) -> list[Call[StateTransition]]:
+        """One ``transition`` call per request, each built by the GovernanceCore governing its scope
+        (``views``, by (tenant, environment); this one where absent). ValidationError, before any is sent,
+        for an item that is not a TransitionRequest or is not valid."""
+        calls = []
+        for r in self.check_requests(requests):
+            view = (views or {}).get((r.tenant, r.environment), self)
+            calls.append(view.transition(r.experiment, r.to, actor=r.actor, reason=r.reason, metadata=r.metadata,
                                          telemetry=r.telemetry, tenant=r.tenant, environment=r.environment,
                                          expected_etag=r.expected_etag, idempotency_key=r.idempotency_key))
         return calls
@@ -324,16 +348,24 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans):
         info = self._target(target)
         plan: dict[str, Any] = {}
         records: list[bytes] = []
-        if info.dynamic:
-            plan["details"] = self._details(info, experiment, target, tid, actor, meta, now, tenant, environment,
-                                            records)
-        elif info.manual_only:
-            plan["details"] = info.manual_only
-        if plan.get("details"):
+        if info.gated:
+            plan["details"] = info.details
             plan["tid"] = tid
+            if info.roles:
+                roles = _actor_roles(meta)
+                if roles:
+                    plan["roles"] = "|" + "|".join(roles) + "|"
+                granted = self._role_records(info, experiment, target, tid, actor, meta, now, tenant, environment,
+                                             records)
+                if granted:
+                    plan["ra"] = granted
+        if target is LifecycleState.PENDING_APPROVAL:  # entering it is the request for the moves out of it
+            records.append(request_line(actor, now, reason))
+            plan["req"] = len(records)
         if evaluations:
             plan["policies"] = [[len(records) + i + 1, e.policy] for i, e in enumerate(evaluations)]
             records.extend(stored(e) for e in evaluations)
+        extra = (scope.rules, *extra)
         groups = self._groups(experiment, target, measured, now, tenant, environment, records, scope, len(extra))
         if groups:
             plan["groups"] = groups
@@ -347,8 +379,8 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans):
             plan["initial"] = self.initial_state.value
         if intent:
             plan.update(idem=1, intent=intent, window=self._window_ms)
-        args = (experiment, target_name, expected_etag or "", etag, to_micros(now), actor or "", info.steps,
-                ENCODER.encode(plan) if plan else b"", record, *records)
+        args = (experiment, target_name, expected_etag or "", etag, to_micros(now), actor or "",
+                str(self.rules_version), info.steps, ENCODER.encode(plan) if plan else b"", record, *records)
 
         def parse(reply: list[Any]) -> StateTransition:
             if int(reply[0]) == 4:  # the first call with this idempotency key was refused by a policy
@@ -375,80 +407,106 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans):
                 raise PolicyViolationError(detail, attempt) from error
             raise error
 
-        return self.core.write("transition", scope, exp, args, parse, recover=recover, extra_keys=extra,
-                               lean=not plan, op=op)
+        if not plan:  # the lean path: state, log, history, ops and the rules hash
+            return self.core.write("transition", scope, exp, args, parse, recover=recover,
+                                   extra_keys=(scope.rules,), lean=True, op=op)
+        return self.core.write("transition", scope, exp, args, parse, recover=recover, extra_keys=extra, op=op)
 
-    def _details(self, info: _Target, experiment: str, target: LifecycleState, tid: str, actor: str | None,
-                 metadata: Mapping[str, Any], now: datetime, tenant: str | None, environment: str | None,
-                 records: list[bytes]) -> dict[str, Any]:
-        """The step details of this call: role gates decided on its metadata, manual gates named."""
-        details: dict[str, Any] = {}
-        approval_index: dict[Gate, int] = {}
-        for number, (source, manual, roles) in enumerate(info.sources, start=1):
-            timed = info.waits.get(source)
-            if manual is None and not roles and timed is None:
+    def _role_records(self, info: _Target, experiment: str, target: LifecycleState, tid: str, actor: str | None,
+                      metadata: Mapping[str, Any], now: datetime, tenant: str | None, environment: str | None,
+                      records: list[bytes]) -> dict[str, int]:
+        """The approval record of each role gate into ``target`` that the call's roles satisfy, by gate name
+        (their numbers among ``records``); the script judges the roles again from the governing rules."""
+        granted: dict[str, int] = {}
+        for gate in info.roles:
+            ok, why = gate.decide(metadata)
+            if not ok or gate.name in granted:
                 continue
-            step: dict[str, Any] = {"approvals": []}
-            if manual is not None:
-                step["manual"] = manual
-            if timed is not None and timed.after is not None:
-                span = to_micros(now) - to_micros(now - timed.after)
-                step.update(after=to_micros(now) - span, gate=timed.name, wait=_span_text(timed.after), span=span)
-            for gate in roles:
-                ok, why = gate.decide(metadata)
-                if not ok:
-                    step.setdefault("deny", f"{gate.name}: {why}")
-                    continue
-                if gate not in approval_index:
-                    records.append(stored(ApprovalRecord(
-                        experiment=experiment, to_state=target, approved=True, transition_id=tid, approver=actor,
-                        reason=why, timestamp=now, gate=gate.name, metadata={"actorRole": metadata.get("actorRole")},
-                        tenant=tenant, environment=environment)))
-                    approval_index[gate] = len(records)
-                step["approvals"].append(approval_index[gate])
-            details[str(number)] = step
-        return details
+            records.append(stored(ApprovalRecord(
+                experiment=experiment, to_state=target, approved=True, transition_id=tid, approver=actor,
+                reason=why, timestamp=now, gate=gate.name,
+                metadata={k: metadata[k] for k in ("actorRole", "actorRoles") if k in metadata},
+                tenant=tenant, environment=environment)))
+            granted[gate.name] = len(records)
+        return granted
 
     # -- approvals --------------------------------------------------------------------------
+
+    def _move(self, experiment: str, to: LifecycleState | str, tenant: str | None, environment: str | None,
+              what: str) -> tuple[str, str | None, str | None, LifecycleState, tuple[str, str]]:
+        """The validated names and target of an approval or a request, and the client's compiled steps
+        and gates into the target (used by the script while the scope has published no rules)."""
+        experiment, tenant, environment = self._names(experiment, tenant, environment)
+        target = check_state(to, "target state")
+        if not self.rules.sources(target):
+            raise InvalidTransitionError(f"experiment {experiment}: no rule allows a move to {target.value}, "
+                                         f"so it cannot be {what}")
+        info = self._target(target)
+        return experiment, tenant, environment, target, (info.steps, ENCODER.encode(info.details).decode()
+                                                         if info.details else "")
 
     def approve(self, experiment: str, to: LifecycleState | str, *, approver: str, reason: str | None,
                 approved: bool, tenant: str | None, environment: str | None,
                 idempotency_key: str | None = None, valid_for: timedelta | None = None) -> Call[ApprovalRecord]:
-        experiment, tenant, environment = self._names(experiment, tenant, environment)
-        target = check_state(to, "target state")
+        if not isinstance(approved, bool):
+            raise ValidationError(f"approved must be True or False, got {approved!r}")
+        experiment, tenant, environment, target, compiled = self._move(
+            experiment, to, tenant, environment, "approved" if approved else "rejected")
         if valid_for is not None and (not isinstance(valid_for, timedelta)
                                       or not timedelta(milliseconds=1) <= valid_for <= MAX_VALID_FOR):
             raise ValidationError(f"valid_for must be a timedelta from 1 ms to {MAX_VALID_FOR.days} days or None, "
                                   f"got {valid_for!r}")
         check_name(approver, "approver")
         _reason(reason)
-        if not isinstance(approved, bool):
-            raise ValidationError(f"approved must be True or False, got {approved!r}")
-        sources = self.rules.sources(target)
-        if not sources:
-            raise InvalidTransitionError(f"experiment {experiment}: no rule allows a move to {target.value}, "
-                                         "so it cannot be approved")
         record = ApprovalRecord(experiment=experiment, to_state=target, approved=approved, approver=approver,
                                 reason=reason, timestamp=self.now(), gate=self.manual_gate_name(target),
                                 tenant=tenant, environment=environment)
         scope, exp = self.core.keys(experiment, tenant, environment)
         extra, intent = self._idem(exp, idempotency_key,
                                    f"{'an approval' if approved else 'a rejection'} of the move to {target.value}")
-        args = (experiment, target.value, "|" + "|".join(s.value for s in sources) + "|", "1" if approved else "0",
+        args = (experiment, target.value, "approve" if approved else "reject",
                 self.initial_state.value if self.auto_create else "", self.core.retain, stored(record), intent,
-                self._window_ms, "" if valid_for is None else str(max(1, int(valid_for.total_seconds() * 1000))))
+                self._window_ms, "" if valid_for is None else str(max(1, int(valid_for.total_seconds() * 1000))),
+                str(self.rules_version), *compiled, approver)
 
         def parse(reply: list[Any]) -> ApprovalRecord:
             if int(reply[0]) == 3:
-                fields = {"k": b"approval", "x": experiment.encode(), "r": reply[3], "from": reply[2]}
-                if len(reply) > 4 and reply[4]:
+                fields = {"k": b"approval", "x": experiment.encode(), "r": reply[3], "from": reply[2],
+                          "cv": reply[5]}
+                if reply[4]:
                     fields["vu"] = reply[4]
                 entry = decode_fields(text(reply[1]), fields, scope.log)
                 return entry.record  # type: ignore[no-any-return]
-            until = from_millis(int(reply[3])) if len(reply) > 3 and reply[3] else None
-            return msgspec.structs.replace(record, from_state=LifecycleState(text(reply[2])), valid_until=until)
+            until = from_millis(int(reply[3])) if reply[3] else None
+            return msgspec.structs.replace(record, from_state=LifecycleState(text(reply[2])), valid_until=until,
+                                           config_version=int(reply[4]))
 
-        return self.core.write("approve", scope, exp, args, parse, extra_keys=extra)
+        return self.core.write("approve", scope, exp, args, parse, extra_keys=(scope.rules, *extra))
+
+    def request(self, experiment: str, to: LifecycleState | str, *, actor: str, reason: str | None,
+                tenant: str | None, environment: str | None,
+                idempotency_key: str | None = None) -> Plan[PendingMove]:
+        """Ask for the move to ``to`` (approve.lua in mode 'request'), then read it back as the inbox shows it."""
+        experiment, tenant, environment, target, compiled = self._move(experiment, to, tenant, environment,
+                                                                       "requested")
+        check_name(actor, "actor")
+        _reason(reason)
+        scope, exp = self.core.keys(experiment, tenant, environment)
+        extra, intent = self._idem(exp, idempotency_key, f"a request of the move to {target.value}")
+        args = (experiment, target.value, "request", self.initial_state.value if self.auto_create else "",
+                self.core.retain, request_line(actor, self.now(), reason), intent, self._window_ms, "",
+                str(self.rules_version), *compiled, actor)
+        yield self.core.write("approve", scope, exp, args, lambda reply: None, extra_keys=(scope.rules, *extra))
+        moves = yield from self.pending(experiment, tenant=tenant, environment=environment, requested_only=False)
+        for move in moves:
+            if move.to_state is target:
+                return move
+        state = yield self.core.get_state(experiment, tenant, environment)
+        if state is None:
+            raise NotFoundError(f"experiment {experiment} does not exist (create it first)")
+        return PendingMove(experiment=experiment, from_state=state.state, to_state=target, gate="", state=state,
+                           tenant=tenant, environment=environment, requested_by=actor, reason=reason,
+                           approvals_given=0, approvals_needed=0)
 
     # -- versions ---------------------------------------------------------------------------
 

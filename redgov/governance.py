@@ -15,7 +15,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from .backplane import Backplane
 from .changes import Change
 from .core import Core
-from .errors import RedgovError, ValidationError
+from .calls import Call, Plan
+from .errors import RedgovError, RulesChangedError, ValidationError
 from .events import GovernanceEvent, WatchCursor
 from .gates import Gate
 from .govcore import DEFAULT_IDEMPOTENCY_WINDOW, GovernanceCore, TransitionRequest
@@ -28,6 +29,7 @@ from .records import (
     LifecycleState,
     PendingMove,
     PolicyEvaluation,
+    RulesVersion,
     StateTransition,
 )
 from .rules import Rules
@@ -40,6 +42,7 @@ class _Backplane(Protocol):
 
 
 B = TypeVar("B", bound=_Backplane)
+T = TypeVar("T")
 
 
 class GovernanceBase(Generic[B]):
@@ -124,6 +127,114 @@ class Governance(GovernanceBase[Backplane]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # -- the rules that govern a scope ---------------------------------------------------
+
+    def _governed(self, tenant: str | None, environment: str | None,
+                  make: Callable[[GovernanceCore], Call[T] | Plan[T]]) -> T:
+        """Run ``make(view)`` under the rules governing the scope (govrules.RulesPlans.governed); the
+        common case, a scope whose rules were looked at before, is the bare call."""
+        view = self.core.cached_view(tenant, environment)
+        if view is not None:
+            step = make(view)
+            try:
+                return self.backplane.run(step) if isinstance(step, Call) else self.backplane.drive(step)
+            except RulesChangedError:
+                pass  # published meanwhile: read the rules and decide again
+        return self.backplane.drive(self.core.governed(tenant, environment, make, fresh=view is not None))
+
+    def _read_governed(self, tenant: str | None, environment: str | None,
+                       make: Callable[[GovernanceCore], Call[T] | Plan[T]]) -> T:
+        """A read that depends on the rules (allowed moves, the inbox), under the scope's current rules."""
+        return self.backplane.drive(self.core.governed(tenant, environment, make, fresh=True))
+
+    def publish(self, *, actor: str, reason: str | None = None, tenant: str | None = None,
+                environment: str | None = None) -> RulesVersion:
+        """Publish this Governance's definition as the scope's rules: a new immutable, numbered version.
+
+        Once a scope has published rules they govern every write to it from any client: the write
+        scripts judge allowed moves and gates from the stored version, a Governance built with no
+        definition of its own follows them, and one whose definition differs is refused
+        (RulesMismatchError) before it writes. One script call (publish_rules.lua), which also
+        writes an event of kind ``"rules"`` to the scope's log. A definition equal to the current
+        version writes nothing and returns the current version (one equal to an older version is a
+        new version: history only grows).
+
+        Args:
+            actor: who publishes (required: it is audited).
+            reason: why, kept on the version.
+            tenant, environment: the scope (None: the default).
+
+        Returns:
+            The RulesVersion now current.
+
+        Raises:
+            ValidationError: a bad actor or reason, or a definition the scripts cannot hold; nothing
+                is written.
+        """
+        return self.backplane.drive(self.core.publish_plan(actor=actor, reason=reason, tenant=tenant,
+                                                           environment=environment))
+
+    def published_rules(self, *, tenant: str | None = None, environment: str | None = None,
+                        version: int | None = None) -> RulesVersion | None:
+        """The scope's published rules: the current version (or ``version``), None when none was published.
+
+        One script call (read_rules.lua). ``definition`` loads with
+        ``redgov.load_config({"governance": rules.definition})``.
+
+        Args:
+            tenant, environment: the scope (None: the default).
+            version: that version (None: the current one).
+
+        Raises:
+            ValidationError: ``version`` is not a number >= 1.
+            CorruptDataError: the stored version cannot be decoded.
+        """
+        return self.backplane.run(self.core.published_rules(tenant=tenant, environment=environment,
+                                                            version=version))
+
+    def rules_history(self, *, tenant: str | None = None, environment: str | None = None) -> list[RulesVersion]:
+        """Every published version of the scope's rules, oldest first (read in pages of 100).
+
+        Args:
+            tenant, environment: the scope (None: the default).
+
+        Raises:
+            CorruptDataError: a stored version cannot be decoded.
+        """
+        return self.backplane.drive(self.core.rules_history(tenant=tenant, environment=environment))
+
+    def request(self, experiment: str, to: LifecycleState | str, *, actor: str, reason: str | None = None,
+                tenant: str | None = None, environment: str | None = None,
+                idempotency_key: str | None = None) -> PendingMove:
+        """Ask for the move from the experiment's current state to ``to``, for approvers to decide.
+
+        The request shows in ``awaiting_approval`` (who asked, when, why, approvals given of
+        needed) until the move is made, the experiment leaves its state, its configuration
+        changes, or a rejection closes it. Moving an experiment into PendingApproval is itself the
+        request for the moves out of it. Unless its ManualGate allows self-approval, the requester
+        may not approve the move. One script call (approve.lua, judged under the published rules),
+        then a read of the move as the inbox shows it.
+
+        Args:
+            experiment: its name.
+            to: the target state.
+            actor: who asks (required).
+            reason: why.
+            tenant, environment: the scope.
+            idempotency_key: a repeat within ``idempotency_window`` writes nothing.
+
+        Returns:
+            The PendingMove (``approvals_needed`` 0 and ``gate`` "" when no ManualGate guards the move).
+
+        Raises:
+            NotFoundError: the experiment was never created.
+            InvalidTransitionError: the rules do not allow the move from the current state.
+            ValidationError: bad input; nothing is written.
+        """
+        return self._governed(tenant, environment, lambda g: g.request(
+            experiment, to, actor=actor, reason=reason, tenant=tenant, environment=environment,
+            idempotency_key=idempotency_key))
+
     # -- lifecycle -------------------------------------------------------------------
 
     def create(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
@@ -150,7 +261,7 @@ class Governance(GovernanceBase[Backplane]):
             ConflictError: the experiment exists (or the idempotency key was used for another operation).
             ValidationError: bad input (named field and value); nothing is written.
         """
-        return self.backplane.run(self.core.create(experiment, tenant=tenant, environment=environment, actor=actor,
+        return self._governed(tenant, environment, lambda g: g.create(experiment, tenant=tenant, environment=environment, actor=actor,
                                                    configuration=configuration, metadata=metadata,
                                                    idempotency_key=idempotency_key))
 
@@ -215,7 +326,7 @@ class Governance(GovernanceBase[Backplane]):
                 nothing else is written.
             ValidationError: bad input; nothing is sent.
         """
-        return self.backplane.run(self.core.transition(
+        return self._governed(tenant, environment, lambda g: g.transition(
             experiment, to, actor=actor, reason=reason, metadata=metadata, telemetry=telemetry, tenant=tenant,
             environment=environment, expected_etag=expected_etag, idempotency_key=idempotency_key, lease=lease))
 
@@ -231,8 +342,23 @@ class Governance(GovernanceBase[Backplane]):
         Returns:
             In request order, each StateTransition or the RedgovError that refused it.
         """
-        calls = self.core.transition_many(requests)
-        return self.backplane.run_many(calls)
+        requests = self.core.check_requests(requests)
+        views = {}
+        for scope in dict.fromkeys((r.tenant, r.environment) for r in requests):
+            views[scope] = self.backplane.drive(self.core.governing(*scope))
+        results = self.backplane.run_many(self.core.transition_many(requests, views))
+        for index, result in enumerate(results):
+            if isinstance(result, RulesChangedError):  # decided again under the new rules, on its own
+                r = requests[index]
+
+                def again(g: GovernanceCore, r: TransitionRequest = r) -> Call[StateTransition]:
+                    return g.transition_many([r])[0]
+
+                try:
+                    results[index] = self._governed(r.tenant, r.environment, again)
+                except RedgovError as exc:
+                    results[index] = exc
+        return results
 
     def approve(self, experiment: str, to: LifecycleState | str, *, approver: str, reason: str | None = None,
                 approved: bool = True, tenant: str | None = None, environment: str | None = None,
@@ -265,7 +391,7 @@ class Governance(GovernanceBase[Backplane]):
             InvalidTransitionError: no rule allows the move from the current state.
             ValidationError: bad input; nothing is written.
         """
-        return self.backplane.run(self.core.approve(experiment, to, approver=approver, reason=reason,
+        return self._governed(tenant, environment, lambda g: g.approve(experiment, to, approver=approver, reason=reason,
                                                     approved=approved, tenant=tenant, environment=environment,
                                                     idempotency_key=idempotency_key, valid_for=valid_for))
 
@@ -280,7 +406,7 @@ class Governance(GovernanceBase[Backplane]):
         Raises:
             NotFoundError: the experiment was never created (unless ``auto_create``).
         """
-        return self.backplane.drive(self.core.allowed_transitions(experiment, tenant=tenant,
+        return self._read_governed(tenant, environment, lambda g: g.allowed_transitions(experiment, tenant=tenant,
                                                                   environment=environment))
 
     def history(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
@@ -336,7 +462,7 @@ class Governance(GovernanceBase[Backplane]):
         Returns:
             PendingMove(experiment, from_state, to_state, gate, state, tenant, environment) each.
         """
-        return self.backplane.drive(self.core.awaiting_approval(tenant=tenant, environment=environment,
+        return self._read_governed(tenant, environment, lambda g: g.awaiting_approval(tenant=tenant, environment=environment,
                                                                 experiment=experiment))
 
     # -- versions --------------------------------------------------------------------
@@ -368,7 +494,7 @@ class Governance(GovernanceBase[Backplane]):
             LeaseError: ``lease`` expired or was taken over.
             ValidationError: bad input; nothing is written.
         """
-        return self.backplane.run(self.core.create_version(
+        return self._governed(tenant, environment, lambda g: g.create_version(
             experiment, configuration, actor=actor, description=description, tenant=tenant,
             environment=environment, idempotency_key=idempotency_key, lease=lease))
 
@@ -393,7 +519,7 @@ class Governance(GovernanceBase[Backplane]):
             LeaseError: ``lease`` expired or was taken over.
             ValidationError: bad input; nothing is written.
         """
-        return self.backplane.drive(self.core.rollback(experiment, to_version, actor=actor, tenant=tenant,
+        return self._governed(tenant, environment, lambda g: g.rollback(experiment, to_version, actor=actor, tenant=tenant,
                                                        environment=environment, idempotency_key=idempotency_key,
                                                        lease=lease))
 
@@ -441,7 +567,7 @@ class Governance(GovernanceBase[Backplane]):
             ConflictError: the states changed before each of 5 records; nothing is written.
             ValidationError: bad input (e.g. an unknown telemetry key); nothing is written.
         """
-        return self.backplane.drive(self.core.evaluate_policies(experiment, telemetry=telemetry, target=target,
+        return self._governed(tenant, environment, lambda g: g.evaluate_policies(experiment, telemetry=telemetry, target=target,
                                                                 tenant=tenant, environment=environment))
 
     # -- coordination ----------------------------------------------------------------

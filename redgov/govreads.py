@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .calls import Call, Plan, settled
-from .codec import decode_state_hash, pairs, state_fields, text
+from .codec import decode_state_hash, from_micros, pairs, state_fields, text
 from .core import Core
 from .errors import (
     CorruptDataError,
@@ -110,9 +110,14 @@ class ReadPlans(GovernanceSettings):
 
     def awaiting_approval(self, *, tenant: str | None, environment: str | None,
                           experiment: str | None = None) -> Plan[list[PendingMove]]:
-        """The moves a ManualGate blocks now in a scope: the index read in pages, each page's state hashes
-        (HGETALL: the state and its pending approvals) pipelined with the server's TIME; with
-        ``experiment``, that one's state hash alone (no index read)."""
+        """The requested moves a ManualGate still blocks in a scope: the index read in pages, each page's
+        state hashes (HGETALL: the state, its requests and approvals) pipelined with the server's TIME;
+        with ``experiment``, that one's state hash alone (no index read)."""
+        return (yield from self.pending(experiment, tenant=tenant, environment=environment))
+
+    def pending(self, experiment: str | None, *, tenant: str | None, environment: str | None,
+                requested_only: bool = True) -> Plan[list[PendingMove]]:
+        """``awaiting_approval``; with ``requested_only=False`` also the gated moves nobody requested."""
         if experiment is not None:
             experiment = check_name(experiment, "experiment")
         scope = self.core.scope(tenant, environment)
@@ -135,24 +140,32 @@ class ReadPlans(GovernanceSettings):
             now_ms = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
             for name, key, raw in zip(names, keys, replies[1:]):
                 try:
-                    stored = pairs(raw)
+                    found = pairs(raw)
+                    stored = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in found.items()
+                              if k[:2] in ("p:", "q:")}
                 except (ValueError, IndexError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
                     raise CorruptDataError(f"key {key} has a field that cannot be read: {exc!r}") from None
-                state = decode_state_hash([stored.get(f) for f in fields], key, name, tenant, environment)
+                state = decode_state_hash([found.get(f) for f in fields], key, name, tenant, environment)
                 if state is None:
                     continue
                 for target in sorted(self.rules.allowed(state.state), key=lambda s: s.value):
                     gate = next((g for g in manual if g.applies(state.state, target)), None)
                     if gate is None:
                         continue
-                    pending = stored.get(f"p:{state.state.value}>{target.value}")
-                    if pending is not None:
-                        raw_pending = pending if isinstance(pending, bytes) else str(pending).encode()
-                        until = raw_pending.split(b"|")[1:2]
-                        if not until or not (until[0].isascii() and until[0].isdigit()) or int(until[0]) >= now_ms:
-                            continue  # approved, waiting to be consumed
+                    move = f"{state.state.value}>{target.value}"
+                    request = _request(stored.get(f"q:{move}", stored.get(f"q:{state.state.value}>*")), key, move)
+                    if request is None and requested_only:
+                        continue
+                    by = request[0] if request else None
+                    given = {approver for approver, until in _approvals(stored.get(f"p:{move}"), key, move)
+                             if (until is None or until >= now_ms) and (gate.self_approval or approver != by)}
+                    if len(given) >= gate.approvals:
+                        continue  # approved, waiting to be consumed
                     out.append(PendingMove(experiment=name, from_state=state.state, to_state=target, gate=gate.name,
-                                           state=state, tenant=tenant, environment=environment))
+                                           state=state, tenant=tenant, environment=environment,
+                                           requested_by=by or None, requested_at=request[1] if request else None,
+                                           reason=request[2] if request else None, approvals_given=len(given),
+                                           approvals_needed=gate.approvals))
             if experiment is not None or len(names) < LIST_PAGE:
                 break
             after = "(" + names[-1]
@@ -228,6 +241,29 @@ class StateWaiter:
         now = state.state.value if state is not None else "not created"
         return TimeoutError(f"experiment {self.experiment} did not reach {names} within {self.timeout:g} s "
                             f"(it was {now} when the wait began)")
+
+
+def _request(raw: str | None, key: str, move: str) -> tuple[str, datetime | None, str | None] | None:
+    """(requested by, at, reason) of a request field (lua/lib/history.lua); None: none, or closed."""
+    if not raw:
+        return None
+    parts = raw.split("\t", 2)
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
+        raise CorruptDataError(f"key {key} field q:{move} holds {raw[:60]!r}, expected a request")
+    return parts[0], from_micros(int(parts[1])), parts[2] or None
+
+
+def _approvals(raw: str | None, key: str, move: str) -> list[tuple[str, int | None]]:
+    """(approver, valid until ms or None) of each open approval in a ``p:<from>><to>`` field."""
+    out: list[tuple[str, int | None]] = []
+    for line in (raw or "").split("\n"):
+        if not line:
+            continue
+        parts = line.split("\t")
+        if len(parts) not in (4, 5) or (parts[2] and not (parts[2].isascii() and parts[2].isdigit())):
+            raise CorruptDataError(f"key {key} field p:{move} holds {line[:60]!r}, expected an approval")
+        out.append((parts[1], int(parts[2]) if parts[2] else None))
+    return out
 
 
 def _names_reply(key: str) -> Callable[[Any], list[str]]:

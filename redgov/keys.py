@@ -25,8 +25,13 @@ share a key.
 |                         |        | ``x:<transition id>`` -> entry id of a transition without a state   |
 |                         |        | write (create's, appended ones: their ids are unique per scope)     |
 | ``{T}:ops:<minute>``    | hash   | operation id -> first reply of that write (expires: re-send dedupe) |
-| ``{T}:s:<exp>``         | hash   | current state ``s v t b m e r``; pending approvals ``p:<from>><to>`` |
-|                         |        | (``<entry id>[|<valid until ms>]``, their count ``pn``); ``es``/``rs``|
+| ``{T}:rules``           | hash   | the scope's published rules (govrules.py): ``n`` current version,   |
+|                         |        | ``h`` its hash, ``r:<n>`` each version's RulesVersion (kept: every  |
+|                         |        | version is history; one per publish), ``s:<to>``/``d:<to>`` the     |
+|                         |        | current version's steps and gates into each state (lib/gates.lua)   |
+| ``{T}:s:<exp>``         | hash   | current state ``s v t b m e r``; open approvals ``p:<from>><to>``,  |
+|                         |        | requests ``q:<from>><to>`` / ``q:<from>>*`` and ``pn``, ``lv``     |
+|                         |        | (lua/lib/history.lua says their format); ``es``/``rs``              |
 |                         |        | when it entered its state / last entered Running or Ramping (µs);   |
 |                         |        | ``lt`` the last lease fencing token                                 |
 | ``{T}:h:<exp>``         | list   | ``<code><entry id>`` of every entry of the experiment, in order     |
@@ -145,10 +150,11 @@ class Scope:
     """The key space of one (``prefix``, ``tenant``, ``environment``); key names computed once.
 
     ``tag`` is ``<prefix>{<tenant>:<environment>}``, the start of every key of the scope
-    (one Cluster hash slot); ``log``, ``index`` and ``links`` are the scope's keys.
+    (one Cluster hash slot); ``log``, ``index``, ``links`` and ``rules`` are the scope's keys.
     """
 
-    __slots__ = ("_bucket", "environment", "index", "links", "log", "prefix", "state_prefix", "tag", "tenant")
+    __slots__ = ("_bucket", "environment", "index", "links", "log", "prefix", "rules", "state_prefix", "tag",
+                 "tenant")
 
     def __init__(self, prefix: str, tenant: str | None = None, environment: str | None = None) -> None:
         self.prefix = prefix
@@ -158,6 +164,8 @@ class Scope:
         self.log = self.tag + ":log"
         self.index = self.tag + ":index"
         self.links = self.tag + ":links"
+        #: the scope's published rules (a hash; govrules.py)
+        self.rules = self.tag + ":rules"
         #: every state hash of the scope starts with this (client-side caching tracks it)
         self.state_prefix = self.tag + ":s:"
         self._bucket: tuple[int, str] = (-1, "")

@@ -23,6 +23,7 @@ __all__ = [
     "ExperimentState",
     "LifecycleState",
     "PolicyEvaluation",
+    "RulesVersion",
     "SaveResult",
     "Severity",
     "StateTransition",
@@ -178,6 +179,8 @@ class ApprovalRecord(_Record, frozen=True, kw_only=True):
     - ``tenant``, ``environment``: the scope.
     - ``valid_until``: when an approval given with ``valid_for`` stops satisfying its gate
       (the Redis server's clock); None: until it is consumed or lapses.
+    - ``config_version``: the experiment's configuration version when it was recorded (set by
+      the script). A new configuration version or a rollback lapses the approvals given before it.
     """
 
     experiment: str
@@ -194,6 +197,7 @@ class ApprovalRecord(_Record, frozen=True, kw_only=True):
     tenant: str | None = None
     environment: str | None = None
     valid_until: UTCDateTime | None = None
+    config_version: int = 0
 
 
 class ConfigurationVersion(_Record, frozen=True, kw_only=True):
@@ -290,12 +294,16 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PendingMove(msgspec.Struct, frozen=True, kw_only=True):
-    """A move a ManualGate blocks right now: the rules allow it from the experiment's state, and no
-    (unexpired) approval of it is recorded (``Governance.awaiting_approval``).
+    """A requested move a ManualGate still blocks (``Governance.awaiting_approval``, ``Governance.request``).
 
     Fields: ``experiment``; ``from_state`` (its current state) and ``to_state`` (the move's
-    target); ``gate``, the ManualGate's name; ``state``, the experiment's current
-    ExperimentState (who moved it last, and when); ``tenant``, ``environment``: the scope.
+    target); ``gate``, the ManualGate's name (``""`` when no ManualGate guards the move);
+    ``state``, the experiment's current ExperimentState (who moved it last, and when);
+    ``tenant``, ``environment``: the scope; ``requested_by``, ``requested_at`` and ``reason``:
+    who asked for the move, when and why (entering PendingApproval is the request for the moves
+    out of it: that transition's actor, time and reason); ``approvals_given``: the distinct
+    approvers who count so far (unexpired, not the requester); ``approvals_needed``: how many
+    the gate needs.
     """
 
     experiment: str
@@ -303,6 +311,31 @@ class PendingMove(msgspec.Struct, frozen=True, kw_only=True):
     to_state: LifecycleState
     gate: str
     state: ExperimentState
+    tenant: str | None = None
+    environment: str | None = None
+    requested_by: str | None = None
+    requested_at: UTCDateTime | None = None
+    reason: str | None = None
+    approvals_given: int = 0
+    approvals_needed: int = 1
+
+
+class RulesVersion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One published version of a scope's rules (``Governance.publish``): immutable, numbered 1, 2, ...
+
+    Fields: ``version``; ``definition``, the DSL's ``governance:`` mapping (camelCase keys as in a
+    config file: ``initialState``, ``approvalGates``, ``policies``, ``requireTelemetry``, ``rules``
+    when not the default), so it loads with ``load_config({"governance": definition})``;
+    ``rules_hash``, ``"sha256:<hex>"`` of its canonical JSON; ``created_at`` (aware UTC);
+    ``created_by``; ``reason``; ``tenant``, ``environment``: the scope.
+    """
+
+    version: int
+    definition: dict[str, Any]
+    rules_hash: str
+    created_at: UTCDateTime
+    created_by: str | None = None
+    reason: str | None = None
     tenant: str | None = None
     environment: str | None = None
 
@@ -324,7 +357,7 @@ class SaveResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 HistoryRecord = StateTransition | ApprovalRecord | ConfigurationVersion | PolicyEvaluation
-Kind = Literal["state", "transition", "approval", "version", "policy"]
+Kind = Literal["state", "transition", "approval", "version", "policy", "rules"]
 
 # Built once; used everywhere records are encoded or decoded.
 ENCODER = msgspec.json.Encoder()
@@ -334,6 +367,7 @@ DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     "approval": msgspec.json.Decoder(ApprovalRecord),
     "version": msgspec.json.Decoder(ConfigurationVersion),
     "policy": msgspec.json.Decoder(PolicyEvaluation),
+    "rules": msgspec.json.Decoder(RulesVersion),
 }
 KIND_OF: dict[type[Any], str] = {
     ExperimentState: "state",
@@ -341,6 +375,7 @@ KIND_OF: dict[type[Any], str] = {
     ApprovalRecord: "approval",
     ConfigurationVersion: "version",
     PolicyEvaluation: "policy",
+    RulesVersion: "rules",
 }
 METADATA_DECODER = msgspec.json.Decoder(dict[str, Any])
 

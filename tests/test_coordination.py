@@ -331,8 +331,11 @@ def test_awaiting_approval_lists_the_moves_a_manual_gate_blocks_now(make: Callab
         ("c", S.PENDING_APPROVAL, S.APPROVED, "manual:*->Approved")]
     assert inbox[0].state == gov.state("a")
     gov.transition("b", S.APPROVED)
-    assert [(m.experiment, m.to_state) for m in gov.awaiting_approval()] == [
-        ("a", S.APPROVED), ("b", S.RUNNING), ("c", S.APPROVED)]
+    # Approved -> Running is gated but nobody asked for it yet: the inbox lists requested moves only
+    assert [(m.experiment, m.to_state) for m in gov.awaiting_approval()] == [("a", S.APPROVED), ("c", S.APPROVED)]
+    gov.request("b", S.RUNNING, actor="ops", reason="ready")
+    assert [(m.experiment, m.to_state, m.requested_by, m.reason) for m in gov.awaiting_approval()] == [
+        ("a", S.APPROVED, None, None), ("b", S.RUNNING, "ops", "ready"), ("c", S.APPROVED, None, None)]
     assert make().awaiting_approval() == []  # no ManualGate: nothing ever waits
     assert gov.awaiting_approval(tenant="elsewhere") == []
     # one experiment: the same answer for it, from its state alone

@@ -52,9 +52,16 @@ def test_awaiting_approval_reads_odd_pending_fields_and_names_unreadable_ones(go
     gov.transition("e", S.PENDING_APPROVAL)
     key = Scope(gov.backplane.prefix).experiment("e").state
     client = gov.backplane.client
-    client.hset(key, "p:PendingApproval>Approved", "1-0|\u00b2")  # not an expiry: an approval waiting
+    client.hset(key, "p:PendingApproval>Approved", "1-0\tlead\t\t0")  # an approval waiting to be consumed
     assert gov.awaiting_approval() == []
+    client.hset(key, "p:PendingApproval>Approved", "1-0\tlead\t\u00b2\t0")  # '²' is no expiry: named
+    with pytest.raises(CorruptDataError, match=re.escape(key) + ".*p:PendingApproval>Approved"):
+        gov.awaiting_approval()
+    client.hset(key, "q:PendingApproval>*", "no tabs")
     client.hdel(key, "p:PendingApproval>Approved")
+    with pytest.raises(CorruptDataError, match=re.escape(key) + ".*q:PendingApproval>Approved"):
+        gov.awaiting_approval()
+    client.hset(key, "q:PendingApproval>*", "\t1\t")
     assert [m.experiment for m in gov.awaiting_approval()] == ["e"]
     client.hset(key, b"\xff\xfe", b"x")
     with pytest.raises(CorruptDataError, match=re.escape(key)):

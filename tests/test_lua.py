@@ -233,6 +233,14 @@ def test_every_code_is_emitted_by_a_script_and_triggered_through_the_api(redis_u
             gov.transition(name, S.APPROVED)
         gov.transition("b", S.RUNNING)
         expect("REDGOV_POLICY_VIOLATION", redgov.PolicyViolationError, lambda: gov.transition("a", S.RUNNING))
+        gov.create("d", actor="ana")
+        gov.transition("d", S.PENDING_APPROVAL, actor="ana")  # ana requests the moves out of PendingApproval
+        expect("REDGOV_SEPARATION", redgov.SeparationOfDutiesError,
+               lambda: gov.approve("d", S.APPROVED, approver="ana"))
+        gov.publish(actor="admin")
+        # a call decided before the publish (under no published rules) is refused by its script
+        expect("REDGOV_RULES_CHANGED", redgov.RulesChangedError,
+               lambda: gov.backplane.run(gov.core.transition("d", S.DRAFT)))
         state_key = gov.backplane.core.scope(None, None).experiment("a").state
         admin.hset(state_key, "r", "minus one")
         expect("REDGOV_CORRUPT", redgov.CorruptDataError, lambda: gov.transition("a", S.ARCHIVED))

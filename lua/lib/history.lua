@@ -11,6 +11,13 @@ local base_key, links_key, index_key = KEYS[9], KEYS[10], KEYS[11]
 
 local OPS_TTL_MS = 180000 -- a re-send is recognised for two minutes after its bucket's minute at least
 
+-- ops_expire: give the ops bucket its time to live: `expire` '1' when the client made it this minute,
+-- and whenever it has none (a bucket deleted and made again within its minute, by a restore or by hand,
+-- would otherwise never expire)
+local function ops_expire(expire)
+  if expire == '1' or redis.call('PTTL', ops_key) == -1 then redis.call('PEXPIRE', ops_key, OPS_TTL_MS) end
+end
+
 -- op_seen: the first reply of this operation when it already ran (a re-send), as {2, parts...};
 -- a refusal that was recorded comes back as its error reply. The record is written again (the same
 -- value): a replicated write after the original, so a WAIT that follows the re-send also covers it.
@@ -26,30 +33,86 @@ local function op_seen(op)
   return out, nil
 end
 
--- op_done: remember reply (its parts after the status) as this operation's outcome; expire is '1' on
--- the first write of a process into this bucket (the bucket then gets its time to live)
+-- op_done: remember reply (its parts after the status) as this operation's outcome
 local function op_done(op, reply, expire)
   if op == '' then return end
   redis.call('HSET', ops_key, op, table.concat(reply, '\n', 2))
-  if expire == '1' then redis.call('PEXPIRE', ops_key, OPS_TTL_MS) end
+  ops_expire(expire)
+end
+
+-- finish: what every write script returns through: a governance refusal is remembered under the
+-- operation id like a success (a re-send gets the same answer, even when time or other writes would
+-- decide it differently now). Not remembered: a damaged key or an ACL refusal (nothing was decided),
+-- and a RULES_CHANGED refusal (the client decides again under the new rules, as a new operation).
+local function finish(op, result, expire)
+  if op == '' or type(result) ~= 'table' or not result['err'] then return result end
+  local text = result['err']
+  local code = string.match(text, '^REDGOV_([A-Z_]+)')
+  if code and code ~= 'CORRUPT' and code ~= 'DENIED' and code ~= 'RULES_CHANGED' then
+    local stored = redis.pcall('HSET', ops_key, op, '!' .. text)
+    if type(stored) ~= 'table' then ops_expire(expire) end
+  end
+  return result
+end
+
+-- pending fields of the state hash (see keys.py): approvals of a move 'p:<from>><to>', one line each
+-- '<entry id>\t<approver>\t<valid until ms or empty>\t<config version>'; requests 'q:<from>><to>' or
+-- 'q:<from>>*' (every move out of <from>: entering PendingApproval) as '<by>\t<at µs>\t<reason>', '' = a
+-- request closed by a rejection; 'pn' = 1 while any may exist; 'lv' the configuration version whose
+-- approvals a new version lapsed (named in the refusal)
+local function pending_fields(from)
+  local fields = {'pn', 'q:' .. from .. '>*'}
+  for name in string.gmatch(STATE_NAMES, '%a+') do
+    fields[#fields + 1] = 'p:' .. from .. '>' .. name
+    fields[#fields + 1] = 'q:' .. from .. '>' .. name
+  end
+  return fields
+end
+
+-- lapse: every open approval and request of moves out of state `from` ends (the experiment left it,
+-- its state was overwritten or restored, or its configuration changed); `version`: the configuration
+-- version the approvals were given for, when a new version lapses them (else the note is cleared).
+-- An open approval that retention kept past the cut (its line ends in '\tk', lib/retain.lua) leaves the
+-- log now, unless `keep` (entry id -> true: the approvals a transition consumes, linked to it) holds it.
+local function lapse(from, version, keep)
+  local fields = pending_fields(from)
+  local held = redis.call('HMGET', state_key, unpack(fields))
+  for i = 3, #fields, 2 do -- the p: fields
+    if held[i] then
+      for id in string.gmatch(held[i], '([^\t\n]+)\t[^\t\n]*\t[^\t\n]*\t[^\t\n]*\tk') do
+        if not (keep and keep[id]) then redis.call('XDEL', log_key, id) end
+      end
+    end
+  end
+  if version then
+    redis.call('HSET', state_key, 'lv', version)
+  else
+    fields[#fields + 1] = 'lv'
+  end
+  redis.call('HDEL', state_key, unpack(fields))
+end
+
+-- enter: the one way an experiment's state field changes (transition, save_state, create, restore):
+-- the approvals and requests of the state left lapse (`pending`: the stored pn, nil = none), and the
+-- entry times are set: es when it entered its state, rs when it last entered Running or Ramping; `keep`:
+-- the approvals the move consumes (see lapse)
+local function enter(from, to, now, pending, keep)
+  if pending and from then lapse(from, nil, keep) end
+  if (to == 'Running' or to == 'Ramping') and from ~= 'Running' and from ~= 'Ramping' then
+    redis.call('HSET', state_key, 'es', now, 'rs', now)
+  else
+    redis.call('HSET', state_key, 'es', now)
+  end
 end
 
 local hist_made = nil
--- hist(): op_refused, kind_of, add_entry, and the index effects of an entry (index, link, register, and
--- for approvals pend, lapse, consume), which the write scripts and restore_index.lua share (made on
--- first use)
+-- hist(): prior, kind_of, add_entry, and the index effects of an entry (index, link, register, consume),
+-- which the write scripts and restore_index.lua share (made on first use)
 local function hist()
   if hist_made then return hist_made end
   local state_key, log_key, history_key, ops_key, approvals_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
   local policies_key, versions_key, latest_key, links_key, index_key = KEYS[6], KEYS[7], KEYS[8], KEYS[10], KEYS[11]
   local H = {}
-
-  -- op_refused: remember a refusal that wrote something (its evaluations), so a re-send repeats it
-  function H.op_refused(op, text)
-    if op == '' then return end
-    redis.call('HSET', ops_key, op, '!' .. text)
-    redis.call('PEXPIRE', ops_key, OPS_TTL_MS)
-  end
 
   -- prior: the first outcome when this call already ran: a re-send of its operation, or a repeat of its
   -- idempotency key (idem.lua); nil, nil for a new call
@@ -107,31 +170,6 @@ local function hist()
   -- register: the experiment's name in the scope index (a sorted set read by name, in pages)
   function H.register(experiment)
     redis.call('ZADD', index_key, 'NX', 0, experiment)
-  end
-
-  -- pend: approve.lua's effect on the pending approvals: an approval of the move from `from` to `to`
-  -- records entry `id` as pending (the newest wins; '<id>|<valid until ms>' when it expires); a
-  -- rejection withdraws a pending one
-  function H.pend(from, to, id, approved, pending, valid_until)
-    local field = 'p:' .. from .. '>' .. to
-    if approved then
-      if valid_until and valid_until ~= '' then id = id .. '|' .. valid_until end
-      redis.call('HSET', state_key, field, id)
-      if not pending then redis.call('HINCRBY', state_key, 'pn', 1) end
-    elseif pending then
-      redis.call('HDEL', state_key, field)
-      redis.call('HINCRBY', state_key, 'pn', -1)
-    end
-  end
-
-  -- lapse: transition.lua's effect when an experiment leaves state `from`: the approvals of moves out of
-  -- it lapse (the consumed one was used)
-  function H.lapse(from)
-    local fields = {'pn'}
-    for name in string.gmatch(STATE_NAMES, '%a+') do
-      fields[#fields + 1] = 'p:' .. from .. '>' .. name
-    end
-    redis.call('HDEL', state_key, unpack(fields))
   end
 
   -- consume: transition.lua's effect when it uses a manual approval: the approval names its transition

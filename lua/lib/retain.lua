@@ -48,12 +48,6 @@ local function retention()
       if counters[i] and not is_count(counters[i]) then return nil, util().bad_value(base_key, name, counters[i], 'a count') end
     end
     if counters[5] and not is_id(counters[5]) then return nil, util().bad_value(base_key, 'cut', counters[5], 'an entry id') end
-    local pending_count
-    pending_count, err = read('HGET', state_key, 'pn')
-    if err then return nil, err end
-    if pending_count and not string.match(pending_count, '^%-?%d+$') then
-      return nil, util().bad_value(state_key, 'pn', pending_count, 'a count')
-    end
     local plan = {}
     for i, item in ipairs(items) do
       local code, id = string.sub(item, 1, 1), string.sub(item, 2)
@@ -99,15 +93,49 @@ local function retention()
     return ''
   end
 
+  -- before: whether log entry id a precedes b
+  function R.before(a, b)
+    local ams, aseq = string.match(a, '^(%d+)%-(%d+)$')
+    local bms, bseq = string.match(b, '^(%d+)%-(%d+)$')
+    if not ams or not bms then return false end
+    if #ams ~= #bms then return #ams < #bms end
+    if ams ~= bms then return ams < bms end
+    return tonumber(aseq) < tonumber(bseq)
+  end
+
+  -- keep_open: whether the approval entry of `step` is still open (in its move's p: field of the state);
+  -- then its line there is marked kept ('\tk': it leaves the log when it is consumed, replaced or lapses)
+  function R.keep_open(step, rec)
+    if not step.from or type(rec['to_state']) ~= 'string' then return false end
+    local field = 'p:' .. step.from .. '>' .. rec['to_state']
+    local held = redis.call('HGET', state_key, field)
+    if not held then return false end
+    local lines, open = {}, false
+    for line in string.gmatch(held, '[^\n]+') do
+      if string.sub(line, 1, #step.id + 1) == step.id .. '\t' then
+        open = true
+        if string.sub(line, -2) ~= '\tk' then line = line .. '\tk' end
+      end
+      lines[#lines + 1] = line
+    end
+    if open then redis.call('HSET', state_key, field, table.concat(lines, '\n')) end
+    return open
+  end
+
   -- apply: remove the planned entries and their index entries; fold the state writes into the base
   -- (vmax keeps the highest version number removed, so no number is ever given twice)
   function R.apply(plan)
     local counts = {A = 0, P = 0}
     local ids, versions, base = {}, {}, {}
-    local cleared = false
+    local cleared, last = false, nil
     for _, step in ipairs(plan) do
       local code, id, rec = step.code, step.id, step.record
-      ids[#ids + 1] = id
+      last = id
+      if code == 'A' and step.raw and R.keep_open(step, rec) then
+        id = nil -- an open approval stays in the log (and in force) until it is consumed or lapses
+      else
+        ids[#ids + 1] = id
+      end
       if counts[code] then counts[code] = counts[code] + 1 end
       if code == 'V' or code == 'v' then
         versions[#versions + 1] = id
@@ -126,8 +154,13 @@ local function retention()
           base.etag, base.rev = step.etag, step.rev
         end
         if (code == 'T' or code == 't') and type(rec['transition_id']) == 'string' then
+          local joined = redis.call('HGET', links_key, 't:' .. rec['transition_id'])
+          for _, linked in ipairs(joined and util().split(joined, ' ') or {}) do
+            -- the manual approvals it consumed precede it: kept past the cut while open, they go with it
+            if is_id(linked) and R.before(linked, id) then redis.call('XDEL', log_key, linked) end
+          end
           redis.call('HDEL', links_key, 't:' .. rec['transition_id'], 'x:' .. rec['transition_id'])
-        elseif code == 'A' then
+        elseif code == 'A' and id then
           redis.call('HDEL', links_key, 'a:' .. id)
           local tid = rec['transition_id']
           if type(tid) == 'string' then
@@ -142,14 +175,6 @@ local function retention()
               else redis.call('HDEL', links_key, field) end
             end
           end
-          if step.from and type(rec['to_state']) == 'string' then
-            local field = 'p:' .. step.from .. '>' .. rec['to_state']
-            local pending = redis.call('HGET', state_key, field)
-            if pending and util().split(pending, '|')[1] == id then
-              redis.call('HDEL', state_key, field)
-              redis.call('HINCRBY', state_key, 'pn', -1)
-            end
-          end
         elseif code == 'P' and type(rec['policy']) == 'string' then
           if redis.call('HGET', latest_key, rec['policy']) == id then
             redis.call('HDEL', latest_key, rec['policy'])
@@ -161,13 +186,13 @@ local function retention()
     if counts.A > 0 then redis.call('LPOP', approvals_key, counts.A) end
     if counts.P > 0 then redis.call('LPOP', policies_key, counts.P) end
     if #versions > 0 then redis.call('ZREM', versions_key, unpack(versions)) end
-    redis.call('XDEL', log_key, unpack(ids))
+    if #ids > 0 then redis.call('XDEL', log_key, unpack(ids)) end
     if cleared then redis.call('HDEL', base_key, 's', 'v', 't', 'by') end
     if base.vmax then
       local old = redis.call('HGET', base_key, 'vmax')
       if old and is_count(old) and tonumber(old) > tonumber(base.vmax) then base.vmax = old end
     end
-    local set = {'HSET', base_key, 'cut', ids[#ids]}
+    local set = {'HSET', base_key, 'cut', last}
     for name, value in pairs(base) do
       set[#set + 1], set[#set + 2] = name, value
     end
@@ -183,6 +208,7 @@ local function retention()
     if err then return nil, err end
     local number = 0
     if top[2] then
+      if not is_id(top[1]) then return nil, util().bad_value(versions_key, 'member', top[1], 'a log entry id') end
       if not is_count(top[2]) then return nil, util().bad_value(versions_key, 'score', top[2], 'a version number') end
       number = tonumber(top[2])
     end

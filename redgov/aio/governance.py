@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from ..changes import Change
-from ..errors import RedgovError
+from ..calls import Call, Plan
+from ..errors import RedgovError, RulesChangedError
 from ..events import GovernanceEvent, WatchCursor
-from ..govcore import TransitionRequest
+from ..govcore import GovernanceCore, TransitionRequest
 from ..governance import GovernanceBase
 from ..records import (
     ApprovalRecord,
@@ -19,11 +20,15 @@ from ..records import (
     LifecycleState,
     PendingMove,
     PolicyEvaluation,
+    RulesVersion,
     StateTransition,
 )
 from .backplane import AsyncBackplane
 
 __all__ = ["AsyncGovernance"]
+
+
+T = TypeVar("T")
 
 
 class AsyncGovernance(GovernanceBase[AsyncBackplane]):
@@ -65,6 +70,66 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    # -- the rules that govern a scope (as Governance: see its methods) -----------------
+
+    async def _governed(self, tenant: str | None, environment: str | None,
+                        make: Callable[[GovernanceCore], Call[T] | Plan[T]]) -> T:
+        view = self.core.cached_view(tenant, environment)
+        if view is not None:
+            step = make(view)
+            try:
+                return await (self.backplane.run(step) if isinstance(step, Call) else self.backplane.drive(step))
+            except RulesChangedError:
+                pass  # published meanwhile: read the rules and decide again
+        return await self.backplane.drive(self.core.governed(tenant, environment, make, fresh=view is not None))
+
+    async def _read_governed(self, tenant: str | None, environment: str | None,
+                             make: Callable[[GovernanceCore], Call[T] | Plan[T]]) -> T:
+        return await self.backplane.drive(self.core.governed(tenant, environment, make, fresh=True))
+
+    async def publish(self, *, actor: str, reason: str | None = None, tenant: str | None = None,
+                      environment: str | None = None) -> RulesVersion:
+        """Publish this Governance's definition as the scope's rules (as ``Governance.publish``).
+
+        Args:
+            actor: who publishes (required). reason: why, kept on the version.
+            tenant, environment: the scope (None: the default).
+        """
+        return await self.backplane.drive(self.core.publish_plan(actor=actor, reason=reason, tenant=tenant,
+                                                                 environment=environment))
+
+    async def published_rules(self, *, tenant: str | None = None, environment: str | None = None,
+                              version: int | None = None) -> RulesVersion | None:
+        """The scope's published rules, or ``version`` of them; None when none (as ``Governance.published_rules``).
+
+        Args:
+            tenant, environment: the scope (None: the default). version: that version (None: the current one).
+        """
+        return await self.backplane.run(self.core.published_rules(tenant=tenant, environment=environment,
+                                                                  version=version))
+
+    async def rules_history(self, *, tenant: str | None = None,
+                            environment: str | None = None) -> list[RulesVersion]:
+        """Every published version of the scope's rules, oldest first (as ``Governance.rules_history``).
+
+        Args:
+            tenant, environment: the scope (None: the default).
+        """
+        return await self.backplane.drive(self.core.rules_history(tenant=tenant, environment=environment))
+
+    async def request(self, experiment: str, to: LifecycleState | str, *, actor: str, reason: str | None = None,
+                      tenant: str | None = None, environment: str | None = None,
+                      idempotency_key: str | None = None) -> PendingMove:
+        """Ask for a gated move, for approvers to decide (as ``Governance.request``).
+
+        Args:
+            experiment: its name. to: the target state. actor: who asks (required). reason: why.
+            tenant, environment: the scope. idempotency_key: a repeat within the window writes nothing.
+        """
+        return await self._governed(tenant, environment, lambda g: g.request(
+            experiment, to, actor=actor, reason=reason, tenant=tenant, environment=environment,
+            idempotency_key=idempotency_key))
+
     async def create(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
                      actor: str | None = None, configuration: Mapping[str, Any] | None = None,
                      metadata: Mapping[str, Any] | None = None, idempotency_key: str | None = None) -> ExperimentState:
@@ -78,7 +143,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         ExperimentState. Raises ConflictError (it exists; the key was used for another
         operation), ValidationError.
         """
-        return await self.backplane.run(self.core.create(
+        return await self._governed(tenant, environment, lambda g: g.create(
             experiment, tenant=tenant, environment=environment, actor=actor, configuration=configuration,
             metadata=metadata, idempotency_key=idempotency_key))
 
@@ -117,7 +182,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         ``evaluations`` are recorded, nothing else is written), ValidationError (bad input).
         Otherwise nothing is written when it raises.
         """
-        return await self.backplane.run(self.core.transition(
+        return await self._governed(tenant, environment, lambda g: g.transition(
             experiment, to, actor=actor, reason=reason, metadata=metadata, telemetry=telemetry, tenant=tenant,
             environment=environment, expected_etag=expected_etag, idempotency_key=idempotency_key, lease=lease))
 
@@ -129,8 +194,23 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         not. Invalid input raises ValidationError before anything is sent. Returns, in
         request order, each StateTransition or the RedgovError that refused it.
         """
-        calls = self.core.transition_many(requests)
-        return await self.backplane.run_many(calls)
+        requests = self.core.check_requests(requests)
+        views = {}
+        for scope in dict.fromkeys((r.tenant, r.environment) for r in requests):
+            views[scope] = await self.backplane.drive(self.core.governing(*scope))
+        results = await self.backplane.run_many(self.core.transition_many(requests, views))
+        for index, result in enumerate(results):
+            if isinstance(result, RulesChangedError):  # decided again under the new rules, on its own
+                r = requests[index]
+
+                def again(g: GovernanceCore, r: TransitionRequest = r) -> Call[StateTransition]:
+                    return g.transition_many([r])[0]
+
+                try:
+                    results[index] = await self._governed(r.tenant, r.environment, again)
+                except RedgovError as exc:
+                    results[index] = exc
+        return results
 
     async def approve(self, experiment: str, to: LifecycleState | str, *, approver: str, reason: str | None = None,
                       approved: bool = True, tenant: str | None = None, environment: str | None = None,
@@ -149,7 +229,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         from the current state),
         ConflictError (the key was used for another operation), ValidationError.
         """
-        return await self.backplane.run(self.core.approve(
+        return await self._governed(tenant, environment, lambda g: g.approve(
             experiment, to, approver=approver, reason=reason, approved=approved, tenant=tenant,
             environment=environment, idempotency_key=idempotency_key, valid_for=valid_for))
 
@@ -160,7 +240,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         Gates and policies are not judged. One read. Raises NotFoundError (never created,
         unless ``auto_create``: then the moves from ``initial_state``), ValidationError.
         """
-        return await self.backplane.drive(self.core.allowed_transitions(experiment, tenant=tenant,
+        return await self._read_governed(tenant, environment, lambda g: g.allowed_transitions(experiment, tenant=tenant,
                                                                         environment=environment))
 
     async def history(self, experiment: str, *, tenant: str | None = None, environment: str | None = None,
@@ -192,7 +272,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         As ``Governance.awaiting_approval``: the scope's index in pages, each page's state
         hashes pipelined (with ``experiment``: its state alone). Returns a list of PendingMove.
         """
-        return await self.backplane.drive(self.core.awaiting_approval(tenant=tenant, environment=environment,
+        return await self._read_governed(tenant, environment, lambda g: g.awaiting_approval(tenant=tenant, environment=environment,
                                                                       experiment=experiment))
 
     async def create_version(self, experiment: str, configuration: Mapping[str, Any], *, actor: str | None = None,
@@ -209,7 +289,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         ``transition``. Raises NotFoundError (never created, unless ``auto_create``),
         LeaseError, ConflictError (the key was used for another operation), ValidationError.
         """
-        return await self.backplane.run(self.core.create_version(
+        return await self._governed(tenant, environment, lambda g: g.create_version(
             experiment, configuration, actor=actor, description=description, tenant=tenant,
             environment=environment, idempotency_key=idempotency_key, lease=lease))
 
@@ -224,7 +304,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         and ``lease`` as there). Raises NotFoundError (no such version or experiment),
         LeaseError, ConflictError, ValidationError.
         """
-        return await self.backplane.drive(self.core.rollback(
+        return await self._governed(tenant, environment, lambda g: g.rollback(
             experiment, to_version, actor=actor, tenant=tenant, environment=environment,
             idempotency_key=idempotency_key, lease=lease))
 
@@ -253,7 +333,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         is refused: non-compliant evaluations are returned, not raised. Raises
         NotFoundError (never created), ValidationError (an unknown telemetry key or state).
         """
-        return await self.backplane.drive(self.core.evaluate_policies(
+        return await self._governed(tenant, environment, lambda g: g.evaluate_policies(
             experiment, telemetry=telemetry, target=target, tenant=tenant, environment=environment))
 
     async def acquire_lease(self, experiment: str, *, owner: str, ttl: timedelta, tenant: str | None = None,

@@ -65,7 +65,7 @@ def from_config(source_or_config: GovernanceConfig | str | os.PathLike[str] | Ma
             opened.close()
         raise
     try:
-        return Governance(backplane, gates=config.gates(), policies=config.policies(),
+        return Governance(backplane, rules=config.lifecycle(), gates=config.gates(), policies=config.policies(),
                           initial_state=config.initial_state, auto_versioning=config.auto_versioning,
                           require_telemetry=config.require_telemetry, clock=clock)
     except BaseException as exc:
