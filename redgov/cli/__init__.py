@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         code = exit_code(error)
         where = _where(ctx)
-        out.error(type(error).__name__, message_for(error, code, where), code, label(code),
+        out.error(type(error).__name__, message_for(error, code, where), code, label(code, error),
                   getattr(error, "usage", ""))
         return code
 

@@ -1,7 +1,8 @@
-"""Commands that read and change experiments: list, create, state, transition, approve,
+"""Commands that read and change experiments: list, create, state, transition, approve, request,
 configure, versions, diff, rollback (transition, configure and rollback fenced by
 ``--lease-owner/--lease-token`` when given). Each takes the Context, prints one outcome and returns 0;
-refusals are raised (``main`` turns them into an exit status).
+refusals are raised (``main`` turns them into an exit status). ``COMMANDS`` also carries
+``rules`` (rules.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from . import rules
 from .context import Context
 from .coordination import fence
 from .output import short, state_line, when
@@ -109,6 +111,25 @@ def cmd_approve(ctx: Context) -> int:
     return 0
 
 
+def cmd_request(ctx: Context) -> int:
+    a = ctx.args
+    with ctx.governance() as gov:
+        move = gov.request(a.experiment, a.state, actor=a.actor, reason=a.reason,
+                           idempotency_key=a.idempotency_key, **ctx.scope)
+    out = ctx.out
+    why = f" ({' '.join(move.reason.split())})" if move.reason else ""
+    if move.approvals_needed:
+        needs = f"approvals {move.approvals_given} of {move.approvals_needed}"
+        if move.gate:
+            needs += f" (gate {move.gate})"
+    else:
+        needs = "no manual gate guards this move: it needs no approval"
+    out.emit({"experiment": a.experiment, "state": move.from_state, "to": move.to_state, "request": move},
+             f"{a.experiment}: {out.state(move.from_state)} -> {out.state(move.to_state)} requested by "
+             f"{move.requested_by or a.actor}{why}; {needs}")
+    return 0
+
+
 def cmd_configure(ctx: Context) -> int:
     a = ctx.args
     configuration = read_configuration(a.file)
@@ -165,6 +186,7 @@ def cmd_rollback(ctx: Context) -> int:
 
 COMMANDS: dict[str, Callable[[Context], int]] = {
     "list": cmd_list, "create": cmd_create, "state": cmd_state, "transition": cmd_transition,
-    "approve": cmd_approve, "configure": cmd_configure, "versions": cmd_versions, "diff": cmd_diff,
-    "rollback": cmd_rollback,
+    "approve": cmd_approve, "request": cmd_request, "configure": cmd_configure, "versions": cmd_versions,
+    "diff": cmd_diff, "rollback": cmd_rollback,
+    **rules.COMMANDS,  # rules publish|show|history|diff (redgov.cli.__init__ merges this table only)
 }

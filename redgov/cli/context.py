@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 from ..backplane import Backplane
 from ..config import GovernanceConfig, load_config
 from ..connect import connect
-from ..errors import ConfigError, NotFoundError
+from ..errors import ConfigError, NotFoundError, RulesMismatchError
 from ..governance import Governance
 from ..records import ExperimentState
 from .output import Output
@@ -133,18 +133,28 @@ class Context:
 
     @contextmanager
     def governance(self, *, archive: bool = False, **options: Any) -> Iterator[Governance]:
-        """A Governance with the config's gates, policies, initial state, auto-versioning and
-        require-telemetry (defaults without a config); closed afterwards. ``options``: see ``backplane_open``."""
+        """A Governance with the config's lifecycle rules, gates, policies, initial state, auto-versioning
+        and require-telemetry; closed afterwards. ``options``: see ``backplane_open``.
+
+        Without a config it has no definition of its own, so it follows the scope's published rules
+        (``redgov rules publish``); with one whose definition differs from them, its first write to
+        the scope raises RulesMismatchError (exit 2)."""
         backplane = self.backplane_open(archive=archive, **options)
         try:
             config = self.config
             if config is not None:
-                gov = Governance(backplane, gates=config.gates(), policies=config.policies(),
-                                 initial_state=config.initial_state, auto_versioning=config.auto_versioning,
+                gov = Governance(backplane, rules=config.lifecycle(), gates=config.gates(),
+                                 policies=config.policies(), initial_state=config.initial_state,
+                                 auto_versioning=config.auto_versioning,
                                  require_telemetry=bool(getattr(config, "require_telemetry", False)))
             else:
                 gov = Governance(backplane)
-            yield gov
+            try:
+                yield gov
+            except RulesMismatchError as exc:  # what to do about it, in command-line terms
+                raise RulesMismatchError(f"{exc} (--config {self.args.config}: run without --config to follow the "
+                                         "published rules, or publish the file with `redgov rules publish`)",
+                                         errors=exc.errors) from None
         finally:
             backplane.close()
 

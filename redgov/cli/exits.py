@@ -53,8 +53,12 @@ def exit_code(error: BaseException) -> int:
     return INTERNAL
 
 
-def label(code: int) -> str:
-    return {REFUSED: "refused", USAGE: "error", FAILED: "error", TIMED_OUT: "timed out"}.get(code, "internal error")
+def label(code: int, error: BaseException | None = None) -> str:
+    """How a failure is labelled (``redgov: <label>: ...``): "timed out" only for ``wait``'s timeout
+    (it shares the refusals' status 1), "refused" for a governance refusal, "error" otherwise."""
+    if isinstance(error, WaitTimeoutError):
+        return "timed out"
+    return {REFUSED: "refused", USAGE: "error", FAILED: "error"}.get(code, "internal error")
 
 
 def one_line(text: str) -> str:

@@ -169,7 +169,8 @@ def _global_options(parser: argparse.ArgumentParser, *, after: bool) -> None:
     group.add_argument("--prefix", default=default(None), metavar="P",
                        help="key prefix of the installation (default: the config's keyPrefix, else gov)")
     group.add_argument("--config", default=default(None), metavar="FILE",
-                       help="governance config file (YAML or JSON): gates, policies, persistence, export url")
+                       help="governance config file (YAML or JSON): rules, gates, policies, persistence, export url "
+                            "(`rules publish` publishes its governance section)")
     group.add_argument("--tenant", default=default(None), metavar="T", help="tenant of the scope (default: none)")
     group.add_argument("--env", dest="environment", default=default(None), metavar="E",
                        help="environment of the scope (default: none)")
@@ -292,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("transition", "move an experiment to another state",
                 f"states: {STATE_NAMES}\n\n{rules}\n\nGates (manual approvals, roles) and policies from --config "
-                "apply on top of the rules.")
+                "apply on top of the rules.\nOnce the scope has published rules (`redgov rules publish`), those "
+                "govern: without\n--config the command follows them, and a --config defining other rules is "
+                "refused (exit 2).")
     experiment(p)
     p.add_argument("state", type=_state, metavar="STATE", help=f"the target state, {states_help}")
     p.add_argument("--actor", help="who moves it (recorded)")
@@ -316,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-for", dest="valid_for", type=_duration(MAX_VALID_FOR), metavar="SECONDS",
                    help="the approval satisfies the gate only this many seconds after it is recorded (server clock; "
                         "default: until it is consumed or lapses)")
+    idempotency(p)
+
+    p = command("request", "ask for a gated move, for approvers to decide (prints approvals given of needed)",
+                f"states: {STATE_NAMES}\n\nThe request is for the move from the current state to STATE. It waits in "
+                "the approvals inbox\nuntil the move is made, the experiment changes state or configuration, or a "
+                "rejection\ncloses it. Unless the manual gate allows self-approval, the requester may not approve "
+                "the\nmove (exit 1).\n\n  redgov request checkout Running --actor ana --reason \"ready\"\n"
+                "  redgov approve checkout Running --approver bob\n"
+                "  redgov transition checkout Running --actor ana")
+    experiment(p)
+    p.add_argument("state", type=_state, metavar="STATE", help=f"the state the requested move goes to, {states_help}")
+    p.add_argument("--actor", required=True, help="who asks for the move (recorded; required)")
+    p.add_argument("--reason", help="why (shown to the approvers)")
     idempotency(p)
 
     p = command("history", "list an experiment's transitions")
@@ -430,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="to_url", metavar="SQL_URL",
                    help="SQL url of the copy (default: $REDGOV_EXPORT_URL, else the config's export url)")
     p.add_argument("--keep", type=_seconds, metavar="SECONDS", help="seconds of recent entries to keep")
+
+    # -- published rules (declared in rules.py)
+    from .rules import declare as declare_rules
+
+    declare_rules(command, _actions, _positive_int)
 
     # -- the web UI: serve, users (declared in web.py)
     from .web import declare
