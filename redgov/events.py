@@ -17,11 +17,18 @@ import msgspec
 from .codec import decode_fields, pairs, text
 from .core import Call, Core, Plan
 from .errors import CorruptDataError, ValidationError
-from .records import ApprovalRecord, ConfigurationVersion, ExperimentState, PolicyEvaluation, StateTransition
+from .records import (
+    ApprovalRecord,
+    ConfigurationVersion,
+    ExperimentState,
+    PolicyEvaluation,
+    RulesVersion,
+    StateTransition,
+)
 
 __all__ = ["EventKind", "GovernanceEvent", "WatchCursor", "streams"]
 
-EventKind = Literal["state", "transition", "approval", "version", "policy"]
+EventKind = Literal["state", "transition", "approval", "version", "policy", "rules"]
 #: the part of a socket timeout a blocking read leaves unused (ms)
 BLOCK_MARGIN_MS = 500
 
@@ -30,11 +37,12 @@ class GovernanceEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One entry of a scope's log, as ``Governance.watch`` yields it.
 
     Fields: ``id`` is the log entry id (pass it as ``from_id`` to resume after it);
-    ``kind`` is ``"state"``, ``"transition"``, ``"approval"``, ``"version"`` or
-    ``"policy"``; ``experiment`` the experiment written; ``tenant`` and
+    ``kind`` is ``"state"``, ``"transition"``, ``"approval"``, ``"version"``,
+    ``"policy"`` or ``"rules"``; ``experiment`` the experiment written (``""`` for
+    ``"rules"``: a published rules version belongs to the scope); ``tenant`` and
     ``environment`` the scope watched; ``record`` the Struct written
-    (ExperimentState, StateTransition, ApprovalRecord, ConfigurationVersion or
-    PolicyEvaluation).
+    (ExperimentState, StateTransition, ApprovalRecord, ConfigurationVersion,
+    PolicyEvaluation or RulesVersion, its ``version`` the number published).
     """
 
     id: str
@@ -42,7 +50,7 @@ class GovernanceEvent(msgspec.Struct, frozen=True, kw_only=True):
     experiment: str
     tenant: str | None
     environment: str | None
-    record: ExperimentState | StateTransition | ApprovalRecord | ConfigurationVersion | PolicyEvaluation
+    record: ExperimentState | StateTransition | ApprovalRecord | ConfigurationVersion | PolicyEvaluation | RulesVersion
 
 
 def streams(reply: Any) -> list[tuple[Any, Any]]:
@@ -119,7 +127,8 @@ class WatchCursor:
         return Call((log,), ("XREAD", "COUNT", count, "BLOCK", wait, "STREAMS", log, self.last), parse)
 
     def accept(self, events: list[GovernanceEvent]) -> list[GovernanceEvent]:
-        """Note the last of ``events`` read; return those of the experiments watched."""
+        """Note the last of ``events`` read; return those of the experiments watched (with an
+        ``experiments`` filter, only events of those names: no ``"rules"`` events, whose experiment is ``""``)."""
         if events:
             self.last = events[-1].id
         return [e for e in events if self.wanted is None or e.experiment in self.wanted]

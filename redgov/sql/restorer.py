@@ -12,6 +12,15 @@ history is indexed by several calls of at most ``INDEX_CHUNK`` entries, the
 state written by the last. Idempotency keys, leases and the re-send dedupe
 buckets are not restored: they are short-lived caches, not history.
 
+The scope's published rules (``{T}:rules``, govrules.py) are rebuilt from its
+``rules`` entries (one per ``publish``): every version's record (``r:<n>``, the
+bytes the entry holds), the current version ``n`` (the highest) with its hash
+``h``, and the steps and gates of the current version (``s:<state>``,
+``d:<state>``) compiled again from its definition (``govrules.compile_all``), the
+same way ``publish`` compiled them; plain HSETs of at most ``RULES_CHUNK``
+versions each, sent with the scope's XADDs. So a restored scope is governed by the
+rules it was governed by.
+
 On a single server a scope is one MULTI/EXEC under WATCH of its log (redis-py
 loads the script before MULTI, so the script calls are queued with the XADDs):
 a failure, or a write to the scope meanwhile, leaves nothing of it written.
@@ -33,16 +42,20 @@ from redis.exceptions import ResponseError, WatchError
 
 from ..backplane import Backplane
 from ..codec import Entry, decode_fields, fold_states, text, to_micros
-from ..errors import CorruptDataError, RedgovError, map_reply_error
+from ..errors import ConfigError, CorruptDataError, RedgovError, ValidationError, map_reply_error
+from ..govdefinition import parts_of
+from ..govrules import compile_all
 from ..keys import Scope, glob_escape, prefix_pattern
-from ..records import DECODERS, ENCODER, ExperimentState, LifecycleState
+from ..records import DECODERS, ENCODER, ExperimentState, LifecycleState, RulesVersion
 from .copy import ScopeRow, SqlCopy, SqlCopyError, progress_bar
 from .write import with_name
 
-__all__ = ["INDEX_CHUNK", "IndexCall", "RestoreSummary", "ScopeRebuild", "redis_refusals", "restore"]
+__all__ = ["INDEX_CHUNK", "RULES_CHUNK", "IndexCall", "RestoreSummary", "ScopeRebuild", "redis_refusals", "restore"]
 
 #: entry ids indexed by one restore_index call at most
 INDEX_CHUNK = 500
+#: published rules versions written by one HSET at most
+RULES_CHUNK = 100
 #: commands sent per pipeline flush on a Cluster
 _CLUSTER_FLUSH = 1000
 #: the transition create.lua writes beside the state snapshot (restore_index.lua: '+<id>')
@@ -109,6 +122,9 @@ class ScopeRebuild:
         self.source_log = source_log
         self.xadds: list[tuple[Any, ...]] = []
         self.experiments: dict[str, _Experiment] = {}
+        #: the scope's published rules versions: number -> (the record as stored, decoded)
+        self.rules: dict[int, tuple[bytes, RulesVersion]] = {}
+        self._rules_out: list[tuple[Any, ...]] | None = None
 
     def add(self, entry_id: str, fields: Mapping[str, bytes]) -> None:
         """One entry of the scope (the next in log order), as stream fields."""
@@ -116,6 +132,10 @@ class ScopeRebuild:
             kind, name = text(fields["k"]), text(fields["x"])
         except (KeyError, UnicodeDecodeError) as exc:
             raise CorruptDataError(f"log entry {entry_id} of {self.source_log} cannot be decoded: {exc!r}") from None
+        if kind == "rules":  # a published version of the scope's rules: no experiment to index
+            self._add_rules(entry_id, fields)
+            self._xadd(entry_id, fields)
+            return
         entry: Entry | None = None
         if "rev" in fields:
             entry = decode_fields(entry_id, fields, self.source_log)  # a state write: folded below
@@ -123,16 +143,67 @@ class ScopeRebuild:
             _check(entry_id, kind, fields, self.source_log)
         if kind == "version" and not fields.get("v", b"").isdigit():
             raise CorruptDataError(f"log entry {entry_id} of {self.source_log} is a version without a number (v)")
-        flat: list[Any] = ["XADD", self.target.log, entry_id]
-        for field_name, value in fields.items():
-            flat += [field_name, value]
-        self.xadds.append(tuple(flat))
+        self._xadd(entry_id, fields)
         x = self.experiments.get(name)
         if x is None:
             x = self.experiments[name] = _Experiment()
         if entry is not None and "rev" in fields:
             x.writes.append(entry)
         x.ids.append(entry_id)
+
+    def _xadd(self, entry_id: str, fields: Mapping[str, bytes]) -> None:
+        flat: list[Any] = ["XADD", self.target.log, entry_id]
+        for field_name, value in fields.items():
+            flat += [field_name, value]
+        self.xadds.append(tuple(flat))
+
+    def _add_rules(self, entry_id: str, fields: Mapping[str, bytes]) -> None:
+        record: RulesVersion = decode_fields(entry_id, fields, self.source_log).record  # its number: field n
+        if record.version < 1:
+            raise CorruptDataError(f"log entry {entry_id} of {self.source_log} is a rules version numbered "
+                                   f"{record.version}, expected 1 or more")
+        self.rules[record.version] = (fields["r"], record)
+        self._rules_out = None
+
+    def rules_commands(self) -> list[tuple[Any, ...]]:
+        """The HSETs that rebuild the scope's rules hash: every version (``r:<n>``), then the current one's
+        compiled steps and gates (``s:``, ``d:``), its hash ``h`` and its number ``n``. Empty when none.
+        Made once (until another rules entry is added).
+
+        Raises:
+            CorruptDataError: the current version's rules or gates cannot be compiled.
+        """
+        if self._rules_out is None:
+            self._rules_out = self._compile_rules()
+        return self._rules_out
+
+    def _compile_rules(self) -> list[tuple[Any, ...]]:
+        if not self.rules:
+            return []
+        key = self.target.rules
+        numbers = sorted(self.rules)
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(numbers), RULES_CHUNK):
+            out.append(("HSET", key, *(x for n in numbers[start:start + RULES_CHUNK]
+                                       for x in (f"r:{n}", self.rules[n][0]))))
+        current = numbers[-1]
+        record = self.rules[current][1]
+        # the policies play no part in the compiled rules: a custom kind this process does not know is
+        # the concern of the writes judged under them (ConfigError there), not of the restore
+        definition = {k: v for k, v in record.definition.items() if k != "policies"}
+        try:
+            parts = parts_of(definition)
+            compiled = compile_all(parts.rules, parts.gates)
+        except (ConfigError, ValidationError) as exc:
+            raise CorruptDataError(f"rules version {current} of {self.source_log} cannot be compiled: {exc}") from None
+        fields: list[Any] = []
+        for i in range(0, len(compiled), 3):
+            target, steps, details = compiled[i:i + 3]
+            fields += [f"s:{target!s}", steps]
+            if details:
+                fields += [f"d:{target!s}", details]
+        out.append(("HSET", key, *fields, "h", record.rules_hash, "n", str(current)))
+        return out
 
     def state(self, name: str) -> ExperimentState | None:
         """The experiment's current state, folded from its state-writing entries (None: it has none)."""
@@ -160,8 +231,14 @@ class ScopeRebuild:
         return states[-1], times
 
     def commands(self) -> Iterator[tuple[Any, ...] | IndexCall]:
-        """Every XADD (in log order), then each experiment's ``restore_index`` calls."""
+        """Every XADD (in log order), the rules hash's HSETs, then each experiment's ``restore_index`` calls.
+
+        The rules are compiled before the first command is given, so a version that cannot be
+        compiled (CorruptDataError) stops the scope before anything of it is sent.
+        """
+        rules = self.rules_commands()
         yield from self.xadds
+        yield from rules
         ops = self.target.ops()
         for name, x in self.experiments.items():
             keys = self.target.experiment(name).write_keys(ops)
@@ -256,6 +333,7 @@ def restore(backplane: Backplane, url: str, *, force: bool = False, progress: bo
                     count += 1
                 if not count:
                     continue
+                rebuild.rules_commands()  # compiled (or refused) before anything of the scope is written
                 with redis_refusals(f"restoring scope {scope!r}"):
                     if _is_cluster(client):
                         replaced = _write_scope_cluster(client, script, scope, rebuild, force)

@@ -12,6 +12,7 @@ Tables, in SQLAlchemy Core (portable to SQLite, PostgreSQL, MySQL and SQL Server
 | ``approval_records``     | approval entry                   | (scope_id, entry_ms, entry_seq)       |
 | ``configuration_versions``| version entry; unique (scope, experiment, version) | (scope_id, entry_ms, entry_seq) |
 | ``policy_evaluations``   | policy evaluation entry          | (scope_id, entry_ms, entry_seq)       |
+| ``rules_versions``       | rules entry; unique (scope, version) | (scope_id, entry_ms, entry_seq)   |
 | ``experiment_states``    | experiment: its current state    | (scope_id, experiment_key)            |
 
 A stream entry id ``<ms>-<seq>`` is stored as two integers, so ORDER BY gives the
@@ -23,9 +24,17 @@ bytes verbatim (``record``) and the fields the scripts add (rev, etag, v, from,
 ap; any other field in ``extra``, a JSON object), which is what restore and the
 archive read; the record is stored as the scripts store it, without its
 ``experiment`` field (the entry's ``x`` field, the ``experiment`` column, holds
-the name); the five entity tables are the typed, queryable view of the same
+the name); the entity tables are the typed, queryable view of the same
 entries. ``experiment_states`` is the fold of the exported entries, so it always
 matches the cursor it was committed with.
+
+A ``rules`` entry (``Governance.publish``, publish_rules.lua) belongs to the scope, not
+to an experiment: its ``experiment`` is ``''`` and its version number (the entry's
+``n`` field) is kept in ``extra``, like any field of its own, so the entry reads back
+byte for byte; ``rules_versions`` is its typed row (``version`` = ``n``). Restore
+rebuilds the scope's rules hash from these entries (restorer.py). The table is an
+addition, not a change an older copy could not be read with: ``export`` creates it in
+a copy of this schema version that lacks it, and no read needs it.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ __all__ = [
     "experiment_key",
     "join_id",
     "metadata",
+    "rules_versions",
     "scope_key",
     "split_id",
     "utc",
@@ -216,6 +226,22 @@ policy_evaluations = sa.Table(
     sqlite_with_rowid=False,
 )
 
+rules_versions = sa.Table(
+    "rules_versions", metadata,
+    *_entry_key(),
+    sa.Column("tenant", _NAME),
+    sa.Column("environment", _NAME),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("definition", _JSON, nullable=False),
+    sa.Column("rules_hash", sa.String(80), nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("created_by", _NAME),
+    sa.Column("reason", _TEXT),
+    sa.UniqueConstraint("scope_id", "version", name="uq_rules_versions_number"),
+    sa.Index("ix_rules_versions_created_at", "created_at"),
+    sqlite_with_rowid=False,
+)
+
 experiment_states = sa.Table(
     "experiment_states", metadata,
     sa.Column("scope_id", sa.Integer, primary_key=True, autoincrement=False),
@@ -240,6 +266,7 @@ ENTITY_TABLES: dict[str, sa.Table] = {
     "approval": approval_records,
     "version": configuration_versions,
     "policy": policy_evaluations,
+    "rules": rules_versions,
 }
 
 

@@ -76,6 +76,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "policy_evaluations": ("scope_id", "entry_ms", "entry_seq", "evaluation_id", "experiment", "tenant",
                            "environment", "policy", "compliant", "severity", "reason", "timestamp", "current_state",
                            "target_state", "metadata"),
+    "rules_versions": ("scope_id", "entry_ms", "entry_seq", "tenant", "environment", "version", "definition",
+                       "rules_hash", "created_at", "created_by", "reason"),
     "experiment_states": ("scope_id", "experiment_key", "experiment", "tenant", "environment", "state",
                           "config_version", "last_modified", "last_modified_by", "etag", "revision", "metadata",
                           "entry_ms", "entry_seq"),
@@ -138,14 +140,17 @@ class Batch:
             extra = msgspec.json.encode({k.decode("utf-8", "backslashreplace"): val.decode("utf-8", "backslashreplace")
                                          for k, val in fields.items() if k not in _KNOWN}).decode()
         scope_id = row.scope_id
-        names = self.touched.get(scope_id)
-        if names is None:
-            names = self.touched[scope_id] = set()
-        names.add(name)
+        if kind == "rules":  # the scope's, not an experiment's: no state to fold, nothing for trim to remove
+            self._rules(row, entry_id, ms, seq, fields, r)
+        else:
+            names = self.touched.get(scope_id)
+            if names is None:
+                names = self.touched[scope_id] = set()
+            names.add(name)
         self.logs.append((scope_id, ms, seq, kind, name, record_raw.decode(), revision,
                           None if etag is None or rev is None else etag.decode(), number,
                           origin, approval, extra))
-        if revision:  # a state write: what the fold reads of the entry, as codec.decode_fields gives it
+        if revision and kind != "rules":  # a state write: what the fold reads of the entry, as decode_fields gives it
             if etag is None:
                 raise CorruptDataError(f"log entry {entry_id} of {row.log_key} writes the state but has no etag")
             tag = etag.decode()
@@ -185,6 +190,16 @@ class Batch:
                 scope_id, ms, seq, r.evaluation_id, name, tenant, environment, r.policy, r.compliant,
                 r.severity.value, r.reason, r.timestamp, origin,
                 None if r.target_state is None else r.target_state.value, r.metadata))
+
+    def _rules(self, row: ScopeRow, entry_id: str, ms: int, seq: int, fields: dict[bytes, bytes], r: Any) -> None:
+        """A published rules version (publish_rules.lua): its number is the entry's ``n`` field."""
+        try:
+            number = int(fields[b"n"])
+        except (KeyError, ValueError) as exc:
+            raise CorruptDataError(f"log entry {entry_id} of {row.log_key} is a rules version without a number "
+                                   f"(n): {exc!r}") from None
+        self.entities["rules"].append((row.scope_id, ms, seq, row.tenant, row.environment, number, r.definition,
+                                       r.rules_hash, r.created_at, r.created_by, r.reason))
 
 
 _KNOWN = frozenset(k.encode() for k in KNOWN_FIELDS)
