@@ -72,19 +72,12 @@ local function main()
     if err then return err end
   end
   local manual = step and step['manual']
-  if mode == 'approve' and manual and step['self'] ~= true and who ~= '' then
-    local request
-    request, err = gates().request(current, target)
-    if err then return err end
-    if request and request.by == who then
-      return refuse('SEPARATION', what .. ': ' .. current .. ' -> ' .. target .. ': ' .. who .. ' requested this '
-        .. 'move, so another person must approve it (' .. manual .. ' does not allow self-approval)')
-    end
-  end
-  local list = nil
-  if mode ~= 'request' then
-    list, err = gates().approvals(current, target) -- proves the field before the first write
-    if err then return err end
+  local list, request
+  list, request, err = gates().pending(current, target) -- proves the fields before the first write
+  if err then return err end
+  if mode == 'approve' and manual and step['self'] ~= true and who ~= '' and request and request.by == who then
+    return refuse('SEPARATION', what .. ': ' .. current .. ' -> ' .. target .. ': ' .. who .. ' requested this '
+      .. 'move, so another person must approve it (' .. manual .. ' does not allow self-approval)')
   end
   local length
   length, err = read('LLEN', history_key)
@@ -100,7 +93,7 @@ local function main()
   -- every check passed: write
   local id, valid_until = '', ''
   if mode == 'request' then
-    redis.call('HSET', state_key, 'q:' .. current .. '>' .. target, record, 'pn', 1)
+    redis.call('HSET', state_key, 'q:' .. current .. '>' .. target, record)
   else
     local fields = {'from', current, 'cv', version}
     if valid_for ~= '' then
@@ -122,15 +115,16 @@ local function main()
         end
       end
       lines[#lines + 1] = id .. '\t' .. who .. '\t' .. valid_until .. '\t' .. version
-      redis.call('HSET', state_key, field, table.concat(lines, '\n'), 'pn', 1)
+      redis.call('HSET', state_key, field, table.concat(lines, '\n'))
     else -- a rejection closes the request ('' overrides a request for every move) and withdraws the approvals
       for _, a in ipairs(list) do
         if a.kept then redis.call('XDEL', log_key, a.id) end -- kept past the cut only while open
       end
       redis.call('HDEL', state_key, field)
-      redis.call('HSET', state_key, 'q:' .. current .. '>' .. target, '', 'pn', 1)
+      redis.call('HSET', state_key, 'q:' .. current .. '>' .. target, '')
     end
   end
+  redis.call('HSETNX', state_key, 'pn', 1) -- open approvals or requests exist ('2', kept ones too, stays)
   hist().register(experiment)
   if trim then retention().apply(trim) end
   local reply = {1, id, current, valid_until, version}

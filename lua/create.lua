@@ -55,9 +55,9 @@ local function main()
   if err then return err end
 
   local revision = tonumber(stored[2] or '0') + 1
-  redis.call('HSET', state_key, 's', initial, 'v', config_version, 't', now, 'm', metadata, 'e', etag, 'r', revision)
+  redis.call('HSET', state_key, unpack(enter({'s', initial, 'v', config_version, 't', now, 'm', metadata, 'e', etag,
+    'r', revision}, nil, initial, now, nil, nil)))
   if actor ~= '' then redis.call('HSET', state_key, 'b', actor) end
-  enter(nil, initial, now, nil)
   hist().register(experiment)
   local id = hist().add_entry('S', experiment, state_record, {'rev', revision, 'etag', etag})
   redis.call('HSET', links_key, 'x:' .. transition_id, hist().add_entry('t', experiment, transition_record, {}))

@@ -63,7 +63,7 @@ local function main()
 
   local revision = 0
   local id
-  if current and stored[4] then lapse(current, stored[5] or '0', nil) end -- approvals were for the old configuration
+  if current and stored[4] then lapse(current, stored[5] or '0', nil, stored[4]) end -- approvals were for the old configuration
   if follow == '1' and current then
     revision = tonumber(stored[2] or '0') + 1
     redis.call('HSET', state_key, 'v', number, 't', now, 'e', etag, 'r', revision)

@@ -77,6 +77,6 @@ if state ~= '' then
   local before = redis.call('HMGET', state_key, 's', 'pn')
   redis.call('HSET', state_key, unpack(parts))
   -- a restore writes the state field: what was open on the state before lapses (enter, lib/history.lua)
-  if before[1] and before[2] then lapse(before[1], nil, nil) end
+  if before[1] and before[2] then lapse(before[1], nil, nil, before[2]) end
 end
 return #ARGV - IDS + 1

@@ -57,20 +57,16 @@ local function main()
   local id = redis.pcall('XADD', log_key, '*', 'k', 'state', 'x', experiment, 'r', record, 'rev', revision, 'etag', etag)
   if type(id) == 'table' then return failed_on(log_key, id['err']) end
   redis.call('RPUSH', history_key, 'S' .. id) -- hist().index('S', id), inlined on this hot path
-  if modified_by ~= '' then
-    redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag,
-      'r', revision, 'b', modified_by)
-  else
-    redis.call('HSET', state_key, 's', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag,
-      'r', revision)
-    if stored[2] then redis.call('HDEL', state_key, 'b') end
-  end
-  if not current then hist().register(experiment) end
+  local fields = {'s', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag, 'r', revision}
+  if modified_by ~= '' then fields[#fields + 1], fields[#fields + 2] = 'b', modified_by end
   if stored[4] ~= state then
-    enter(stored[4], state, modified_at, stored[5]) -- entered its state (gates): approvals and requests lapse
+    enter(fields, stored[4], state, modified_at, stored[5], nil) -- entered its state: approvals and requests lapse
   elseif stored[5] then
-    lapse(state, nil, nil) -- the state was overwritten: what was approved for it is void
+    lapse(state, nil, nil, stored[5]) -- the state was overwritten: what was approved for it is void
   end
+  redis.call('HSET', state_key, unpack(fields))
+  if modified_by == '' and stored[2] then redis.call('HDEL', state_key, 'b') end
+  if not current then hist().register(experiment) end
   if trim then retention().apply(trim) end
   local reply = {1, revision, id}
   op_done(op, reply, expire)

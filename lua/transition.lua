@@ -134,8 +134,11 @@ local function main()
   local policies, groups = plan and plan['policies'], plan and plan['groups']
   if policies and #policies == 0 then policies = nil end
   if groups and #groups == 0 then groups = nil end
-  if consumed or role_approvals then
+  if role_approvals then
     err = util().expect_all(approvals_key, 'list', links_key, 'hash')
+    if err then return err end
+  elseif consumed then
+    err = util().expect(links_key, 'hash')
     if err then return err end
   end
   if policies or groups then
@@ -227,20 +230,21 @@ local function main()
   end
   if type(id) == 'table' then return failed_on(log_key, id['err']) end -- the first write: nothing was written
   redis.call('RPUSH', history_key, 'T' .. id)
-  if actor == '' then
-    redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision)
-    if stored[3] then redis.call('HDEL', state_key, 'b') end
-  else
-    redis.call('HSET', state_key, 's', target, 't', now, 'e', etag, 'r', revision, 'b', actor)
-  end
   -- approvals and requests are for moves out of the state being left: the used ones are consumed, the
-  -- others lapse
+  -- others lapse (enter); one HSET writes the state with its entry times
   local keep = nil
   if consumed then
     keep = {}
     for _, approval_id in ipairs(consumed) do keep[approval_id] = true end
   end
-  enter(current, target, now, stored[5], keep)
+  if actor == '' then
+    redis.call('HSET', state_key, unpack(enter({'s', target, 't', now, 'e', etag, 'r', revision}, current, target,
+      now, stored[5], keep)))
+    if stored[3] then redis.call('HDEL', state_key, 'b') end
+  else
+    redis.call('HSET', state_key, unpack(enter({'s', target, 't', now, 'e', etag, 'r', revision, 'b', actor},
+      current, target, now, stored[5], keep)))
+  end
   if not stored[1] then
     redis.call('HSET', state_key, 'v', '0', 'm', '{}')
     hist().register(experiment)

@@ -83,23 +83,19 @@ local function gates()
     return granted, nil
   end
 
-  -- request: who asked for the move from `current` to `target` ({by, at, reason}), nil when nobody did or
-  -- a rejection closed the request
-  function G.request(current, target)
-    local found, err = read('HMGET', state_key, 'q:' .. current .. '>' .. target, 'q:' .. current .. '>*')
-    if err then return nil, err end
-    local raw = found[1] or found[2]
+  -- parse_request: {by, at, reason} of a request field's value (`specific` for the move, else `any` for
+  -- every move out of the state); nil when nobody asked or a rejection closed it
+  local function parse_request(specific, any, current, target)
+    local raw = specific or any
     if not raw or raw == '' then return nil, nil end
     local by, at, reason = string.match(raw, '^([^\t]*)\t([^\t]*)\t(.*)$')
     if not by then return nil, util().bad_value(state_key, 'q:' .. current .. '>' .. target, raw, 'a request') end
     return {by = by, at = at, reason = reason}, nil
   end
 
-  -- approvals: the open approvals of a move, each {id, approver, until (ms or ''), version}
-  function G.approvals(current, target)
-    local field = 'p:' .. current .. '>' .. target
-    local raw, err = read('HGET', state_key, field)
-    if err then return nil, err end
+  -- parse_approvals: the open approvals of a p: field's value, each {id, approver, until (ms or ''),
+  -- version, kept}
+  local function parse_approvals(raw, field)
     local out = {}
     if not raw then return out, nil end
     for line in string.gmatch(raw, '[^\n]+') do
@@ -113,14 +109,24 @@ local function gates()
     return out, nil
   end
 
+  -- pending: the open approvals of the move from `current` to `target` and its request (one HMGET)
+  function G.pending(current, target)
+    local field = 'p:' .. current .. '>' .. target
+    local found, err = read('HMGET', state_key, field, 'q:' .. current .. '>' .. target, 'q:' .. current .. '>*')
+    if err then return nil, nil, err end
+    local list, request
+    list, err = parse_approvals(found[1], field)
+    if err then return nil, nil, err end
+    request, err = parse_request(found[2], found[3], current, target)
+    if err then return nil, nil, err end
+    return list, request, nil
+  end
+
   -- manual: a ManualGate's verdict on the move: the approval entry ids it consumes, or an error reply.
   -- Distinct approvers count once; unless the gate allows self-approval the requester's approvals do not
   -- count and an actor who approved may not make the move (four eyes); an expired approval does not count.
   function G.manual(what, current, target, step, actor)
-    local list, err = G.approvals(current, target)
-    if err then return nil, err end
-    local request
-    request, err = G.request(current, target)
+    local list, request, err = G.pending(current, target)
     if err then return nil, err end
     local own = step['self'] == true
     local now_ms = nil

@@ -58,7 +58,7 @@ end
 -- pending fields of the state hash (see keys.py): approvals of a move 'p:<from>><to>', one line each
 -- '<entry id>\t<approver>\t<valid until ms or empty>\t<config version>'; requests 'q:<from>><to>' or
 -- 'q:<from>>*' (every move out of <from>: entering PendingApproval) as '<by>\t<at µs>\t<reason>', '' = a
--- request closed by a rejection; 'pn' = 1 while any may exist; 'lv' the configuration version whose
+-- request closed by a rejection; 'pn' 1 while any may exist (2: retention kept an open approval's entry); 'lv' the configuration version whose
 -- approvals a new version lapsed (named in the refusal)
 local function pending_fields(from)
   local fields = {'pn', 'q:' .. from .. '>*'}
@@ -72,15 +72,18 @@ end
 -- lapse: every open approval and request of moves out of state `from` ends (the experiment left it,
 -- its state was overwritten or restored, or its configuration changed); `version`: the configuration
 -- version the approvals were given for, when a new version lapses them (else the note is cleared).
--- An open approval that retention kept past the cut (its line ends in '\tk', lib/retain.lua) leaves the
--- log now, unless `keep` (entry id -> true: the approvals a transition consumes, linked to it) holds it.
-local function lapse(from, version, keep)
+-- `pending` is the stored pn: '2' when retention kept an open approval past the cut (its line ends in
+-- '\tk', lib/retain.lua): such an entry leaves the log now, unless `keep` (entry id -> true: the
+-- approvals a transition consumes, linked to it) holds it.
+local function lapse(from, version, keep, pending)
   local fields = pending_fields(from)
-  local held = redis.call('HMGET', state_key, unpack(fields))
-  for i = 3, #fields, 2 do -- the p: fields
-    if held[i] then
-      for id in string.gmatch(held[i], '([^\t\n]+)\t[^\t\n]*\t[^\t\n]*\t[^\t\n]*\tk') do
-        if not (keep and keep[id]) then redis.call('XDEL', log_key, id) end
+  if pending == '2' then
+    local held = redis.call('HMGET', state_key, unpack(fields))
+    for i = 3, #fields, 2 do -- the p: fields
+      if held[i] then
+        for id in string.gmatch(held[i], '([^\t\n]+)\t[^\t\n]*\t[^\t\n]*\t[^\t\n]*\tk') do
+          if not (keep and keep[id]) then redis.call('XDEL', log_key, id) end
+        end
       end
     end
   end
@@ -92,17 +95,18 @@ local function lapse(from, version, keep)
   redis.call('HDEL', state_key, unpack(fields))
 end
 
--- enter: the one way an experiment's state field changes (transition, save_state, create, restore):
--- the approvals and requests of the state left lapse (`pending`: the stored pn, nil = none), and the
--- entry times are set: es when it entered its state, rs when it last entered Running or Ramping; `keep`:
--- the approvals the move consumes (see lapse)
-local function enter(from, to, now, pending, keep)
-  if pending and from then lapse(from, nil, keep) end
+-- enter: the one way an experiment's state field changes (transition, save_state, create, restore): the
+-- approvals and requests of the state left lapse (`pending`: the stored pn, nil = none; `keep`: the
+-- approvals the move consumes, see lapse) and the entry times join `fields`, the state write's HSET
+-- arguments (the caller sends them in one call): es when it entered its state, rs when it last entered
+-- Running or Ramping
+local function enter(fields, from, to, now, pending, keep)
+  if pending and from then lapse(from, nil, keep, pending) end
+  fields[#fields + 1], fields[#fields + 2] = 'es', now
   if (to == 'Running' or to == 'Ramping') and from ~= 'Running' and from ~= 'Ramping' then
-    redis.call('HSET', state_key, 'es', now, 'rs', now)
-  else
-    redis.call('HSET', state_key, 'es', now)
+    fields[#fields + 1], fields[#fields + 2] = 'rs', now
   end
+  return fields
 end
 
 local hist_made = nil

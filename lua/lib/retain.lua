@@ -118,7 +118,7 @@ local function retention()
       end
       lines[#lines + 1] = line
     end
-    if open then redis.call('HSET', state_key, field, table.concat(lines, '\n')) end
+    if open then redis.call('HSET', state_key, field, table.concat(lines, '\n'), 'pn', 2) end -- 2: kept ones
     return open
   end
 
