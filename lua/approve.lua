@@ -44,7 +44,7 @@ local function main()
   if replay or err then return replay or err end
 
   local stored
-  stored, err = read('HMGET', state_key, 's', 'v')
+  stored, err = read('HMGET', state_key, 's', 'v', 'pn')
   if err then return err end
   local current = stored[1]
   if not current then
@@ -73,7 +73,7 @@ local function main()
   end
   local manual = step and step['manual']
   local list, request
-  list, request, err = gates().pending(current, target) -- proves the fields before the first write
+  list, request, err = checks().pending(current, target) -- proves the fields before the first write
   if err then return err end
   if mode == 'approve' and manual and step['self'] ~= true and who ~= '' and request and request.by == who then
     return refuse('SEPARATION', what .. ': ' .. current .. ' -> ' .. target .. ': ' .. who .. ' requested this '
@@ -124,7 +124,8 @@ local function main()
       redis.call('HSET', state_key, 'q:' .. current .. '>' .. target, '')
     end
   end
-  redis.call('HSETNX', state_key, 'pn', 1) -- open approvals or requests exist ('2', kept ones too, stays)
+  local listed = opened(stored[3], (mode == 'approve' and 'p:' or 'q:') .. current .. '>' .. target)
+  if listed then redis.call('HSET', state_key, 'pn', listed) end -- the open fields, for a lapse
   hist().register(experiment)
   if trim then retention().apply(trim) end
   local reply = {1, id, current, valid_until, version}

@@ -107,7 +107,7 @@ local function main()
   local role_approvals = nil
   if step and step['roles'] then
     local denied
-    role_approvals, denied = gates().roles(step['roles'], plan['roles'] or '', plan['ra'])
+    role_approvals, denied = checks().roles(step['roles'], plan['roles'] or '', plan['ra'])
     if denied then return refuse('APPROVAL_REQUIRED', what .. ': ' .. current .. ' -> ' .. target .. ': ' .. denied) end
     if #role_approvals == 0 then role_approvals = nil end
   end
@@ -128,7 +128,7 @@ local function main()
   end
   local consumed = nil
   if step and step['manual'] then
-    consumed, err = gates().manual(what, current, target, step, actor)
+    consumed, err = checks().manual(what, current, target, step, actor)
     if err then return err end
   end
   local policies, groups = plan and plan['policies'], plan and plan['groups']
@@ -250,7 +250,7 @@ local function main()
     hist().register(experiment)
   end
   if plan and plan['req'] then -- entering PendingApproval: the request for every move out of it
-    redis.call('HSET', state_key, 'q:' .. target .. '>*', ARGV[RECORDS + plan['req']], 'pn', 1)
+    redis.call('HSET', state_key, 'q:' .. target .. '>*', ARGV[RECORDS + plan['req']], 'pn', '1 q:' .. target .. '>*')
   end
   if consumed or role_approvals then
     local linked = {}

@@ -60,6 +60,18 @@ local function gates()
     return string.match(steps, '^%d+', at + #current + 2)
   end
 
+  gates_made = G
+  return G
+end
+
+local checks_made = nil
+-- checks(): judging the gates of one step: roles, the open approvals and request of a move, a ManualGate
+-- (made on first use, only by writes whose step has gates)
+local function checks()
+  if checks_made then return checks_made end
+  local state_key = KEYS[1]
+  local G = {}
+
   -- roles: the role gates of a step judged on the actor's roles ('|role|...|'): the record numbers of the
   -- approvals they write (`records`: gate name -> record number, sent by the client), or the denial text
   function G.roles(step_roles, actor_roles, records)
@@ -172,6 +184,6 @@ local function gates()
     return nil, refuse('APPROVAL_REQUIRED', text)
   end
 
-  gates_made = G
+  checks_made = G
   return G
 end

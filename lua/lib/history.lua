@@ -58,29 +58,39 @@ end
 -- pending fields of the state hash (see keys.py): approvals of a move 'p:<from>><to>', one line each
 -- '<entry id>\t<approver>\t<valid until ms or empty>\t<config version>'; requests 'q:<from>><to>' or
 -- 'q:<from>>*' (every move out of <from>: entering PendingApproval) as '<by>\t<at µs>\t<reason>', '' = a
--- request closed by a rejection; 'pn' 1 while any may exist (2: retention kept an open approval's entry); 'lv' the configuration version whose
--- approvals a new version lapsed (named in the refusal)
-local function pending_fields(from)
-  local fields = {'pn', 'q:' .. from .. '>*'}
-  for name in string.gmatch(STATE_NAMES, '%a+') do
-    fields[#fields + 1] = 'p:' .. from .. '>' .. name
-    fields[#fields + 1] = 'q:' .. from .. '>' .. name
-  end
-  return fields
+-- request closed by a rejection; 'lv' the configuration version whose approvals a new version lapsed
+-- (named in the refusal); 'pn' lists the open fields after a flag, '<1|2> <field> <field>...' (2:
+-- retention kept an open approval's log entry past the cut), so a lapse deletes exactly them.
+
+-- opened: pn with `field` listed (pn: its stored value or nil), or nil when it is listed already
+local function opened(pn, field)
+  if not pn or not string.find(pn, ' ', 1, true) then return '1 ' .. field end -- none yet (or older data)
+  if string.find(pn .. ' ', ' ' .. field .. ' ', 1, true) then return nil end
+  return pn .. ' ' .. field
 end
 
 -- lapse: every open approval and request of moves out of state `from` ends (the experiment left it,
 -- its state was overwritten or restored, or its configuration changed); `version`: the configuration
 -- version the approvals were given for, when a new version lapses them (else the note is cleared).
--- `pending` is the stored pn: '2' when retention kept an open approval past the cut (its line ends in
--- '\tk', lib/retain.lua): such an entry leaves the log now, unless `keep` (entry id -> true: the
+-- `pending` is the stored pn (see above); a log entry that retention kept for an open approval (its
+-- line ends in '\tk', lib/retain.lua) leaves the log now, unless `keep` (entry id -> true: the
 -- approvals a transition consumes, linked to it) holds it.
 local function lapse(from, version, keep, pending)
-  local fields = pending_fields(from)
-  if pending == '2' then
+  local fields = {'pn'}
+  for name in string.gmatch(pending, '%S+') do
+    if #fields > 1 or string.find(name, ':', 1, true) then fields[#fields + 1] = name end
+  end
+  if #fields == 1 then -- older data (a count, no names): every field a move out of `from` may have
+    fields[2] = 'q:' .. from .. '>*'
+    for name in string.gmatch(STATE_NAMES, '%a+') do
+      fields[#fields + 1] = 'p:' .. from .. '>' .. name
+      fields[#fields + 1] = 'q:' .. from .. '>' .. name
+    end
+  end
+  if string.sub(pending, 1, 1) == '2' then
     local held = redis.call('HMGET', state_key, unpack(fields))
-    for i = 3, #fields, 2 do -- the p: fields
-      if held[i] then
+    for i = 2, #fields do
+      if held[i] and string.sub(fields[i], 1, 2) == 'p:' then
         for id in string.gmatch(held[i], '([^\t\n]+)\t[^\t\n]*\t[^\t\n]*\t[^\t\n]*\tk') do
           if not (keep and keep[id]) then redis.call('XDEL', log_key, id) end
         end

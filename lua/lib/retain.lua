@@ -118,7 +118,10 @@ local function retention()
       end
       lines[#lines + 1] = line
     end
-    if open then redis.call('HSET', state_key, field, table.concat(lines, '\n'), 'pn', 2) end -- 2: kept ones
+    if open then
+      local pn = redis.call('HGET', state_key, 'pn') or ('1 ' .. field)
+      redis.call('HSET', state_key, field, table.concat(lines, '\n'), 'pn', '2' .. string.sub(pn, 2)) -- 2: kept ones
+    end
     return open
   end
 
