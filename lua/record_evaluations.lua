@@ -18,6 +18,7 @@ ARGV[11..] the revision (field r) each guard had when read ('' = no state), n of
 Returns: {1, current state}; a re-send {2, ...the same}; {4, refusal, evaluation records...} replaying
          an idempotency key whose first call was refused; {5} a guarded state changed (nothing written)
 Errors: REDGOV_NOT_FOUND, REDGOV_INVALID_TRANSITION (nothing written), REDGOV_CORRUPT, REDGOV_DENIED
+A refusal is remembered under the operation id like a success.
 ]]
 -- @include lib/common.lua
 -- @include lib/idem.lua
@@ -36,54 +37,58 @@ if intent ~= '' then
 end
 local what = 'experiment ' .. experiment
 
-local replay, err = hist().prior(op, idem_key, intent, what)
-if replay or err then return replay or err end
-for k = 1, guards do
-  local seen
-  seen, err = read('HGET', KEYS[first_guard + k - 1], 'r')
+local function main()
+  local replay, err = hist().prior(op, idem_key, intent, what)
+  if replay or err then return replay or err end
+  for k = 1, guards do
+    local seen
+    seen, err = read('HGET', KEYS[first_guard + k - 1], 'r')
+    if err then return err end
+    if (seen or '') ~= ARGV[GUARDS + k] then return {5} end
+  end
+
+  local current
+  current, err = read('HGET', state_key, 's')
   if err then return err end
-  if (seen or '') ~= ARGV[GUARDS + k] then return {5} end
+  if not current then
+    if initial == '' then return refuse('NOT_FOUND', what .. ' does not exist (create it first)') end
+    current = initial
+  elseif not is_state(current) then
+    return util().bad_value(state_key, 's', current, 'a lifecycle state')
+  end
+  if move ~= '' then
+    local bar = string.find(move, '|', 1, true)
+    local target = string.sub(move, 1, bar - 1)
+    if not string.find(move, '|' .. current .. '|', bar, true) then
+      return refuse('INVALID_TRANSITION', what .. ': ' .. current .. ' -> ' .. target .. ' is not allowed')
+    end
+  end
+  local length
+  length, err = read('LLEN', history_key)
+  if err then return err end
+  err = util().expect_all(log_key, 'stream', policies_key, 'list', latest_key, 'hash', index_key, 'zset')
+  if err then return err end
+  local trim
+  trim, err = retention().plan(retain, (#ARGV - PAIRS + 1) / 2, length)
+  if err then return err end
+
+  for i = PAIRS, #ARGV, 2 do
+    hist().add_entry('P', experiment, ARGV[i + 1], {'from', current}, ARGV[i])
+  end
+  hist().register(experiment)
+  if trim then retention().apply(trim) end
+  local reply = {1, current}
+  op_done(op, reply, expire)
+  if idem_key then
+    if refusal ~= '' then
+      local written = {}
+      for i = PAIRS, #ARGV, 2 do written[#written + 1] = ARGV[i + 1] end
+      idem().refused(idem_key, intent, 'REDGOV_POLICY_VIOLATION - ' .. current .. ' ' .. refusal, window, written)
+    else
+      idem().done(idem_key, intent, {1, current, ''}, window)
+    end
+  end
+  return reply
 end
 
-local current
-current, err = read('HGET', state_key, 's')
-if err then return err end
-if not current then
-  if initial == '' then return refuse('NOT_FOUND', what .. ' does not exist (create it first)') end
-  current = initial
-elseif not is_state(current) then
-  return util().bad_value(state_key, 's', current, 'a lifecycle state')
-end
-if move ~= '' then
-  local bar = string.find(move, '|', 1, true)
-  local target = string.sub(move, 1, bar - 1)
-  if not string.find(move, '|' .. current .. '|', bar, true) then
-    return refuse('INVALID_TRANSITION', what .. ': ' .. current .. ' -> ' .. target .. ' is not allowed')
-  end
-end
-local length
-length, err = read('LLEN', history_key)
-if err then return err end
-err = util().expect_all(log_key, 'stream', policies_key, 'list', latest_key, 'hash', index_key, 'zset')
-if err then return err end
-local trim
-trim, err = retention().plan(retain, (#ARGV - PAIRS + 1) / 2, length)
-if err then return err end
-
-for i = PAIRS, #ARGV, 2 do
-  hist().add_entry('P', experiment, ARGV[i + 1], {'from', current}, ARGV[i])
-end
-hist().register(experiment)
-if trim then retention().apply(trim) end
-local reply = {1, current}
-op_done(op, reply, expire)
-if idem_key then
-  if refusal ~= '' then
-    local written = {}
-    for i = PAIRS, #ARGV, 2 do written[#written + 1] = ARGV[i + 1] end
-    idem().refused(idem_key, intent, 'REDGOV_POLICY_VIOLATION - ' .. current .. ' ' .. refusal, window, written)
-  else
-    idem().done(idem_key, intent, {1, current, ''}, window)
-  end
-end
-return reply
+return finish(op, main(), expire)
