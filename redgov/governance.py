@@ -288,9 +288,10 @@ class Governance(GovernanceBase[Backplane]):
                    idempotency_key: str | None = None, lease: Lease | None = None) -> StateTransition:
         """Move the experiment to state ``to``; returns the transition written.
 
-        One atomic script call (transition.lua): the etag check, the rule check, the
-        gates (a ManualGate consumes its recorded approval; a RoleGate reads
-        ``metadata["actorRole"]``), the ConflictPrevention groups and the stable time of a
+        One atomic script call (transition.lua): the etag check, the rule check and the
+        gates judged from the scope's published rules when it has them (a ManualGate consumes
+        its approvals from distinct people other than the requester and this actor; a RoleGate
+        reads ``metadata["actorRole"]``/``["actorRoles"]``), the ConflictPrevention groups and the stable time of a
         TrafficLimit (judged against the stored state), the state write (revision + 1 and a
         new etag, both on the returned transition), the history entry and the approval and
         policy records: all or nothing. A re-send after a lost reply is applied once.
@@ -321,7 +322,9 @@ class Governance(GovernanceBase[Backplane]):
             ConflictError: the etag changed (``current_etag``/``current_state`` name what is stored),
                 or the idempotency key was used for another operation.
             InvalidTransitionError: the rules do not allow the move from the current state.
-            ApprovalRequiredError: a gate did not approve.
+            ApprovalRequiredError: a gate did not approve (SeparationOfDutiesError: this actor approved
+                the move, or only its requester did).
+            RulesMismatchError: this Governance's definition differs from the scope's published rules.
             PolicyViolationError: a Critical policy is not compliant; its ``evaluations`` are recorded,
                 nothing else is written.
             ValidationError: bad input; nothing is sent.
@@ -366,10 +369,15 @@ class Governance(GovernanceBase[Backplane]):
                 valid_for: timedelta | None = None) -> ApprovalRecord:
         """Record an approval (``approved=False``: a rejection) of the move from the current state to ``to``.
 
-        A ManualGate on that move is satisfied by it; the transition that uses it consumes
-        it and links it by ``transition_id``. A rejection withdraws a pending approval.
-        Approvals lapse when the experiment leaves the state they were given in. One
-        script call (approve.lua), all or nothing, applied once however often re-sent.
+        A ManualGate on that move counts it (one per approver: a later approval by the same
+        person replaces theirs); the transition that passes the gate consumes the approvals and
+        links them by ``transition_id``. Four eyes, judged in the script from the scope's rules:
+        unless the gate allows self-approval, the person who requested the move may not approve
+        it (SeparationOfDutiesError). A rejection closes the move's request and withdraws its
+        approvals. Approvals lapse when the experiment leaves the state they were given in, when
+        its state is written by any other means, and when a new configuration version or a
+        rollback is written (``ApprovalRecord.config_version`` says which version one was given
+        for). One script call (approve.lua), all or nothing, applied once however often re-sent.
 
         Args:
             experiment: its name (it must exist, unless ``auto_create``).
@@ -389,6 +397,8 @@ class Governance(GovernanceBase[Backplane]):
         Raises:
             NotFoundError: the experiment was never created.
             InvalidTransitionError: no rule allows the move from the current state.
+            SeparationOfDutiesError: the approver requested the move (an ApprovalRequiredError).
+            RulesMismatchError: this Governance's definition differs from the scope's published rules.
             ValidationError: bad input; nothing is written.
         """
         return self._governed(tenant, environment, lambda g: g.approve(experiment, to, approver=approver, reason=reason,
@@ -450,8 +460,10 @@ class Governance(GovernanceBase[Backplane]):
         """The moves a ManualGate blocks right now in a scope, by experiment name (the approval inbox).
 
         A move is listed when the rules allow it from the experiment's current state, a
-        ManualGate guards it, and no approval of it is recorded (or the one recorded has
-        expired by the server's clock). Reads the scope's index in pages, each page's state
+        ManualGate guards it, somebody requested it (``request``, or entering PendingApproval:
+        the request for the moves out of it) and it still lacks approvals from enough distinct
+        people other than the requester (expired ones do not count, by the server's clock); each
+        PendingMove says who asked, when and why, and how many approvals it has of how many. Reads the scope's index in pages, each page's state
         hashes pipelined (not one atomic snapshot); with ``experiment``, only that
         experiment's state (one round trip, whatever the scope holds).
 
