@@ -481,3 +481,83 @@ def test_a_deleted_ops_bucket_gets_its_expiry_again(make: Callable[..., Governan
     assert scope.ops() == bucket
     assert backplane.client.exists(bucket) == 1
     assert backplane.client.pttl(bucket) > 0
+
+
+# -- published rules: custom policies, the asyncio twin, a publish raced by a write ---------------------
+
+
+class _Quota(redgov.Policy):
+    """A custom policy for the tests: compliant while telemetry 'quota' is at most ``limit``."""
+
+    kind = "testQuota"
+    telemetry_keys = ("quota",)
+
+    def __init__(self, limit: float, *, name: str | None = None,
+                 severity: redgov.Severity = redgov.Severity.CRITICAL) -> None:
+        super().__init__(name=name, severity=severity)
+        self.limit = limit
+
+    def decide(self, ctx: Any) -> tuple[bool, str]:
+        value = ctx.telemetry.get("quota")
+        return (value is None or value <= self.limit), f"quota {value} (limit {self.limit})"
+
+
+def test_a_published_custom_policy_is_followed_where_registered_and_refused_where_unknown(
+        backplane: Backplane) -> None:
+    from redgov import policies as policy_registry
+
+    Governance(backplane, policies=[_Quota(3.0)]).create("exp", actor="op")
+    registered = policy_registry.registered_policy("testQuota") is not None
+    if not registered:
+        redgov.register_policy(_Quota)
+    try:
+        Governance(backplane, policies=[_Quota(3.0)]).publish(actor="admin")
+        plain = Governance(backplane)
+        plain.transition("exp", S.PENDING_APPROVAL, actor="op", telemetry={"quota": 1})
+        with pytest.raises(PolicyViolationError, match="quota 9"):
+            plain.transition("exp", S.DRAFT, actor="op", telemetry={"quota": 9})
+    finally:
+        if not registered:
+            policy_registry._KINDS.pop("testQuota", None)  # as a process that never registered it
+    before = snapshot(backplane, "exp")
+    with pytest.raises(redgov.ConfigError, match="testQuota"):
+        Governance(backplane).transition("exp", S.DRAFT, actor="op")
+    assert snapshot(backplane, "exp") == before
+
+
+def test_the_asyncio_governance_publishes_follows_and_requests(redis_url: str, redis_prefix: str) -> None:
+    import asyncio
+
+    import redgov.aio
+
+    async def main() -> None:
+        async with redgov.aio.AsyncGovernance(redgov.aio.connect(redis_url, prefix=redis_prefix),
+                                              gates=[ManualGate(to_state=S.RUNNING)]) as team:
+            published = await team.publish(actor="admin", reason="async")
+            assert (await team.published_rules()) == published
+            assert [v.version for v in await team.rules_history()] == [1]
+            plain = redgov.aio.AsyncGovernance(team.backplane)
+            await plain.create("exp", actor="op")
+            for state in (S.PENDING_APPROVAL, S.APPROVED):
+                await plain.transition("exp", state, actor="op")
+            move = await plain.request("exp", S.RUNNING, actor="op", reason="go")
+            assert (move.requested_by, move.reason, move.approvals_given, move.approvals_needed) == ("op", "go", 0, 1)
+            with pytest.raises(redgov.SeparationOfDutiesError):
+                await plain.approve("exp", S.RUNNING, approver="op")
+            with pytest.raises(ApprovalRequiredError):
+                await plain.transition("exp", S.RUNNING, actor="op")
+            await plain.approve("exp", S.RUNNING, approver="lead")
+            assert (await plain.transition("exp", S.RUNNING, actor="op")).to_state is S.RUNNING
+
+    asyncio.run(main())
+
+
+def test_a_write_decided_before_a_publish_is_decided_again_under_the_new_rules(backplane: Backplane) -> None:
+    plain = Governance(backplane)
+    plain.create("exp", actor="op")
+    plain.transition("exp", S.PENDING_APPROVAL, actor="op")  # the plain Governance saw no published rules
+    Governance(backplane, gates=[ManualGate(to_state=S.APPROVED)]).publish(actor="admin")
+    # the script refuses the stale decision (RULES_CHANGED), the Governance reads version 1 and decides again
+    with pytest.raises(ApprovalRequiredError):
+        plain.transition("exp", S.APPROVED, actor="op")
+    assert backplane.get_state("exp").state is S.PENDING_APPROVAL
