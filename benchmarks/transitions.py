@@ -91,11 +91,15 @@ BATCH_BLOCK = 5
 
 TARGET_TRANSITION = 1.4
 TARGET_GATED = 1.4
+#: a transition in a scope with published rules vs the same in a scope without (the rules check is one HMGET)
+TARGET_PUBLISHED = 1.1
 TARGET_CONTENDED = 2.0  # redgov etag throughput / WATCH-MULTI throughput, at least
 TARGET_LOST = 0
 
 RUNNING, PAUSED = LifecycleState.RUNNING, LifecycleState.PAUSED
 ACTOR = "bench"
+#: approves the gated moves (four eyes: not the actor who makes them)
+APPROVER = "bench-approver"
 _TRANSITION = msgspec.json.Decoder(StateTransition)
 
 #: The baseline: a compare-and-set of the etag, the revision counter and an XADD, nothing else.
@@ -505,6 +509,19 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
         rows.append(row("transition Running<->Paused", s["transition"],
                         "Lua CAS + HINCRBY + XADD", s["cas"], TARGET_TRANSITION))
 
+        # 1a. the same in a scope whose rules are published, against the plain transition, interleaved
+        ruled = redgov.Governance(bp)
+        ruled.publish(actor=ACTOR, reason="benchmark", tenant="published")
+        to_running(ruled, plain, actor=ACTOR, tenant="published")
+        ruled_targets = itertools.cycle((PAUSED, RUNNING))
+
+        def transition_ruled() -> None:
+            ruled.transition(plain, next(ruled_targets), actor=ACTOR, tenant="published")
+
+        s = measure({"published": transition_ruled, "plain": transition}, n, block=block, warmup=warmup)
+        rows.append(row("transition under published rules", s["published"],
+                        "transition Running<->Paused (no rules published)", s["plain"], TARGET_PUBLISHED))
+
         # 1b. the same, server time per call (INFO commandstats usec of EVALSHA), interleaved blocks
         server_rows = _server_time(raw, {"transition": transition, "cas": baseline}, n, block)
         rows.append(row("server time per transition (commandstats)", server_rows["transition"],
@@ -518,7 +535,7 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, block: int = BLOCK, secon
 
         def approve() -> None:
             approved[0] = next(manual_targets)
-            gated.approve(manual, approved[0], approver=ACTOR)
+            gated.approve(manual, approved[0], approver=APPROVER)
 
         s = measure({"gated": lambda: gated.transition(manual, approved[0], actor=ACTOR), "cas": baseline},
                     n, block=block, warmup=warmup, before={"gated": approve})
