@@ -131,16 +131,9 @@ class Governance(GovernanceBase[Backplane]):
 
     def _governed(self, tenant: str | None, environment: str | None,
                   make: Callable[[GovernanceCore], Call[T] | Plan[T]]) -> T:
-        """Run ``make(view)`` under the rules governing the scope (govrules.RulesPlans.governed); the
-        common case, a scope whose rules were looked at before, is the bare call."""
-        view = self.core.cached_view(tenant, environment)
-        if view is not None:
-            step = make(view)
-            try:
-                return self.backplane.run(step) if isinstance(step, Call) else self.backplane.drive(step)
-            except RulesChangedError:
-                pass  # published meanwhile: read the rules and decide again
-        return self.backplane.drive(self.core.governed(tenant, environment, make, fresh=view is not None))
+        """Run ``make(view)`` under the rules governing the scope (govrules.RulesPlans.governed: the
+        remembered view, read again and decided again when the script says the rules changed)."""
+        return self.backplane.drive(self.core.governed(tenant, environment, make))
 
     def _read_governed(self, tenant: str | None, environment: str | None,
                        make: Callable[[GovernanceCore], Call[T] | Plan[T]]) -> T:

@@ -74,14 +74,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
 
     async def _governed(self, tenant: str | None, environment: str | None,
                         make: Callable[[GovernanceCore], Call[T] | Plan[T]]) -> T:
-        view = self.core.cached_view(tenant, environment)
-        if view is not None:
-            step = make(view)
-            try:
-                return await (self.backplane.run(step) if isinstance(step, Call) else self.backplane.drive(step))
-            except RulesChangedError:
-                pass  # published meanwhile: read the rules and decide again
-        return await self.backplane.drive(self.core.governed(tenant, environment, make, fresh=view is not None))
+        return await self.backplane.drive(self.core.governed(tenant, environment, make))
 
     async def _read_governed(self, tenant: str | None, environment: str | None,
                              make: Callable[[GovernanceCore], Call[T] | Plan[T]]) -> T:
