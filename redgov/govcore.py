@@ -493,8 +493,9 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans, RulesPlans):
         _reason(reason)
         scope, exp = self.core.keys(experiment, tenant, environment)
         extra, intent = self._idem(exp, idempotency_key, f"a request of the move to {target.value}")
+        now = self.now()
         args = (experiment, target.value, "request", self.initial_state.value if self.auto_create else "",
-                self.core.retain, request_line(actor, self.now(), reason), intent, self._window_ms, "",
+                self.core.retain, request_line(actor, now, reason), intent, self._window_ms, "",
                 str(self.rules_version), *compiled, actor)
         yield self.core.write("approve", scope, exp, args, lambda reply: None, extra_keys=(scope.rules, *extra))
         moves = yield from self.pending(experiment, tenant=tenant, environment=environment, requested_only=False)
@@ -505,8 +506,8 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans, RulesPlans):
         if state is None:
             raise NotFoundError(f"experiment {experiment} does not exist (create it first)")
         return PendingMove(experiment=experiment, from_state=state.state, to_state=target, gate="", state=state,
-                           tenant=tenant, environment=environment, requested_by=actor, reason=reason,
-                           approvals_given=0, approvals_needed=0)
+                           tenant=tenant, environment=environment, requested_by=actor, requested_at=now,
+                           reason=reason, approvals_given=0, approvals_needed=0)
 
     # -- versions ---------------------------------------------------------------------------
 

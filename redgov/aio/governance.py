@@ -259,7 +259,7 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
 
     async def awaiting_approval(self, *, tenant: str | None = None, environment: str | None = None,
                                 experiment: str | None = None) -> list[PendingMove]:
-        """The moves a ManualGate blocks right now in ``tenant`` + ``environment`` (the approval inbox),
+        """The requested moves a ManualGate still blocks in ``tenant`` + ``environment`` (the approval inbox),
         or only ``experiment``'s.
 
         As ``Governance.awaiting_approval``: the scope's index in pages, each page's state
