@@ -1,4 +1,4 @@
-"""``redgov users add|list`` and ``redgov serve`` as a user runs them: subprocesses for what only a real
+"""``redgov users add|list|remove`` and ``redgov serve`` as a user runs them: subprocesses for what only a real
 process shows (stdin passwords, file modes, a server answering on a port, SIGINT), ``main()``
 in-process for the refusals that happen before anything is served."""
 
@@ -48,19 +48,20 @@ def test_users_add_reads_the_password_from_stdin_and_list_shows_no_hashes(tmp_pa
     assert "s3cret" not in added.stdout + added.stderr
     assert stat.S_IMODE(users.stat().st_mode) == 0o600
     entry = json.loads(users.read_text())["users"]["ana"]
-    assert entry["role"] == "operator" and entry["hash"].startswith("$argon2id$")
+    assert entry["roles"] == ["operator"] and "role" not in entry and entry["hash"].startswith("$argon2id$")
     assert PasswordHasher().verify(entry["hash"], "s3cret pw")  # the whole line, inner space included
 
     again = redgov_cli(tmp_path, "users", "add", "ana", "--role", "viewer", "--users", str(users), "--json",
                        stdin="another\r\n")
-    assert json.loads(again.stdout) == {"user": "ana", "role": "viewer", "replaced": True, "file": str(users)}
+    assert json.loads(again.stdout) == {"user": "ana", "role": "viewer", "roles": ["viewer"], "replaced": True,
+                                        "file": str(users)}
     document = json.loads(users.read_text())["users"]
-    assert list(document) == ["ana"] and document["ana"]["role"] == "viewer"
+    assert list(document) == ["ana"] and document["ana"]["roles"] == ["viewer"]
     assert PasswordHasher().verify(document["ana"]["hash"], "another")
     assert stat.S_IMODE(users.stat().st_mode) == 0o600
 
     listed = redgov_cli(tmp_path, "users", "list", "--users", str(users)).stdout
-    assert listed.splitlines() == ["user  role", "----  ------", "ana   viewer"]
+    assert listed.splitlines() == ["user  roles", "----  ------", "ana   viewer"]
 
 
 def test_users_refuse_empty_passwords_and_list_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -76,15 +77,102 @@ def test_users_refuse_empty_passwords_and_list_as_json(tmp_path: Path, capsys: p
     for given in ("\n", "", "   \n"):
         refused = run("add", "bob", "--role", "viewer", "--users", users, stdin=given, code=2)
         assert refused["error"] == "ValidationError" and "password must not be empty" in refused["message"]
-    assert "invalid choice" in run("add", "bob", "--role", "admin", "--users", users, stdin="x\n", code=2)["message"]
+    no_permission = run("add", "bob", "--role", "admin", "--users", users, stdin="x\n", code=2)
+    assert no_permission["error"] == "ValidationError"
+    assert "admin: none of them is one of viewer, approver, operator" in no_permission["message"]
     assert cheap_users.read_bytes() == before
 
     assert run("add", "bea", "--role", "approver", "--users", users, stdin="no newline")["replaced"] is False
     assert users_module.Users(users).authenticate("bea", "no newline") is not None
     listed = run("list", "--users", users)
-    assert listed["users"] == [{"name": "bea", "role": "approver"}, {"name": "olga", "role": "operator"}]
+    assert listed["users"] == [{"name": "bea", "role": "approver", "roles": ["approver"]},
+                               {"name": "olga", "role": "operator", "roles": ["operator"]}]
     assert listed["count"] == 2 and "$argon2" not in json.dumps(listed)
     assert run("list", "--users", str(tmp_path / "none.json"), code=2)["error"] == "ConfigError"
+
+
+def test_users_add_takes_custom_roles_beside_exactly_one_permission_role(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cheap_users: Path) -> None:
+    users = str(cheap_users)
+    asked: list[str] = []
+    monkeypatch.setattr("redgov.cli.web._password", lambda name: asked.append(name) or "pw")
+
+    def run(*args: str, code: int = 0) -> dict[str, Any]:
+        assert main(["--json", "users", *args]) == code, args
+        return dict(json.loads(capsys.readouterr().out))
+
+    added = run("add", "sam", "--role", "sre", "--role", "operator", "--role", "release-manager", "--role", "sre",
+                "--users", users)
+    assert added == {"user": "sam", "role": "operator", "roles": ["operator", "sre", "release-manager"],
+                     "replaced": False, "file": users}
+    assert json.loads(cheap_users.read_text())["users"]["sam"]["roles"] == ["operator", "sre", "release-manager"]
+    assert users_module.Users(users).get("sam") == users_module.User("sam", users_module.Role.OPERATOR,
+                                                                      ("sre", "release-manager"))
+    assert run("add", "sam", "--role", "Approver", "--users", users)["roles"] == ["approver"]  # replaced, case folded
+
+    before, asked_before = cheap_users.read_bytes(), len(asked)
+    refusals = {
+        ("--role", "sre"): "roles sre: none of them is one of viewer, approver, operator",
+        ("--role", "viewer", "--role", "operator"): "roles viewer and operator given together",
+        ("--role", "operator", "--role", ""): "a role name must not be empty",
+        ("--role", "operator", "--role", "on call"): "contains whitespace at character 3 (U+0020 SPACE)",
+        ("--role", "operator", "--role", "sre\u200b"):
+            "invisible format character at character 4 (U+200B ZERO WIDTH SPACE)",
+        ("--role", "operator", "--role", "s\u202ere"): "(U+202E RIGHT-TO-LEFT OVERRIDE)",
+        ("--role", "operator", "--role", "s\tre"): "contains whitespace at character 2 (U+0009)",
+        ("--role", "operator", "--role", "sre\x07"): "a control character at character 4 (U+0007)",
+    }
+    for roles, message in refusals.items():
+        refused = run("add", "zed", *roles, "--users", users, code=2)
+        assert refused["error"] == "ValidationError" and message in refused["message"], (roles, refused)
+    assert cheap_users.read_bytes() == before
+    assert len(asked) == asked_before  # refused before the password was asked for
+
+    main(["users", "list", "--users", users])
+    assert capsys.readouterr().out.splitlines() == [
+        "user  roles", "----  --------", "olga  operator", "sam   approver"]
+    run("add", "sam", "--role", "operator", "--role", "sre", "--users", users)
+    main(["users", "list", "--users", users])
+    assert capsys.readouterr().out.splitlines()[-1] == "sam   operator, sre"
+
+
+def test_users_remove_ends_the_user_and_refuses_an_unknown_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], cheap_users: Path) -> None:
+    users = str(cheap_users)
+    add_user(cheap_users, "sam", ["operator", "sre"], "pw")
+    assert main(["users", "remove", "sam", "--users", users]) == 0
+    assert capsys.readouterr().out == f"removed user sam from {users}; its logins end at their next request\n"
+    assert list(json.loads(cheap_users.read_text())["users"]) == ["olga"]
+    assert stat.S_IMODE(cheap_users.stat().st_mode) == 0o600
+
+    before = cheap_users.read_bytes()
+    assert main(["--json", "users", "remove", "sam", "--users", users]) == 2
+    refused = json.loads(capsys.readouterr().out)
+    assert refused["error"] == "UsageError" and "there is no user 'sam' in" in refused["message"]
+    assert "nothing was changed" in refused["message"]
+    assert cheap_users.read_bytes() == before
+    assert main(["--json", "users", "remove", "olga", "--users", users]) == 0
+    assert json.loads(capsys.readouterr().out) == {"user": "olga", "removed": True, "file": users}
+    assert json.loads(cheap_users.read_text()) == {"users": {}}
+    assert main(["--json", "users", "remove", "x", "--users", str(tmp_path / "none.json")]) == 2
+    assert json.loads(capsys.readouterr().out)["error"] == "ConfigError"
+
+
+def test_users_files_of_before_custom_roles_are_read_listed_and_rewritten(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], cheap_users: Path) -> None:
+    old = tmp_path / "old.json"
+    hashed = users_module._HASHER.hash("old-pw")
+    old.write_text(json.dumps({"users": {"ana": {"role": "operator", "hash": hashed},
+                                         "ben": {"role": "viewer", "hash": hashed}}}))
+    old.chmod(0o600)
+    assert main(["--json", "users", "list", "--users", str(old)]) == 0
+    assert json.loads(capsys.readouterr().out)["users"] == [
+        {"name": "ana", "role": "operator", "roles": ["operator"]},
+        {"name": "ben", "role": "viewer", "roles": ["viewer"]}]
+    assert users_module.Users(old).authenticate("ana", "old-pw") == users_module.User("ana", users_module.Role.OPERATOR)
+    assert main(["users", "remove", "ben", "--users", str(old)]) == 0
+    capsys.readouterr()
+    assert json.loads(old.read_text()) == {"users": {"ana": {"roles": ["operator"], "hash": hashed}}}  # rewritten
 
 
 @pytest.fixture

@@ -156,7 +156,8 @@ def test_transition_needs_an_operator_and_records_the_user(client: TestClient, g
     record = done.json()
     assert (record["actor"], record["from_state"], record["to_state"], record["reason"]) == (
         "olga", "Draft", "PendingApproval", "ready")
-    assert record["metadata"] == {"actorRole": "operator"}  # the users file's role, never the body's
+    # the users file's roles, never the body's
+    assert record["metadata"] == {"actorRole": "operator", "actorRoles": ["operator"]}
     stored = gov.state("checkout")
     assert stored is not None and stored.last_modified_by == "olga" and stored.revision == record["revision"] == 2
     assert gov.history("checkout", newest_first=True, limit=1)[0].transition_id == record["transition_id"]
@@ -201,6 +202,64 @@ def test_approve_and_reject_need_an_approver_and_record_the_user(client: TestCli
     assert again.status_code == 200 and again.json()["valid_until"]
     moved = client.post("/api/experiments/checkout/transition", json={"to": "Approved"}, headers=basic("olga"))
     assert moved.status_code == 200 and moved.json()["to_state"] == "Approved"
+
+
+def test_request_needs_an_operator_and_four_eyes_hold(client: TestClient, gov: Governance) -> None:
+    gov.create("checkout", actor="seed")
+    gov.transition("checkout", S.PENDING_APPROVAL, actor="ana", reason="ready")  # itself the request
+    v = basic("vic")
+    inbox = client.get("/api/awaiting-approval", headers=v).json()
+    assert [(m["experiment"], m["requested_by"], m["reason"], m["approvals_given"], m["approvals_needed"])
+            for m in inbox] == [("checkout", "ana", "ready", 0, 1)] and inbox[0]["requested_at"]
+    closed = client.post("/api/experiments/checkout/reject", json={"to": "Approved", "reason": "not yet"},
+                         headers=basic("amy"))
+    assert closed.status_code == 200 and client.get("/api/awaiting-approval", headers=v).json() == []
+
+    before = snapshot(gov, "checkout")
+    body = {"to": "Approved", "reason": "fixed", "actor": "mallory", "requested_by": "mallory"}
+    assert client.post("/api/experiments/checkout/request", json=body).status_code == 401
+    for name in ("vic", "amy"):
+        refused = client.post("/api/experiments/checkout/request", json=body, headers=basic(name))
+        assert refused.status_code == 403 and "operator" in refused.json()["message"], name
+    assert client.get("/api/awaiting-approval", headers=v).json() == [] and snapshot(gov, "checkout") == before
+    asked = client.post("/api/experiments/checkout/request", json=body, headers=basic("olga"))
+    assert asked.status_code == 200, asked.text
+    move = asked.json()
+    assert (move["experiment"], move["from_state"], move["to_state"], move["requested_by"], move["reason"],
+            move["approvals_given"], move["approvals_needed"]) == (
+        "checkout", "PendingApproval", "Approved", "olga", "fixed", 0, 1)
+    assert move["requested_at"] and move["gate"] == "manual:*->Approved"
+    inbox = client.get("/api/awaiting-approval", headers=v).json()
+    assert [(m["requested_by"], m["reason"]) for m in inbox] == [("olga", "fixed")]
+
+    # four eyes: the requester may not approve (SeparationOfDutiesError, an ApprovalRequiredError): 409, nothing written
+    before = snapshot(gov, "checkout")
+    own = client.post("/api/experiments/checkout/approve", json={"to": "Approved"}, headers=basic("olga"))
+    assert own.status_code == 409 and own.json()["error"] == "SeparationOfDutiesError", own.text
+    assert "olga" in own.json()["message"]
+    with pytest.raises(redgov.SeparationOfDutiesError) as raised:
+        gov.approve("checkout", S.APPROVED, approver="olga")
+    assert own.json()["message"] == " ".join(str(raised.value).split())
+    assert snapshot(gov, "checkout") == before
+    # another approver may; then the approver may not make the move, the requester may
+    assert client.post("/api/experiments/checkout/approve", json={"to": "Approved"},
+                       headers=basic("amy")).status_code == 200
+    assert client.get("/api/awaiting-approval", headers=v).json() == []
+
+    # bad input and refusals, nothing written
+    before = snapshot(gov, "checkout")
+    cases: list[tuple[Any, int, str]] = [
+        ({}, 400, "ValidationError"), ({"to": "Nope"}, 400, "ValidationError"),
+        ({"to": "Approved", "reason": 5}, 400, "ValidationError"),
+        ({"to": "Running"}, 409, "InvalidTransitionError")]
+    for bad, status, error in cases:
+        answer = client.post("/api/experiments/checkout/request", json=bad, headers=basic("olga"))
+        assert (answer.status_code, answer.json()["error"]) == (status, error), (bad, answer.text)
+    missing = client.post("/api/experiments/nope/request", json={"to": "Approved"}, headers=basic("olga"))
+    assert missing.status_code == 404 and missing.json()["error"] == "NotFoundError"
+    assert snapshot(gov, "checkout") == before
+    moved = client.post("/api/experiments/checkout/transition", json={"to": "Approved"}, headers=basic("olga"))
+    assert moved.status_code == 200 and moved.json()["actor"] == "olga"
 
 
 def test_refusals_are_409_and_bad_input_400_and_change_nothing(client: TestClient, gov: Governance) -> None:
@@ -301,6 +360,12 @@ def test_the_openapi_document_lists_exactly_the_routes(client: TestClient) -> No
     assert roles[("/api/experiments/{name}/transition", "post")] == "operator"
     assert roles[("/api/experiments/{name}/approve", "post")] == "approver"
     assert roles[("/api/experiments/{name}/reject", "post")] == "approver"
+    assert roles[("/api/experiments/{name}/request", "post")] == "operator"
+    request = document["paths"]["/api/experiments/{name}/request"]["post"]
+    assert request["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PendingMove"}
+    pending = document["components"]["schemas"]["PendingMove"]["properties"]
+    assert {"requested_by", "requested_at", "reason", "approvals_given", "approvals_needed"} <= set(pending)
     # every reference resolves
     text = answer.text
     for target in set(re.findall(r'"\$ref":"#/components/schemas/([^"]+)"', text)):
@@ -322,7 +387,8 @@ def test_metrics_count_operations_refusals_and_latency(client: TestClient, gov: 
     op = basic("olga")
     client.post("/api/experiments/checkout/transition", json={"to": "PendingApproval"}, headers=op)
     client.post("/api/experiments/checkout/transition", json={"to": "Running"}, headers=op)
-    client.post("/api/experiments/checkout/approve", json={"to": "Approved"}, headers=op)
+    # four eyes: olga requested the move (entering PendingApproval), so another user approves it
+    client.post("/api/experiments/checkout/approve", json={"to": "Approved"}, headers=basic("amy"))
     client.post("/api/experiments/checkout/reject", json={"to": "Approved"}, headers=op)
     client.post("/api/experiments/checkout/versions", json={"configuration": {"a": 1}}, headers=op)
     client.post("/api/experiments/checkout/rollback", json={"to_version": 9}, headers=op)

@@ -2,8 +2,11 @@
 
 One uvicorn server (a background thread, a free 127.0.0.1 port) and one browser for the module;
 each role has its own browser context (its own session). The flow: the operator sees the list,
-opens an experiment, makes a move and sees a gated move refused; the approver approves from the
-inbox and the move leaves it; a viewer sees no enabled action button and a crafted POST is
+opens an experiment, makes a move and sees a gated move refused; the inbox shows who asked for each
+move, why, how long ago and its approvals, and the operator who asked for one may not approve it
+(the button disabled with the reason; forced, the library's refusal is shown); the approver
+approves from the inbox and the move leaves it; a rejection closes a request and the operator asks
+again from the experiment page; a viewer sees no enabled action button and a crafted POST is
 refused; another OS process's transition shows on the open page within 2 s without a reload;
 two versions are compared. Screenshots of the list, experiment, inbox, audit and diff pages go
 to docs/screenshots/ (1280x800 each). No page may log a Content-Security-Policy violation.
@@ -74,6 +77,7 @@ def seed(gov: Governance) -> None:
     gov.transition("dark-mode", S.PAUSED, actor="fay", reason="error spike", **t)
     gov.create("legacy-banner", actor="gus")
     gov.transition("legacy-banner", S.ARCHIVED, actor="gus", reason="retired")
+    gov.publish(actor="lead", reason="one manual gate into Approved; error rate under 5%")  # the default scope's rules
 
 
 class Server:
@@ -163,6 +167,12 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False, animations="disabled", caret="hide")
 
 
+def settled(page: Any) -> None:
+    """Wait until the refresh the page makes when its live feed opens has landed (it replaces the
+    page's #live region: elements found before it are gone, changes made to them by hand undone)."""
+    page.wait_for_selector("body[data-refreshed]", state="attached", timeout=5000)
+
+
 def state_of(page: Any) -> str:
     return str(page.locator("[data-testid=current-state]").get_attribute("data-state"))
 
@@ -196,9 +206,43 @@ def test_operator_sees_the_list_moves_and_sees_a_refusal(browser: Any, site: dic
     assert site["gov"].state("pricing-page").state is S.PENDING_APPROVAL
 
     page.goto(site["url"] + "/experiments/checkout-redesign")
+    expect(page.locator("[data-testid=published-rules]")).to_contain_text("rules v1, published by lead at ")
+    expect(page.locator("[data-testid=awaiting-approval] ~ .request-meta [data-testid=requested-by]")) \
+        .to_have_text("ana")
     page.click("button[data-testid=transition][data-to=Approved]")
     expect(page.locator("[data-testid=error]")).to_be_visible()
     shot(page, "experiment")
+    page.context.close()
+
+
+def test_the_requester_may_not_approve_and_sees_why(browser: Any, site: dict[str, Any],
+                                                   console_errors: list[str]) -> None:
+    from playwright.sync_api import expect
+
+    page = session(browser, site, "olga", console_errors)  # an operator may approve too, but not her own request
+    page.click("nav >> text=Approvals")
+    pending = page.locator("[data-testid=pending-approval]")
+    expect(pending).to_have_count(3)
+    checkout = pending.filter(has=page.locator("[data-testid=requested-by]", has_text="ana"))
+    expect(checkout).to_have_attribute("data-experiment", "checkout-redesign")
+    expect(checkout.locator("[data-testid=request-reason]")).to_have_text("ready for review")
+    expect(checkout.locator("[data-testid=waited]")).to_have_text("under a minute")
+    expect(checkout.locator("[data-testid=approvals-count]")).to_have_text("0 of 1 approval")
+    expect(checkout.locator("[data-testid=approve]")).to_be_enabled()
+    own = page.locator('[data-testid=pending-approval][data-experiment="pricing-page"]')
+    expect(own.locator("[data-testid=requested-by]")).to_have_text("olga")  # she moved it into PendingApproval
+    expect(own.locator("[data-testid=approve]")).to_be_disabled()
+    expect(own.locator("[data-testid=separation-of-duties]")).to_contain_text("You asked for this move")
+    expect(own.locator("[data-testid=reject]")).to_be_enabled()  # she may withdraw it
+    shot(page, "approvals")
+    # forced (the button enabled by hand): the library refuses, the page says why, nothing is written
+    before = site["gov"].backplane.approvals("pricing-page")
+    settled(page)
+    own.locator("[data-testid=approve]").evaluate("button => button.removeAttribute('disabled')")
+    own.locator("[data-testid=approve]").click()
+    expect(page.locator("[data-testid=error]")).to_contain_text("olga requested this move")
+    expect(pending).to_have_count(3)
+    assert site["gov"].backplane.approvals("pricing-page") == before
     page.context.close()
 
 
@@ -209,7 +253,7 @@ def test_approver_approves_from_the_inbox(browser: Any, site: dict[str, Any], co
     page.click("nav >> text=Approvals")
     pending = page.locator("[data-testid=pending-approval]")
     expect(pending).to_have_count(3)
-    shot(page, "approvals")
+    expect(page.locator("[data-testid=separation-of-duties]")).to_have_count(0)  # abe asked for none of them
     move = page.locator('[data-testid=pending-approval][data-experiment="checkout-redesign"][data-to=Approved]')
     move.locator("input[name=reason]").fill("reviewed the rollout plan")
     move.locator("[data-testid=approve]").click()
@@ -218,15 +262,36 @@ def test_approver_approves_from_the_inbox(browser: Any, site: dict[str, Any], co
     expect(page.locator("[data-testid=notice]")).to_contain_text("approved")
     approvals = site["gov"].backplane.approvals("checkout-redesign")
     assert (approvals[-1].approver, approvals[-1].reason) == ("abe", "reviewed the rollout plan")
-    # a rejection is recorded; the move stays in the inbox
+    # a rejection is recorded and closes the request: the move leaves the inbox until asked for again
     onboarding = page.locator('[data-testid=pending-approval][data-experiment="onboarding-tour"]')
     onboarding.locator("input[name=reason]").fill("needs copy review")
     onboarding.locator("[data-testid=reject]").click()
     expect(page.locator("[data-testid=notice]")).to_contain_text("rejected")
-    expect(onboarding.locator("[data-testid=last-rejection]")).to_contain_text("needs copy review")
-    # an approver may not transition: no enabled move button
+    expect(onboarding).to_have_count(0)
+    expect(pending).to_have_count(1)
+    # an approver may not transition nor ask for a move: no enabled move button, no request button
     page.goto(site["url"] + "/experiments/checkout-redesign")
     expect(page.locator("button[data-testid=transition]:enabled")).to_have_count(0)
+    page.goto(site["url"] + "/experiments/onboarding-tour?tenant=acme&environment=staging")
+    expect(page.locator("button[data-testid=request]")).to_have_count(0)
+
+    # the operator asks again from the experiment page; the inbox shows the request and the last rejection
+    operator = session(browser, site, "olga", console_errors)
+    operator.goto(site["url"] + "/experiments/onboarding-tour?tenant=acme&environment=staging")
+    expect(operator.locator("[data-testid=published-rules]")).to_contain_text("No rules published")
+    operator.fill("#request-reason", "copy reviewed by legal")
+    operator.click("button[data-testid=request][data-to=Approved]")
+    expect(operator.locator("[data-testid=notice]")).to_contain_text("requested")
+    waiting = operator.locator("[data-testid=awaiting-approval][data-to=Approved]")
+    expect(waiting).to_have_count(1)
+    expect(waiting.locator("[data-testid=approve]")).to_be_disabled()
+    expect(operator.locator("[data-testid=separation-of-duties]")).to_contain_text("You asked for this move")
+    operator.context.close()
+    page.goto(site["url"] + "/approvals")  # a request writes no stream entry: the open inbox is not told
+    expect(pending).to_have_count(2)
+    expect(onboarding.locator("[data-testid=requested-by]")).to_have_text("olga")
+    expect(onboarding.locator("[data-testid=request-reason]")).to_have_text("copy reviewed by legal")
+    expect(onboarding.locator("[data-testid=last-rejection]")).to_contain_text("needs copy review")
     page.context.close()
 
 
@@ -312,7 +377,9 @@ def test_compare_two_versions_and_the_audit_log(browser: Any, site: dict[str, An
 
     page.goto(site["url"] + "/audit")
     entries = page.locator("[data-testid=audit-entry]")
-    expect(entries.first).to_contain_text("controller")
+    # the newest move is the controller's (its process follows the published rules, so the policy's
+    # evaluation of that move is written with it)
+    expect(page.locator("[data-testid=audit-entry][data-kind=transition]").first).to_contain_text("controller")
     assert entries.count() > 20
     shot(page, "audit")
     page.context.close()
@@ -377,6 +444,7 @@ def test_a_phone_sees_the_whole_header_and_every_move(browser: Any, site: dict[s
     page = session(browser, site, "olga", console_errors, {"width": width, "height": 860})
     for path in ("/", "/approvals", "/audit", "/experiments/pricing-page"):
         page.goto(site["url"] + path)
+        settled(page)
         for hook in ("logout", "whoami"):
             box = page.locator(f"[data-testid={hook}]").bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (path, hook, box)

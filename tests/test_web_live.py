@@ -538,6 +538,26 @@ def test_filters_by_scope_and_experiment(live: Live) -> None:
         assert bad.status_code == 400
 
 
+def test_published_rules_reach_every_page_of_their_scope(live: Live) -> None:
+    """A ``rules`` event (no experiment: it concerns the whole scope) passes an experiment filter of
+    its scope, so an open experiment page shows the rules in force without a reload; other scopes'
+    streams do not get it."""
+    gov = live.gov
+    running(gov, ["e1"], "acme", "prod")
+    running(gov, ["e1"], "beta", "dev")
+    time.sleep(0.5)
+    page = live.connect("/events?tenant=acme&environment=prod&experiment=e1")
+    other = live.connect("/events?tenant=beta&environment=dev&experiment=e1")
+    published = gov.publish(actor="lead", reason="baseline", tenant="acme", environment="prod")
+    flip(gov, "e1", 1, "acme", "prod")
+    got = page.wait_for(2)
+    assert [(e.event, e.json()["experiment"]) for e in got] == [("rules", ""), ("transition", "e1")]
+    record = got[0].json()["record"]
+    assert (record["version"], record["created_by"], record["rules_hash"]) == (1, "lead", published.rules_hash)
+    time.sleep(0.3)
+    assert other.events == []
+
+
 def test_resume_after_a_dropped_connection(live: Live) -> None:
     """Events written while a client was away arrive once when it comes back with Last-Event-ID."""
     gov = live.gov
@@ -764,6 +784,14 @@ def test_a_slow_client_is_dropped_and_memory_stays_bounded() -> None:
         hub._running = False
 
     asyncio.run(scenario())
+
+
+def test_a_scope_event_passes_the_experiment_filters_of_its_scope() -> None:
+    page = Subscriber({"tenant": "t", "environment": "env", "experiment": "x"}, 10)
+    rules = LiveEvent(1, "t", "env", "", "rules", b"")
+    assert page.matches(rules) and page.matches(_event(2))
+    assert not page.matches(_event(3, experiment="y"))
+    assert not page.matches(LiveEvent(4, "u", "env", "", "rules", b""))  # another scope's rules
 
 
 def test_subscriber_rejects_unknown_filters() -> None:

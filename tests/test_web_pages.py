@@ -11,7 +11,7 @@ import html
 import re
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -83,6 +83,8 @@ def seed(gov: Governance) -> None:
     gov.transition("checkout", S.PENDING_APPROVAL, actor="ana", reason="ready")
     gov.create_version("checkout", {"rollout": {"percent": 10, "steps": [1, 2]}, "size": 3}, actor="ana",
                        description="wider rollout")
+    # a new version lapses the request that entering PendingApproval made: ask again for this version
+    gov.request("checkout", S.APPROVED, actor="ana", reason="review v2")
 
 
 def log_length(gov: Governance, tenant: str | None, environment: str | None) -> int:
@@ -253,15 +255,33 @@ def test_operator_moves_and_refusals_are_shown(app: object, gov: Governance) -> 
     assert gov.state("checkout").state is S.RUNNING  # type: ignore[union-attr]
 
 
+def test_a_live_refresh_leaves_the_notice_for_the_page_it_belongs_to(app: object, gov: Governance) -> None:
+    seed(gov)
+    client = login(app, "olga")
+    done = post(client, "/experiments/search?tenant=acme&environment=prod", {"op": "transition", "to": "Archived"})
+    assert done.status_code == 303  # type: ignore[attr-defined]
+    # the feed's refresh of the #live region may come before the redirected GET: it takes no notice
+    refresh = client.get("/experiments/search?tenant=acme&environment=prod",
+                         headers={"HX-Request": "true", "HX-Target": "live"})
+    assert refresh.status_code == 200 and not hooks(refresh.text, "notice")
+    page = client.get(done.headers["location"]).text  # type: ignore[attr-defined]
+    assert text_of(page, "notice") == ["search moved from Draft to Archived"]
+    assert not hooks(client.get(done.headers["location"]).text, "notice")  # type: ignore[attr-defined]  # once
+
+
 def test_approver_approves_from_the_inbox_and_the_move_leaves_it(app: object, gov: Governance) -> None:
     seed(gov)
     client = login(app, "abe")
-    # a rejection is recorded and the move stays in the inbox
+    # a rejection is recorded and closes the request: the move leaves the inbox until asked for again
     rejected = post(client, "/experiments/checkout", {"op": "reject", "to": "Approved", "reason": "not yet",
                                                       "back": "/approvals"})
     assert rejected.status_code == 303 and rejected.headers["location"] == "/approvals"  # type: ignore[attr-defined]
     inbox = client.get("/approvals").text
-    assert len(hooks(inbox, "pending-approval")) == 1 and "not yet" in inbox
+    assert hooks(inbox, "pending-approval") == [] and hooks(inbox, "notice")
+    # requested again: back in the inbox, the last rejection shown beside it
+    gov.request("checkout", S.APPROVED, actor="ana", reason="fixed the copy")
+    inbox = client.get("/approvals").text
+    assert len(hooks(inbox, "pending-approval")) == 1 and "not yet" in inbox and "fixed the copy" in inbox
     approved = post(client, "/experiments/checkout", {"op": "approve", "to": "Approved", "reason": "fine",
                                                       "back": "/approvals"})
     assert approved.status_code == 303  # type: ignore[attr-defined]
@@ -275,6 +295,148 @@ def test_approver_approves_from_the_inbox_and_the_move_leaves_it(app: object, go
     assert gov.state("checkout").state is S.PENDING_APPROVAL  # type: ignore[union-attr]
     page = client.get("/experiments/checkout").text
     assert 'data-status="waiting"' in page
+
+
+def text_of(page: str, testid: str) -> list[str]:
+    """The text inside each element carrying data-testid=<testid> (tags stripped, spaces folded)."""
+    found = re.findall(r'<(\w+)[^>]*data-testid="%s"[^>]*>(.*?)</\1>' % re.escape(testid), page, re.S)
+    return [" ".join(html.unescape(re.sub(r"<[^>]+>", "", inner)).split()) for _, inner in found]
+
+
+def test_the_inbox_shows_who_asked_why_how_long_and_the_approvals(app: object, gov: Governance,
+                                                                 users_file: Path) -> None:
+    seed(gov)
+    client = login(app, "abe")
+    inbox = client.get("/approvals").text
+    (card,) = hooks(inbox, "pending-approval")
+    assert (attr(card, "data-experiment"), attr(card, "data-to")) == ("checkout", "Approved")
+    assert text_of(inbox, "requested-by") == ["ana"] and text_of(inbox, "request-reason") == ["review v2"]
+    assert text_of(inbox, "waited") == ["under a minute"]
+    assert text_of(inbox, "approvals-count") == ["0 of 1 approval"]
+    assert not hooks(inbox, "separation-of-duties")  # abe did not ask for it
+    assert all("disabled" not in b for b in hooks(inbox, "approve") + hooks(inbox, "reject"))
+
+    # a gate that needs two approvers, a request made three hours ago: 1 of 2 after one approval
+    hours_ago = Governance(gov.backplane, gates=[ManualGate(to_state=S.APPROVED, approvals=2)],
+                           policies=[ErrorRate(0.05)], clock=lambda: datetime.now(UTC) - timedelta(hours=3, minutes=5))
+    hours_ago.create("pricing", actor="ben")
+    hours_ago.transition("pricing", S.PENDING_APPROVAL, actor="ben", reason="new prices")
+    two = login(create_app(hours_ago, users_file, SECRET, live=False), "abe")
+    done = post(two, "/experiments/pricing", {"op": "approve", "to": "Approved", "back": "/approvals"})
+    assert done.status_code == 303  # type: ignore[attr-defined]
+    inbox = two.get("/approvals?q=pricing").text
+    assert [attr(c, "data-experiment") for c in hooks(inbox, "pending-approval")] == ["pricing"]
+    assert text_of(inbox, "requested-by") == ["ben"] and text_of(inbox, "waited") == ["3 h 5 min"]
+    assert text_of(inbox, "approvals-count") == ["1 of 2 approvals"]
+    page = two.get("/experiments/pricing").text  # the experiment page says the same
+    assert text_of(page, "requested-by") == ["ben"] and text_of(page, "approvals-count") == ["1 of 2 approvals"]
+
+
+def test_nobody_approves_a_move_they_asked_for(app: object, gov: Governance) -> None:
+    seed(gov)
+    gov.approve("checkout", S.APPROVED, approver="abe", approved=False, reason="not yet")  # closes ana's request
+    olga = login(app, "olga")
+    page = olga.get("/experiments/checkout").text
+    assert not hooks(page, "awaiting-approval")
+    (button,) = hooks(page, "request")
+    assert attr(button, "data-to") == "Approved"
+    for name in ("abe", "vic"):  # only operators ask for moves
+        assert not hooks(login(app, name).get("/experiments/checkout").text, "request"), name
+        refused = post(login(app, name), "/experiments/checkout", {"op": "request", "to": "Approved"})
+        assert refused.status_code == 403, name  # type: ignore[attr-defined]
+    assert gov.awaiting_approval() == []
+
+    asked = post(olga, "/experiments/checkout", {"op": "request", "to": "Approved", "reason": "copy fixed"})
+    assert asked.status_code == 303 and asked.headers["location"] == "/experiments/checkout"  # type: ignore[attr-defined]
+    (move,) = gov.awaiting_approval()
+    assert (move.requested_by, move.reason, move.to_state) == ("olga", "copy fixed", S.APPROVED)
+    page = olga.get("/experiments/checkout").text
+    assert "requested" in text_of(page, "notice")[0] and not hooks(page, "request")
+    # the requester sees why she may not approve: the button disabled, a note saying why
+    for url, testid in (("/approvals", "pending-approval"), ("/experiments/checkout", "awaiting-approval")):
+        shown = olga.get(url).text
+        assert len(hooks(shown, testid)) == 1, url
+        (approve,) = hooks(shown, "approve")
+        assert "disabled" in approve and "another person" in (attr(approve, "title") or ""), url
+        (note,) = text_of(shown, "separation-of-duties")
+        assert "You asked for this move" in note, url
+        assert "disabled" not in hooks(shown, "reject")[0], url  # she may withdraw it
+        assert text_of(shown, "requested-by") == ["olga"], url
+    # a crafted POST is refused by the library, its message shown, nothing written
+    before = (gov.state("checkout"), gov.backplane.approvals("checkout"))
+    for back in ("/approvals", ""):
+        refused = post(olga, "/experiments/checkout", {"op": "approve", "to": "Approved", "back": back})
+        assert refused.status_code == 409, back  # type: ignore[attr-defined]
+        assert shown_error(refused.text) == library_error(  # type: ignore[attr-defined]
+            lambda: gov.approve("checkout", S.APPROVED, approver="olga"))
+        assert "SeparationOfDuties" not in refused.text and "olga requested this move" in refused.text  # type: ignore[attr-defined]
+    assert (gov.state("checkout"), gov.backplane.approvals("checkout")) == before
+    # another approver sees no such note and approves; then she (not the approver) moves it
+    abe = login(app, "abe")
+    assert not hooks(abe.get("/approvals").text, "separation-of-duties")
+    assert post(abe, "/experiments/checkout", {"op": "approve", "to": "Approved"}).status_code == 303  # type: ignore[attr-defined]
+    assert gov.awaiting_approval() == []
+    assert post(olga, "/experiments/checkout", {"op": "transition", "to": "Approved"}).status_code == 303  # type: ignore[attr-defined]
+    assert gov.state("checkout").state is S.APPROVED  # type: ignore[union-attr]
+
+
+def test_an_approver_who_approved_may_not_make_the_move(app: object, gov: Governance) -> None:
+    seed(gov)
+    olga = login(app, "olga")  # an operator approves too
+    assert post(olga, "/experiments/checkout", {"op": "approve", "to": "Approved"}).status_code == 303  # type: ignore[attr-defined]
+    page = olga.get("/experiments/checkout").text
+    button = [b for b in hooks(page, "transition") if attr(b, "data-to") == "Approved"]
+    assert len(button) == 1 and "you approved it" in page
+    before = gov.state("checkout")
+    refused = post(olga, "/experiments/checkout", {"op": "transition", "to": "Approved"})
+    assert refused.status_code == 409  # type: ignore[attr-defined]
+    assert shown_error(refused.text) == library_error(  # type: ignore[attr-defined]
+        lambda: gov.transition("checkout", S.APPROVED, actor="olga"))
+    assert gov.state("checkout") == before
+
+
+def test_published_rules_on_the_experiment_page_and_in_the_audit(app: object, gov: Governance) -> None:
+    seed(gov)
+    client = login(app, "vic")
+    page = client.get("/experiments/checkout").text
+    (rules,) = hooks(page, "published-rules")
+    assert attr(rules, "data-version") == "" and "No rules published" in text_of(page, "published-rules")[0]
+    published = gov.publish(actor="lead", reason="<i>baseline</i>")
+    page = client.get("/experiments/checkout").text
+    (rules,) = hooks(page, "published-rules")
+    (shown,) = text_of(page, "published-rules")
+    assert attr(rules, "data-version") == "1" and shown.startswith("rules v1, published by lead at ")
+    assert published.created_at.strftime("%Y-%m-%d %H:%M:%S") in shown and "<i>baseline</i>" in shown
+    assert "&lt;i&gt;baseline&lt;/i&gt;" in page
+    assert "manual:*-&gt;Approved" in page  # the gates in force
+    other = client.get("/experiments/search?tenant=acme&environment=prod").text  # another scope: none published
+    assert "No rules published" in text_of(other, "published-rules")[0]
+
+    audit = client.get("/audit")
+    assert audit.status_code == 200
+    entries = hooks(audit.text, "audit-entry")
+    assert (attr(entries[0], "data-kind"), attr(entries[0], "data-experiment")) == ("rules", "")
+    assert "rules version 1 published by lead" in audit.text
+    only = client.get("/audit?kind=rules")
+    assert only.status_code == 200 and [attr(e, "data-kind") for e in hooks(only.text, "audit-entry")] == ["rules"]
+    # the moves still work under the published rules
+    olga = login(app, "olga")
+    assert post(olga, "/experiments/checkout", {"op": "transition", "to": "Draft"}).status_code == 303  # type: ignore[attr-defined]
+
+
+def test_a_scope_published_under_other_rules_is_named_not_a_crash(app: object, gov: Governance) -> None:
+    seed(gov)
+    other = Governance(gov.backplane, gates=[ManualGate(to_state=S.APPROVED, approvals=2)])
+    other.publish(actor="lead", tenant="acme", environment="prod")  # not the server's definition
+    client = login(app, "vic")
+    inbox = client.get("/approvals")
+    assert inbox.status_code == 200
+    assert [attr(c, "data-experiment") for c in hooks(inbox.text, "pending-approval")] == ["checkout"]
+    (problem,) = text_of(inbox.text, "scope-problem")
+    assert problem.startswith("acme / prod: ") and "differ" in problem
+    page = client.get("/experiments/search?tenant=acme&environment=prod")
+    assert page.status_code == 200 and text_of(page.text, "published-rules")[0].startswith("rules v1, published by lead")
+    assert "differ" in text_of(page.text, "rules-mismatch")[0]
 
 
 def test_viewer_posts_are_refused_and_write_nothing(app: object, gov: Governance) -> None:
@@ -317,6 +479,7 @@ def test_html_in_an_experiment_name_is_escaped(app: object, gov: Governance) -> 
     gov.create(XSS, actor=XSS, configuration={XSS: XSS}, tenant="<b>t</b>")
     gov.transition(XSS, S.PENDING_APPROVAL, actor=XSS, reason=XSS, tenant="<b>t</b>")
     gov.create_version(XSS, {XSS: 1}, actor=XSS, description=XSS, tenant="<b>t</b>")
+    gov.request(XSS, S.APPROVED, actor=XSS, reason=XSS, tenant="<b>t</b>")  # the new version lapsed the first
     client = login(app, "olga")
     listing = client.get("/")
     rows = hooks(listing.text, "experiment-row")

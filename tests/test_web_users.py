@@ -8,6 +8,8 @@ once when a flood of wrong passwords arrives (``auth.VERIFY_AT_ONCE``, on the ap
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import subprocess
 import sys
@@ -312,3 +314,82 @@ def test_one_address_going_through_names_is_throttled_too(tmp_path: Path, redis_
     finally:
         delete_prefix(gov.backplane.client, prefix)
         gov.close()
+
+
+# -- roles ------------------------------------------------------------------------------------
+
+
+def test_a_user_has_one_permission_role_and_any_custom_roles(tmp_path: Path, hasher: CountingHasher) -> None:
+    assert User("amy", Role.APPROVER).roles == ("approver",)
+    sam = User("sam", Role.OPERATOR, ("sre", "operator", "sre", "release-manager"))
+    assert sam.roles == ("operator", "sre", "release-manager")  # the permission role first, each once
+    assert sam.metadata == {"actorRole": "operator", "actorRoles": ["operator", "sre", "release-manager"]}
+    with pytest.raises(redgov.ValidationError, match="roles approver and operator given together"):
+        User("amy", Role.APPROVER, ("operator",))  # a custom role cannot be another permission role
+
+    path = tmp_path / "users.json"
+    assert add_user(path, "sam", ["sre", "OPERATOR"], "pw") == User("sam", Role.OPERATOR, ("sre",))
+    users = Users(path)
+    assert users.authenticate("sam", "pw") == User("sam", Role.OPERATOR, ("sre",))
+    assert users.get("sam") == users.remembered("sam", "pw") == User("sam", Role.OPERATOR, ("sre",))
+    for roles, message in ((["sre"], "none of them is one of viewer, approver, operator"), ([], "no role given"),
+                           (["viewer", "approver"], "given together"), (["operator", "s re"], "whitespace"),
+                           (["operator", "\u2066sre"], "U+2066 LEFT-TO-RIGHT ISOLATE"),
+                           (["operator", "x" * 129], "the limit is 128")):
+        with pytest.raises(redgov.ValidationError, match=re.escape(message)):
+            add_user(path, "bad", roles, "pw")
+    assert users.get("bad") is None
+
+
+def test_users_files_with_one_role_are_read_and_bad_roles_named(tmp_path: Path, hasher: CountingHasher) -> None:
+    path = tmp_path / "users.json"
+    hashed = users_module._HASHER.hash("pw")
+
+    def write(entry: dict[str, Any]) -> None:
+        path.write_text(json.dumps({"users": {"amy": {"hash": hashed, **entry}}}))
+        path.chmod(0o600)
+
+    write({"role": "approver"})  # a file of before custom roles
+    assert Users(path).authenticate("amy", "pw") == User("amy", Role.APPROVER)
+    write({"roles": ["operator", "sre"], "role": "operator"})  # both, agreeing: read
+    assert Users(path).get("amy") == User("amy", Role.OPERATOR, ("sre",))
+    for entry, message in (({"roles": ["operator"], "role": "viewer"}, "has role 'viewer' but roles ['operator']"),
+                           ({"roles": "operator"}, "expected a list of role names"),
+                           ({"roles": ["sre"]}, "user 'amy': roles sre: none of them"),
+                           ({}, "user 'amy': a role name must not be empty"),
+                           ({"roles": ["operator", "on\u200bcall"]}, "U+200B ZERO WIDTH SPACE")):
+        write(entry)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Users(path)
+
+
+def test_removing_a_user_ends_what_was_remembered_and_its_fingerprint(tmp_path: Path, hasher: CountingHasher) -> None:
+    path = tmp_path / "users.json"
+    add_user(path, "amy", "approver", "right")
+    add_user(path, "bob", "viewer", "bobs")
+    users = Users(path)
+    assert users.authenticate("amy", "right") is not None
+    fingerprint = users.fingerprint("amy")
+    assert fingerprint is not None and users.current("amy") == (User("amy", Role.APPROVER), fingerprint)
+    assert users_module.remove_user(path, "amy") is True
+    assert users.remembered("amy", "right") is None and users.authenticate("amy", "right") is None
+    assert users.fingerprint("amy") is None and users.current("amy") is None and users.get("amy") is None
+    assert users_module.remove_user(path, "amy") is False
+    assert json.loads(path.read_text())["users"].keys() == {"bob"}
+    add_user(path, "amy", "approver", "right")  # back with the same password: a new hash, a new fingerprint
+    assert users.fingerprint("amy") not in (None, fingerprint)
+    with pytest.raises(ConfigError, match="does not exist"):
+        users_module.remove_user(tmp_path / "none.json", "amy")
+
+
+def test_rewrites_of_the_same_size_within_one_clock_tick_are_seen(tmp_path: Path, hasher: CountingHasher) -> None:
+    path = tmp_path / "users.json"
+    add_user(path, "amy", "approver", "right")
+    users = Users(path)
+    assert users.get("amy") == User("amy", Role.APPROVER)
+    stamp = path.stat()
+    add_user(path, "amy", "viewer", "right")  # "viewer" and the new hash: a file of another size
+    add_user(path, "amy", "approver", "rite!")  # the first size again
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # and its modification time
+    assert path.stat().st_size == stamp.st_size
+    assert users.authenticate("amy", "rite!") == User("amy", Role.APPROVER)

@@ -1,4 +1,4 @@
-"""``redgov serve`` (the operator web UI and JSON API) and ``redgov users add|list`` (its users file).
+"""``redgov serve`` (the operator web UI and JSON API) and ``redgov users add|list|remove`` (its users file).
 
 ``serve`` runs uvicorn with ``redgov.web.create_app`` around the Governance this command line
 builds (url, prefix and ``--config`` gates and policies, as for every command). It listens on
@@ -9,7 +9,9 @@ The session secret is ``--secret-file``, else ``$REDGOV_WEB_SECRET``, else ``<us
 or others is refused. Ctrl-C (or SIGTERM) stops it cleanly: exit 0.
 
 ``users add`` reads the password from standard input (one line; on a terminal it asks twice
-without echo) and never prints it; ``users list`` prints names and roles, never hashes.
+without echo) and never prints it; its ``--role`` is repeatable: exactly one of viewer, approver,
+operator, plus any custom roles (``sre``) that RoleGates read from the logged-in user's metadata.
+``users list`` prints names and roles, never hashes; ``users remove`` ends the user's logins.
 The web extra (``pip install 'redgov[web]'``) is imported only by these commands.
 """
 
@@ -38,7 +40,6 @@ from .parser import UsageError
 __all__ = ["COMMANDS", "declare", "read_secret"]
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
-ROLES = ("viewer", "approver", "operator")
 SECRET_ENV = "REDGOV_WEB_SECRET"
 #: the Host names a loopback server answers (any port)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -47,7 +48,9 @@ SERVE_DETAILS = f"""\
 Serves every tenant/environment scope of the prefix: pages for people (log in at /login), a JSON
 API under /api/ (HTTP Basic; the schema at /api/openapi.json) and Prometheus metrics at /metrics
 (no login). Users and roles come from --users (`redgov users add`): viewer reads; approver also
-approves and rejects; operator also transitions, creates versions and rolls back.
+approves and rejects; operator also transitions, creates versions and rolls back. A user's custom
+roles (`--role sre`) are what RoleGates judge: every transition made in serve carries the user's
+roles as metadata actorRole/actorRoles, never a role the request names.
 
 The session secret is --secret-file, else ${SECRET_ENV}, else USERS.secret next to the users file
 (created with mode 0600 on first serve). Only loopback addresses unless --allow-remote: there is
@@ -55,15 +58,19 @@ no TLS here; to serve others, put a TLS proxy in front, pass --allow-remote and 
 (and --trusted-proxy ADDR, so that failed logins are counted per client, not per proxy). On
 loopback, requests must name a loopback host (DNS rebinding gets 400).
 
-  redgov users add ana --role operator --users users.json   # asks for the password
+  redgov users add ana --role operator --role sre --users users.json   # asks for the password
   redgov --url redis://localhost:6379/0 serve --users users.json
 """
 
 USERS_DETAILS = """\
 The users file is JSON (names, roles, argon2 password hashes), written with mode 0600. `add` reads
-the password from standard input, one line (on a terminal it asks twice, without echo):
+the password from standard input, one line (on a terminal it asks twice, without echo). Each user
+has exactly one of the roles viewer, approver, operator (what it may do in `redgov serve`) and any
+custom roles (`--role sre`, repeatable): RoleGates judge them, as the logged-in user's roles.
+`remove` ends the user's logins at their next request.
 
-  printf '%s\\n' "$PASSWORD" | redgov users add ana --role operator --users users.json
+  printf '%s\\n' "$PASSWORD" | redgov users add ana --role operator --role sre --users users.json
+  redgov users remove ana --users users.json
 """
 
 
@@ -78,7 +85,7 @@ def _port(text: str) -> int:
 
 
 def declare(command: Callable[..., argparse.ArgumentParser], actions: Callable[..., Any]) -> None:
-    """Add ``serve`` and ``users add|list`` to the parser (``command`` and ``actions`` from ``build_parser``)."""
+    """Add ``serve`` and ``users add|list|remove`` to the parser (``command`` and ``actions`` from ``build_parser``)."""
     p = command("serve", "serve the operator web UI, the JSON API and /metrics (Ctrl-C stops)", SERVE_DETAILS)
     p.add_argument("--users", required=True, metavar="FILE", help="the users file (`redgov users add`; required)")
     p.add_argument("--host", default=DEFAULT_HOST, metavar="H",
@@ -98,15 +105,19 @@ def declare(command: Callable[..., argparse.ArgumentParser], actions: Callable[.
     p.add_argument("--cache", action="store_true",
                    help="serve state reads from a local cache that Redis invalidates (connect(cache=True))")
 
-    p = command("users", "add a user of `redgov serve`, or list them (the users file)", USERS_DETAILS)
+    p = command("users", "add, list or remove the users of `redgov serve` (the users file)", USERS_DETAILS)
     action = actions(p, "users_command", USERS_DETAILS)
-    q = action("add", "add a user, or replace its role and password (the password from standard input)")
+    q = action("add", "add a user, or replace its roles and password (the password from standard input)")
     q.add_argument("name", metavar="NAME", help="the user's name (recorded as actor or approver)")
-    q.add_argument("--role", required=True, choices=ROLES,
-                   help="viewer reads; approver also approves and rejects; operator also transitions, creates "
-                        "versions and rolls back (required)")
+    q.add_argument("--role", required=True, action="append", dest="roles", metavar="ROLE",
+                   help="repeatable; exactly one of viewer (reads), approver (also approves and rejects), operator "
+                        "(also transitions, creates versions and rolls back), plus any custom roles such as sre "
+                        "(no permission of their own; RoleGates read them) (required)")
     q.add_argument("--users", required=True, metavar="FILE", help="the users file (created, mode 0600; required)")
     q = action("list", "list the users and their roles (never the password hashes)")
+    q.add_argument("--users", required=True, metavar="FILE", help="the users file (required)")
+    q = action("remove", "remove a user; its logins end at their next request")
+    q.add_argument("name", metavar="NAME", help="the user's name")
     q.add_argument("--users", required=True, metavar="FILE", help="the users file (required)")
 
 
@@ -128,25 +139,31 @@ def _password(name: str) -> str:
 
 
 def cmd_users(ctx: Context) -> int:
-    from ..web.users import _read, add_user
+    from ..web.users import add_user, parse_roles, read_users, remove_user
 
     a, out = ctx.args, ctx.out
     path = Path(a.users)
     if a.users_command == "list":
-        if not path.exists():
-            raise ConfigError(f"users file {path} does not exist; create it with "
-                              "`redgov users add NAME --role ROLE --users FILE`")
-        found = sorted(_read(path).items())
-        rows = [(name, role.label) for name, (role, _hash) in found]
-        text = out.table(rows, ["user", "role"]) if rows else f"no users in {path}"
-        out.emit({"users": [{"name": n, "role": r} for n, r in rows], "count": len(rows), "file": str(path)}, text)
+        users = read_users(path)
+        rows = [(user.name, ", ".join(user.roles)) for user in users]
+        text = out.table(rows, ["user", "roles"]) if rows else f"no users in {path}"
+        out.emit({"users": [{"name": u.name, "role": u.role.label, "roles": list(u.roles)} for u in users],
+                  "count": len(users), "file": str(path)}, text)
         return 0
-    replaced = path.exists() and a.name in _read(path)
+    if a.users_command == "remove":
+        if not remove_user(path, a.name):
+            raise UsageError(f"there is no user {a.name!r} in {path}; nothing was changed "
+                             f"(`redgov users list --users {path}` shows who there is)")
+        out.emit({"user": a.name, "removed": True, "file": str(path)},
+                 f"removed user {a.name} from {path}; its logins end at their next request")
+        return 0
+    parse_roles(a.roles)  # refused before the password is asked for
+    replaced = path.exists() and any(u.name == a.name for u in read_users(path))
     password = _password(a.name)
-    user = add_user(path, a.name, a.role, password)
+    user = add_user(path, a.name, a.roles, password)
     verb = "replaced" if replaced else "added"
-    out.emit({"user": user.name, "role": user.role.label, "replaced": replaced, "file": str(path)},
-             f"{verb} user {user.name} ({user.role.label}) in {path}")
+    out.emit({"user": user.name, "role": user.role.label, "roles": list(user.roles), "replaced": replaced,
+              "file": str(path)}, f"{verb} user {user.name} ({', '.join(user.roles)}) in {path}")
     return 0
 
 

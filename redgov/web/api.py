@@ -13,9 +13,11 @@ as ``\\u003c`` ...); 401 without (right) credentials; 403 for a role too low; an
 404 for an unknown experiment or version (NotFoundError), 409 for a governance refusal
 (ConflictError, LeaseError, InvalidTransitionError, ApprovalRequiredError,
 PolicyViolationError, with its ``evaluations``), 503 when Redis cannot serve the call.
-The actor or approver recorded is the authenticated user, never a field of the body; a
-transition records the user's role as metadata ``actorRole`` (what a RoleGate reads), as the
-pages do.
+The actor, requester or approver recorded is the authenticated user, never a field of the body; a
+transition records the user's roles from the users file as metadata, as the pages do:
+``actorRole`` (viewer, approver or operator) and ``actorRoles`` (all its roles, custom ones such
+as ``sre`` included), what RoleGates read. A body's ``actorRole``, ``actorRoles`` or
+``metadata`` is ignored.
 
 An experiment's name is one path segment: encode ``/`` in it as ``%2F``. The name is taken
 from the raw (still encoded) path, so ``..%2F..`` is just a name that does not exist.
@@ -68,6 +70,7 @@ from .handlers import (
     get_versions,
     list_experiments,
     reject,
+    request_move,
     rollback,
     transition,
     whoami,
@@ -135,7 +138,8 @@ def _body(required: list[str], **properties: dict[str, Any]) -> dict[str, Any]:
               "environment": {"type": ["string", "null"], "description": "the scope's environment (default: ?environment=)"},
               "idempotency_key": {"type": "string", "description": "a repeat with this key returns the first result"}}
     return {"type": "object", "required": required, "properties": {**properties, **common},
-            "description": "Other fields are ignored: the actor or approver recorded is the authenticated user."}
+            "description": "Other fields are ignored: the actor, requester or approver recorded is the authenticated user, "
+                           "and a transition's actorRole and actorRoles are the user's roles."}
 
 
 _TO = {"$ref": "#/components/schemas/LifecycleState", "description": "the target state of the move"}
@@ -150,7 +154,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/api/experiments", "every experiment of every scope (filtered by scope and state)",
              Role.VIEWER, list_experiments, _array(_ROW),
              (*_FILTER_Q, Param("state", "only experiments in this state", enum=None, ref="LifecycleState"))),
-    Endpoint("GET", "/api/awaiting-approval", "the moves a manual gate blocks now, in every scope (the inbox)",
+    Endpoint("GET", "/api/awaiting-approval",
+             "the requested moves a manual gate still blocks, in every scope (the inbox): who asked, when, why, "
+             "approvals given of needed",
              Role.VIEWER, awaiting_approval, _array(_ref("PendingMove")), _FILTER_Q, errors=()),
     Endpoint("GET", "/api/experiments/{name}/allowed-transitions",
              "the states the rules allow the experiment to move to now (gates and policies not judged)",
@@ -181,6 +187,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              _body(["to"], to=_TO, reason=_REASON,
                    telemetry={"type": "object", "description": "numbers the policies read (errorRate, ...)"},
                    expected_etag={"type": "string", "description": "refuse (409) unless the state has this etag"}),
+             refusals=True),
+    Endpoint("POST", "/api/experiments/{name}/request",
+             "ask for the gated move into `to` (the requester: the user, who may then not approve it)",
+             Role.OPERATOR, request_move, _ref("PendingMove"), _SCOPE_Q, _body(["to"], to=_TO, reason=_REASON),
              refusals=True),
     Endpoint("POST", "/api/experiments/{name}/approve", "approve the move into `to` (the approver: the user)",
              Role.APPROVER, approve, _ref("ApprovalRecord"), _SCOPE_Q,

@@ -25,7 +25,8 @@ __all__ = ["AuditEntry", "AuditPage", "read_audit"]
 
 #: entries asked of one stream per XREVRANGE
 CHUNK = 100
-KINDS = ("state", "transition", "approval", "version", "policy")
+#: the kinds of log entries the audit page filters by ("rules": a scope's published rules, no experiment)
+KINDS = ("state", "transition", "approval", "version", "policy", "rules")
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,8 +83,8 @@ async def check_csrf(request: Request) -> None:
 
 
 def page_user(ctx: WebContext, request: Request) -> User | None:
-    """The logged-in user of a page request; None when not logged in, logged out, the login
-    expired, the user left the users file or changed password.
+    """The logged-in user of a page request, with the roles the users file gives it now; None when
+    not logged in, logged out, the login expired, the user left the users file or changed password.
 
     The signed cookie names the user and a login id; the login itself is a Redis key
     (``keys.web_session``) holding the user and the fingerprint of the password's hash, with
@@ -97,9 +97,9 @@ def page_user(ctx: WebContext, request: Request) -> User | None:
     user = None
     name, sid = request.session.get("user"), request.session.get("sid")
     if isinstance(name, str) and isinstance(sid, str):
-        user = ctx.users.get(name)
-        fingerprint = ctx.users.fingerprint(name)
-        if user is not None:
+        current = ctx.users.current(name)  # None: removed from the users file since (its logins end with it)
+        if current is not None:
+            user, fingerprint = current
             key = web_session(ctx.governance.backplane.prefix, sid)
             try:
                 stored = ctx.governance.backplane.client.get(key)

@@ -2,7 +2,9 @@
 checked request (``Asked``), run in Starlette's thread pool, returning what is sent as JSON.
 
 Writes go through ``WebContext.act`` (timed and counted in the metrics) with the authenticated
-user as actor or approver; reads of one experiment answer NotFoundError (404) when it does not
+user as actor, requester or approver, and a transition with the user's roles as metadata (``User.metadata``:
+``actorRole`` and ``actorRoles``, what RoleGates read; a body's ``actorRole``, ``actorRoles`` or
+``metadata`` is never read); reads of one experiment answer NotFoundError (404) when it does not
 exist in the scope asked for; lists cover every scope of the prefix.
 """
 
@@ -37,6 +39,7 @@ __all__ = [
     "get_versions",
     "list_experiments",
     "reject",
+    "request_move",
     "rollback",
     "transition",
     "whoami",
@@ -218,8 +221,19 @@ def transition(asked: Asked) -> Any:
     to = _required(b, "to")
     return asked.ctx.act("transition", lambda: gov.transition(
         asked.name, to, actor=user.name, reason=_text(b, "reason"), telemetry=_mapping(b, "telemetry"),
-        metadata={"actorRole": user.role.label},  # the role from the users file, as the pages record it
+        metadata=user.metadata,  # the roles from the users file (as the pages record them), never the body's
         expected_etag=_text(b, "expected_etag"), idempotency_key=_text(b, "idempotency_key"), **asked.scope))
+
+
+def request_move(asked: Asked) -> Any:
+    """Ask for a gated move (``Governance.request``): the requester is the user, who then may not
+    approve it (four eyes); answers the PendingMove as the inbox shows it."""
+    b, gov, user = asked.body, asked.ctx.governance, asked.user
+    assert user is not None
+    to = _required(b, "to")
+    return asked.ctx.act("request", lambda: gov.request(
+        asked.name, to, actor=user.name, reason=_text(b, "reason"), idempotency_key=_text(b, "idempotency_key"),
+        **asked.scope))
 
 
 def _decide(asked: Asked, approved: bool) -> Any:

@@ -43,9 +43,12 @@ The wire format (``GET /events``, viewer or above; filters ``tenant``, ``environ
 ``experiment``, each narrowing the feed: see ``routes``)::
 
     id: <opaque cursor>
-    event: <state|transition|approval|version|policy>
+    event: <state|transition|approval|version|policy|rules>
     data: {"id": "<log entry id>", "kind": ..., "experiment": ..., "tenant": ..., "environment": ...,
            "record": {...}}
+
+A ``rules`` event (``Governance.publish``) belongs to the whole scope: its ``experiment`` is
+``""`` and it passes an ``experiment`` filter of its scope too.
 """
 
 from __future__ import annotations
@@ -181,11 +184,12 @@ class Subscriber:
         self.task: asyncio.Task[Any] | None = None
 
     def matches(self, event: LiveEvent) -> bool:
-        """Whether ``event`` passes this subscriber's filters."""
+        """Whether ``event`` passes this subscriber's filters. An event of the whole scope (no
+        experiment: published rules) passes an experiment filter of that scope: it concerns them all."""
         f = self.filters
         return (("tenant" not in f or f["tenant"] == event.tenant)
                 and ("environment" not in f or f["environment"] == event.environment)
-                and ("experiment" not in f or f["experiment"] == event.experiment))
+                and ("experiment" not in f or f["experiment"] == event.experiment or event.experiment == ""))
 
     def offer(self, events: Sequence[LiveEvent]) -> bool:
         """Queue those of ``events`` that match; False (nothing queued) when ``limit`` events already

@@ -45,16 +45,17 @@ STATUSES = {
     401: "no credentials, or wrong ones (HTTP Basic)",
     403: "the user's role may not do this, or a browser sent it from another site",
     404: "no such experiment or version (NotFoundError)",
-    409: "a governance refusal (ConflictError, LeaseError, InvalidTransitionError, ApprovalRequiredError, "
-         "PolicyViolationError): nothing was written",
+    409: "a governance refusal (ConflictError, LeaseError, InvalidTransitionError, ApprovalRequiredError "
+         "and its SeparationOfDutiesError, PolicyViolationError): nothing was written",
     503: "Redis cannot serve the call now",
 }
 DESCRIPTION = """\
 The JSON API of `redgov serve`: every tenant/environment scope of one installation (key prefix).
 Authentication is HTTP Basic with a user of the users file (`redgov users add`); a session cookie of the
 pages does not authenticate an API call. Roles: viewer reads; approver also approves and rejects; operator
-also transitions, creates versions and rolls back. The actor or approver recorded is the authenticated user,
-never a field of the body. Errors are `{"error": "<ExceptionClass>", "message": ...}`. An experiment's name is
+also transitions, requests gated moves, creates versions and rolls back. The actor, requester or approver
+recorded is the authenticated user, never a field of the body; nobody approves a move they requested (four
+eyes: SeparationOfDutiesError, 409). Errors are `{"error": "<ExceptionClass>", "message": ...}`. An experiment's name is
 one path segment: encode a `/` in it as `%2F`. Prometheus metrics are at `/metrics` (no login)."""
 
 

@@ -1,10 +1,18 @@
 """The HTML pages of ``redgov serve``: the experiments, one experiment, the approval inbox, the audit log.
 
 Every page needs a login (viewer and up); every POST the CSRF token and, for its action, the role:
-approver to approve or reject, operator to transition, create a version or roll back. The actor or
-approver recorded is the logged-in user. A refusal of the library (any RedgovError) is shown on the
-page in ``[data-testid=error]`` with its message (status 409) and nothing is changed; a success
-redirects (303) back to the page with a notice, so a reload never posts twice.
+approver to approve or reject, operator to transition, request a gated move, create a version or roll
+back. The actor, requester or approver recorded is the logged-in user; a transition carries the
+user's roles from the users file as metadata (``actorRole``, ``actorRoles``: what RoleGates read),
+never a field of the form. A refusal of the library (any RedgovError) is shown on the page in
+``[data-testid=error]`` with its message (status 409) and nothing is changed; a success redirects
+(303) back to the page with a notice, so a reload never posts twice.
+
+Four eyes: the library refuses an approval by the move's requester and a move by one of its
+approvers (SeparationOfDutiesError); the inbox and the experiment page say so first (the Approve
+button disabled with the reason), and a forced POST shows the library's refusal. The rules, gates
+and policies shown are those governing the experiment's scope (its published rules, when the server
+follows them), read with the scope's ``awaiting_approval``.
 
 Names and scopes come from the path and the query string only: an experiment is
 ``/experiments/<percent-encoded name>?tenant=&environment=`` (``/experiments/?name=`` for the
@@ -27,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from ..errors import NotFoundError, RedgovError, ValidationError
+from ..errors import NotFoundError, RedgovError, RulesMismatchError, ValidationError
 from ..gates import ManualGate
 from ..keys import Scope
 from ..records import (
@@ -35,7 +43,9 @@ from ..records import (
     ConfigurationVersion,
     ExperimentState,
     LifecycleState,
+    PendingMove,
     PolicyEvaluation,
+    RulesVersion,
     StateTransition,
 )
 from . import auth
@@ -58,8 +68,8 @@ RECENT = 20
 VERSIONS_SHOWN = 100
 STATES = [s.value for s in LifecycleState]
 #: what each POST action of the experiment page needs
-ACTION_ROLES = {"transition": Role.OPERATOR, "version": Role.OPERATOR, "rollback": Role.OPERATOR,
-                "approve": Role.APPROVER, "reject": Role.APPROVER}
+ACTION_ROLES = {"transition": Role.OPERATOR, "request": Role.OPERATOR, "version": Role.OPERATOR,
+                "rollback": Role.OPERATOR, "approve": Role.APPROVER, "reject": Role.APPROVER}
 
 
 # -- URLs and small formatting helpers (also Jinja globals and filters) ------------------------
@@ -109,6 +119,23 @@ def when(value: datetime | None) -> str:
     if value is None:
         return "\u2014"
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def waited(since: datetime | None, now: datetime | None = None) -> str:
+    """How long ago ``since`` was, in words: ``under a minute``, ``12 min``, ``3 h 5 min``, ``2 d 4 h``
+    (None: an em dash)."""
+    if since is None:
+        return "\u2014"
+    minutes = max(0, int(((now or datetime.now(UTC)) - since).total_seconds() // 60))
+    if minutes < 1:
+        return "under a minute"
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def iso(value: datetime | None) -> str:
@@ -182,6 +209,11 @@ def _flash(request: Request, text: str) -> None:
 
 
 def _take_flash(request: Request) -> str | None:
+    """The notice a POST left for the page it redirected to (taken once). A live refresh (an htmx GET
+    of the ``#live`` region, ``HX-Target: live``) leaves it: the notice is outside that region, and the
+    refresh may come between the POST and the redirected page's GET."""
+    if request.headers.get("hx-target") == "live":
+        return None
     value = request.session.pop("flash", None)
     return value if isinstance(value, str) else None
 
@@ -270,44 +302,92 @@ def experiment_context(ctx: WebContext, request: Request, user: User, name: str,
     newest = bp.transitions(name, tenant=tenant, environment=environment, limit=page * HISTORY_PAGE + 1,
                             newest_first=True)
     history = newest[(page - 1) * HISTORY_PAGE: page * HISTORY_PAGE]
-    awaiting = {m.to_state for m in gov.awaiting_approval(tenant=tenant, environment=environment, experiment=name)}
+    approvals = bp.approvals(name, tenant=tenant, environment=environment, limit=RECENT, newest_first=True)
+    published = gov.published_rules(tenant=tenant, environment=environment)
+    mismatch = None
+    try:
+        awaiting = {m.to_state: m for m in gov.awaiting_approval(tenant=tenant, environment=environment,
+                                                                 experiment=name)}
+    except RulesMismatchError as exc:  # the server's own definition is not the scope's published one
+        awaiting, mismatch = {}, str(exc)
+    view = _view(ctx, tenant, environment)
+    approval_rows = _approval_rows(approvals, state)
+    # approvals this user gave that still wait for their move (four eyes: they may not make it)
+    mine = {r["record"].to_state for r in approval_rows
+            if r["record"].approver == user.name and r["status"] == "waiting"}
     moves = []
     # gov.allowed_transitions(name) reads the state again; the rules applied to the state shown are the same
-    for target in gov.rules.allowed(state.state):
-        gates = [g for g in gov.core.gates if g.applies(state.state, target)]
-        moves.append({"to": target.value, "gates": [g.name for g in gates],
-                      "manual": any(isinstance(g, ManualGate) for g in gates), "awaiting": target in awaiting})
+    for target in view.rules.allowed(state.state):
+        gates = [g for g in view.gates if g.applies(state.state, target)]
+        manual = next((g for g in gates if isinstance(g, ManualGate)), None)
+        pending = awaiting.get(target)
+        moves.append({"to": target.value, "gates": [g.name for g in gates], "manual": manual is not None,
+                      "awaiting": pending is not None, "pending": pending,
+                      "not_yours": None if pending is None else _may_not_approve(view, pending, user),
+                      "approved_by_you": manual is not None and not manual.self_approval and target in mine})
     versions = bp.versions(name, tenant=tenant, environment=environment, limit=VERSIONS_SHOWN, newest_first=True)
-    approvals = bp.approvals(name, tenant=tenant, environment=environment, limit=RECENT, newest_first=True)
     evaluations = bp.policy_evaluations(name, tenant=tenant, environment=environment, limit=RECENT,
                                         newest_first=True)
     url = experiment_url(name, tenant, environment)
     return {
         "name": name, "tenant": tenant, "environment": environment, "state": state, "moves": moves,
         "history": history, "page": page, "has_older": len(newest) > page * HISTORY_PAGE,
-        "versions": versions, "approvals": [_approval_row(a, state) for a in approvals],
+        "versions": versions, "approvals": approval_rows,
         "evaluations": evaluations, "diff": _diff(ctx, request, name, tenant, environment),
         "lease": gov.current_lease(name, tenant=tenant, environment=environment),
-        "telemetry_keys": list(gov.core.telemetry_keys),
-        "gates": [g.name for g in gov.core.gates], "policies": gov.core.policies,
+        "telemetry_keys": list(view.telemetry_keys),
+        "gates": [g.name for g in view.gates], "policies": view.policies,
+        "published": published, "mismatch": mismatch, "now": datetime.now(UTC),
         "url": url, "events": events_url((tenant, environment), name),
         "can_operate": user.may(Role.OPERATOR), "can_approve": user.may(Role.APPROVER),
     }
 
 
-def _approval_row(a: ApprovalRecord, state: ExperimentState) -> dict[str, Any]:
-    """An approval and what became of it: consumed, waiting, expired, lapsed, or a rejection."""
-    if not a.approved:
-        status = "rejection"
-    elif a.transition_id:
-        status = "consumed"
-    elif a.from_state is not None and a.from_state != state.state:
-        status = "lapsed"
-    elif a.valid_until is not None and a.valid_until < datetime.now(UTC):
-        status = "expired"
-    else:
-        status = "waiting"
-    return {"record": a, "status": status}
+def _view(ctx: WebContext, tenant: str | None, environment: str | None) -> Any:
+    """The rules, gates and policies that govern a scope: its published rules when this server follows
+    them (as the last read of the scope found them), else the server's own definition."""
+    core = ctx.governance.core
+    return core.cached_view(tenant, environment) or core
+
+
+def _may_not_approve(view: Any, move: PendingMove, user: User) -> str | None:
+    """Why ``user`` may not approve ``move`` (four eyes: they asked for it), None when they may.
+
+    The library refuses such an approval anyway (SeparationOfDutiesError); this only says so first."""
+    gate = next((g for g in view.gates if isinstance(g, ManualGate) and g.name == move.gate), None)
+    if gate is not None and gate.self_approval:
+        return None
+    if move.requested_by is not None and move.requested_by == user.name:
+        return ("You asked for this move, so another person must approve it (four eyes). "
+                "You may reject it to withdraw the request.")
+    return None
+
+
+def _approval_rows(approvals: list[ApprovalRecord], state: ExperimentState) -> list[dict[str, Any]]:
+    """Approvals (newest first) and what became of each: consumed, waiting, expired, lapsed (the
+    experiment left the state, or its configuration changed since), withdrawn (a later rejection of
+    the move closed its request), or a rejection."""
+    rows = []
+    rejected: set[tuple[Any, Any]] = set()  # moves a newer rejection closed
+    now = datetime.now(UTC)
+    for a in approvals:
+        move = (a.from_state, a.to_state)
+        if not a.approved:
+            status = "rejection"
+            rejected.add(move)
+        elif a.transition_id:
+            status = "consumed"
+        elif a.from_state is not None and a.from_state != state.state or \
+                a.config_version and a.config_version != state.config_version:
+            status = "lapsed"
+        elif move in rejected:
+            status = "withdrawn"
+        elif a.valid_until is not None and a.valid_until < now:
+            status = "expired"
+        else:
+            status = "waiting"
+        rows.append({"record": a, "status": status})
+    return rows
 
 
 def _diff(ctx: WebContext, request: Request, name: str, tenant: str | None,
@@ -356,14 +436,20 @@ def inbox_context(ctx: WebContext, request: Request, user: User) -> dict[str, An
     scopes = _all_scopes(ctx)
     chosen, chosen_scope = _chosen_scope(request)
     text = (q.get("q") or "").strip()
-    pending = []
+    pending: list[PendingMove] = []
+    views: dict[tuple[str | None, str | None], Any] = {}
+    problems: list[str] = []
     for scope in scopes:
         if chosen_scope is not None and (scope.tenant, scope.environment) != chosen_scope:
             continue
-        pending.extend(ctx.governance.awaiting_approval(tenant=scope.tenant, environment=scope.environment))
+        try:
+            pending.extend(ctx.governance.awaiting_approval(tenant=scope.tenant, environment=scope.environment))
+        except RulesMismatchError as exc:  # one scope's published rules are not the server's: say so, show the rest
+            problems.append(f"{scope_label(scope.tenant, scope.environment)}: {exc}")
+        views[(scope.tenant, scope.environment)] = _view(ctx, scope.tenant, scope.environment)
     if text:
         pending = [m for m in pending if text.casefold() in m.experiment.casefold()]
-    # the latest rejection of each move still waiting: shown beside it (a rejection withdraws nothing here)
+    # the latest rejection of each move waiting: it closed an earlier request, shown beside the new one
     rejections: dict[tuple[str, str | None, str | None, str], ApprovalRecord] = {}
     for key in list(dict.fromkeys((m.experiment, m.tenant, m.environment) for m in pending))[:100]:
         for record in ctx.governance.backplane.approvals(key[0], tenant=key[1], environment=key[2], limit=10,
@@ -376,9 +462,11 @@ def inbox_context(ctx: WebContext, request: Request, user: User) -> dict[str, An
         rejection = rejections.get((m.experiment, m.tenant, m.environment, m.to_state.value))
         if rejection is not None and rejection.from_state != m.from_state:
             rejection = None
-        rows.append({"move": m, "rejection": rejection, "url": experiment_url(m.experiment, m.tenant, m.environment)})
+        rows.append({"move": m, "rejection": rejection, "url": experiment_url(m.experiment, m.tenant, m.environment),
+                     "not_yours": _may_not_approve(views[(m.tenant, m.environment)], m, user)})
     return {"rows": rows, "scopes": scopes, "chosen": chosen, "q": text, "can_approve": user.may(Role.APPROVER),
-            "back": url_with("/approvals", scope=chosen, q=text), "events": events_url(chosen_scope)}
+            "back": url_with("/approvals", scope=chosen, q=text), "events": events_url(chosen_scope),
+            "now": datetime.now(UTC), "problems": problems}
 
 
 def audit_context(ctx: WebContext, request: Request) -> dict[str, Any]:
@@ -409,7 +497,9 @@ def audit_context(ctx: WebContext, request: Request) -> dict[str, Any]:
 def _audit_row(entry: AuditEntry) -> dict[str, Any]:
     """One audit entry as the page shows it: when, who, the move (from, to) it concerns, a summary, a detail."""
     r = entry.record
-    row: dict[str, Any] = {"entry": entry, "url": experiment_url(entry.experiment, entry.tenant, entry.environment),
+    row: dict[str, Any] = {"entry": entry,
+                           "url": experiment_url(entry.experiment, entry.tenant, entry.environment)
+                           if entry.experiment else None,  # a scope's entry (published rules) has no experiment
                            "at": None, "who": None, "from": None, "to": None, "summary": entry.problem or "",
                            "detail": None, "tone": None}
     if isinstance(r, StateTransition):
@@ -427,6 +517,10 @@ def _audit_row(entry: AuditEntry) -> dict[str, Any]:
                    verdict="compliant" if r.compliant else "not compliant", tone="ok" if r.compliant else "bad")
     elif isinstance(r, ExperimentState):
         row.update(at=r.last_modified, who=r.last_modified_by, summary="state saved", to=r.state.value)
+    elif isinstance(r, RulesVersion):
+        row.update(at=r.created_at, who=r.created_by, detail=r.reason,
+                   summary=f"rules version {r.version} published by {r.created_by or 'someone unnamed'}"
+                           f" ({r.rules_hash.removeprefix('sha256:')[:10]})")
     return row
 
 
@@ -454,12 +548,19 @@ def perform(ctx: WebContext, user: User, form: Any, name: str, tenant: str | Non
     reason = _form_text(form, "reason")
     if action == "transition":
         target = form.get("to")
-        telemetry = _telemetry(form, list(gov.core.telemetry_keys))
+        telemetry = _telemetry(form, list(_view(ctx, tenant, environment).telemetry_keys))
         etag = _form_text(form, "etag", 200)
         done = ctx.act("transition", lambda: gov.transition(
-            name, str(target), actor=user.name, reason=reason, metadata={"actorRole": user.role.label},
+            name, str(target), actor=user.name, reason=reason, metadata=user.metadata,
             telemetry=telemetry or None, expected_etag=etag, tenant=tenant, environment=environment))
         return f"{name} moved from {done.from_state.value if done.from_state else '?'} to {done.to_state.value}"
+    if action == "request":
+        target = form.get("to")
+        move = ctx.act("request", lambda: gov.request(name, str(target), actor=user.name, reason=reason,
+                                                      tenant=tenant, environment=environment))
+        if not move.approvals_needed:
+            return f"requested: {name} to {move.to_state.value} (no manual gate guards it: an operator may move it now)"
+        return f"requested: {name} to {move.to_state.value} awaits approval ({move.approvals_needed} needed)"
     if action in ("approve", "reject"):
         target = form.get("to")
         approved = action == "approve"
@@ -495,7 +596,7 @@ def routes(ctx: WebContext) -> list[Route]:
     env = ctx.templates
     env.globals.update(experiment_url=experiment_url, url_with=url_with, scope_label=scope_label,
                        scope_token=scope_token, states=STATES, dom_id=dom_id)
-    env.filters.update(when=when, iso=iso, pretty=pretty, compact=compact)
+    env.filters.update(when=when, iso=iso, pretty=pretty, compact=compact, waited=waited)
 
     def render_experiment(request: Request, user: User, name: str, tenant: str | None, environment: str | None,
                           *, error: str | None = None, status: int = 200) -> Response:

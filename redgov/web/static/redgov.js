@@ -11,7 +11,7 @@
 (function () {
   "use strict";
 
-  var KINDS = ["state", "transition", "approval", "version", "policy"];
+  var KINDS = ["state", "transition", "approval", "version", "policy", "rules"];
   var DEBOUNCE_MS = 120;
   var RETRY_MIN_MS = 1000;
   var RETRY_MAX_MS = 30000;
