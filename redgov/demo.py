@@ -62,13 +62,26 @@ class _Say:
         sys.stdout.flush()
 
 
+def _server_of(gov: Governance) -> str:
+    """Which server the demo runs on, as its INFO says (``Valkey 9.1.2``, ``Redis 7.0.15``, ``fakeredis``)."""
+    try:
+        info = gov.backplane.client.info("server")
+    except Exception:  # noqa: BLE001 - a Cluster or in-process client: say what it is
+        return type(gov.backplane.client).__module__.split(".")[0]
+    if info.get("server_name") == "valkey" or "valkey_version" in info:
+        return f"Valkey {info.get('valkey_version', info.get('redis_version', '?'))}"
+    if "fakeredis" in type(gov.backplane.client).__module__:
+        return "fakeredis (in-process)"
+    return f"Redis {info.get('redis_version', '?')}"
+
+
 def run_demo(url: str, prefix: str, as_json: bool = False) -> int:
     say = _Say(as_json)
     exp = f"checkout-{uuid.uuid4().hex[:6]}"
     with _governance(url, prefix) as gov:
         state = gov.create(exp, actor="ana", configuration={"rollout": {"percent": 5}, "variant": "express"})
-        say(f"created {exp} in {state.state.value} with configuration v{state.config_version} (on {url})",
-            experiment=exp, state=state.state)
+        say(f"created {exp} in {state.state.value} with configuration v{state.config_version} (on {url}, "
+            f"{_server_of(gov)})", experiment=exp, state=state.state)
         gov.transition(exp, S.PENDING_APPROVAL, actor="ana", reason="ready for review")
         say("ana submitted it: Draft -> PendingApproval", experiment=exp, state=S.PENDING_APPROVAL)
         try:

