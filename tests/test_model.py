@@ -41,6 +41,7 @@ from redgov import (
     StateTransition,
     ValidationError,
 )
+from redgov.validate import hidden_char
 
 from .conftest import delete_prefix
 
@@ -66,9 +67,9 @@ places = st.none() | st.tuples(scopes, experiments)
 lifecycle = st.sampled_from(list(LifecycleState))
 maybe_lifecycle = st.none() | lifecycle
 short_text = st.text(max_size=8)
-# names: no control characters, not blank (both refused with a ValidationError)
-maybe_name = st.none() | st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1,
-                                 max_size=8).filter(lambda s: not s.isspace())
+# names: no control, format, invisible or unassigned characters, not blank (refused with a ValidationError)
+maybe_name = st.none() | st.text(st.characters(blacklist_categories=("Cc", "Cs", "Cf", "Co", "Cn", "Zl", "Zp")),
+                                 min_size=1, max_size=8).filter(lambda s: not s.isspace() and hidden_char(s) is None)
 json_scalars = (
     st.none()
     | st.booleans()

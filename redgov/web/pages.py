@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +49,7 @@ from ..records import (
     RulesVersion,
     StateTransition,
 )
+from ..validate import check_scope_part
 from . import auth
 from .app import WebContext, scope_of
 from .auditlog import KINDS, AuditEntry, parse_scope_token, read_audit, scope_token
@@ -70,6 +72,8 @@ STATES = [s.value for s in LifecycleState]
 #: what each POST action of the experiment page needs
 ACTION_ROLES = {"transition": Role.OPERATOR, "request": Role.OPERATOR, "version": Role.OPERATOR,
                 "rollback": Role.OPERATOR, "approve": Role.APPROVER, "reject": Role.APPROVER}
+
+_log = logging.getLogger(__name__)
 
 
 # -- URLs and small formatting helpers (also Jinja globals and filters) ------------------------
@@ -226,9 +230,23 @@ def _form_text(form: Any, field: str, most: int = 4000) -> str | None:
 
 
 def _all_scopes(ctx: WebContext) -> list[Scope]:
-    """Every scope with a log, and the default scope (first) even when it has none yet."""
+    """Every scope with a log, and the default scope (first) even when it has none yet. A scope whose
+    tenant or environment the library refuses now (a name stored before invisible characters were refused)
+    is left out with a warning in the log: it cannot be read by name, and one such scope must not take
+    the pages of every other down."""
     default = Scope(ctx.governance.backplane.prefix, None, None)
-    return [default] + [s for s in ctx.scopes() if s != default]
+    out = [default]
+    for scope in ctx.scopes():
+        if scope == default:
+            continue
+        try:
+            check_scope_part(scope.tenant, "tenant")
+            check_scope_part(scope.environment, "environment")
+        except ValidationError as refused:
+            _log.warning("scope %r left out of the pages: %s", scope.tag, refused)
+            continue
+        out.append(scope)
+    return out
 
 
 def _chosen_scope(request: Request) -> tuple[str | None, tuple[str | None, str | None] | None]:

@@ -380,8 +380,10 @@ def add_user(path: str | os.PathLike[str], name: str, role: str | Iterable[str],
 
     ``role``: one role name, or several: exactly one of viewer, approver, operator, plus any custom
     role names (``parse_roles``). The file is rewritten atomically, one writer at a time. Raises
-    ValidationError for a blank name or password, roles ``parse_roles`` refuses or a password over
-    1024 characters; ConfigError when the file exists but cannot be read.
+    ValidationError for a name ``check_name`` refuses (blank, or holding a control, bidirectional,
+    zero-width or other invisible character: the message names it and its index), a blank
+    password, roles ``parse_roles`` refuses or a password over 1024 characters; ConfigError when
+    the file exists but cannot be read (a name stored before such names were refused included).
     """
     name = check_name(name, "user name")
     chosen, roles = parse_roles(role)
