@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .calls import Call
-from .errors import CorruptDataError, ValidationError
+from .errors import CorruptDataError, NotFoundError, RedgovError, ValidationError
 from .govreads import GovernanceSettings
 from .records import Lease
 from .validate import check_name
@@ -48,9 +48,10 @@ class LeasePlans(GovernanceSettings):
     """The lease half of ``GovernanceCore`` (a mixin)."""
 
     def _lease_call(self, experiment: str, tenant: str | None, environment: str | None, mode: str, owner: str,
-                    token: str, ttl: str, parse: Any) -> Call[Any]:
+                    token: str, ttl: str, parse: Any, recover: Any = None) -> Call[Any]:
         scope, exp = self.core.keys(experiment, tenant, environment)
-        return Call((exp.state, exp.lease()), (mode, owner, token, ttl, experiment), parse, "lease", scope=scope)
+        return Call((exp.state, exp.lease()), (mode, owner, token, ttl, experiment), parse, "lease", scope=scope,
+                    recover=recover)
 
     def acquire_lease(self, experiment: str, *, owner: str, ttl: timedelta, tenant: str | None,
                       environment: str | None) -> Call[Lease]:
@@ -59,7 +60,7 @@ class LeasePlans(GovernanceSettings):
         owner = check_name(owner, "owner")
         ms = _ttl_ms(ttl)
         return self._lease_call(experiment, tenant, environment, "acquire", owner, "", str(ms),
-                                _lease_reply(experiment, owner, tenant, environment))
+                                _lease_reply(experiment, owner, tenant, environment), _explain_not_found)
 
     def renew_lease(self, lease: Lease, *, ttl: timedelta) -> Call[Lease]:
         """Extend ``lease`` by ``ttl`` from now (server clock), keeping its token."""
@@ -81,6 +82,19 @@ class LeasePlans(GovernanceSettings):
         experiment, tenant, environment = self._names(lease.experiment, lease.tenant, lease.environment)
         return self._lease_call(experiment, tenant, environment, "release", lease.owner, str(lease.token), "",
                                 lambda reply: bool(int(reply[0])))
+
+
+#: said when a lease is asked for a name that is no experiment (e.g. ``job:nightly-etl``)
+LEASE_NEEDS_EXPERIMENT = ("; leases belong to a created experiment (they fence its writes; Governance.create or "
+                          "`redgov create` makes one), and named locks for jobs that are not experiments are "
+                          "planned, not available yet")
+
+
+def _explain_not_found(error: RedgovError) -> Any:
+    """The acquire's refusal, re-raised; a NotFoundError also says why a lease needs an experiment."""
+    if isinstance(error, NotFoundError):
+        raise NotFoundError(f"{error}{LEASE_NEEDS_EXPERIMENT}") from error
+    raise error
 
 
 def _current_reply(experiment: str, tenant: str | None, environment: str | None) -> Any:

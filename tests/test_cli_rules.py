@@ -18,6 +18,7 @@ import yaml
 
 import redgov
 from redgov.cli import build_parser
+from redgov.cli.parser import GLOBAL_OPTIONS
 from redgov.cli.rules import between
 from redgov.govdefinition import definition_of
 
@@ -239,14 +240,17 @@ def _parsers(parser: argparse.ArgumentParser, name: str = "redgov") -> Iterator[
                 yield from _parsers(sub, f"{name} {sub_name}")
 
 
+GLOBAL = set(GLOBAL_OPTIONS)
+
+
 def test_help_describes_rules_and_request() -> None:
     parsers = dict(_parsers(build_parser()))
     names = {"redgov rules", "redgov rules publish", "redgov rules show", "redgov rules history",
              "redgov rules diff", "redgov request"}
     assert names <= set(parsers)
     for name in names:
-        for action in parsers[name]._actions:
-            if not isinstance(action, argparse._SubParsersAction):
+        for action in parsers[name]._actions:  # the global options are described once, in `redgov --help`
+            if not isinstance(action, argparse._SubParsersAction) and not set(action.option_strings) & GLOBAL:
                 assert action.help and action.help != argparse.SUPPRESS, (name, action.option_strings or action.dest)
     text = {name: " ".join(parsers[name].format_help().split()) for name in [*names, "redgov"]}
     assert "rules publish, show, list or compare the scope's published rules" in text["redgov"]

@@ -7,8 +7,9 @@ colour), ``exits`` (the one function deciding exit codes), ``commands``,
 
 Exit status: 0 success, 1 a governance refusal, 2 bad usage or configuration,
 3 the server or the stored data failed (4: a bug in redgov); ``wait`` exits 1 when its
-``--timeout`` passes first. With ``--json``
-every outcome, errors included, is one JSON object on stdout; ``--debug``
+``--timeout`` passes first. An error is one line on stderr labelled by what it is
+(``redgov: refused|error|failed|timed out: ...``). With ``--json`` every outcome, errors
+included, is one JSON object on stdout and nothing goes to stderr but warnings; ``--debug``
 re-raises errors with their traceback.
 """
 
@@ -47,9 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug and not isinstance(error, UsageError):
             raise
         code = exit_code(error)
-        where = _where(ctx)
-        out.error(type(error).__name__, message_for(error, code, where), code, label(code, error),
-                  getattr(error, "usage", ""))
+        out.error(type(error).__name__, message_for(error, code, _where(ctx), _store(ctx)), code,
+                  label(code, error), getattr(error, "usage", ""))
         return code
 
 
@@ -60,4 +60,14 @@ def _where(ctx: Context | None) -> str | None:
     try:
         return safe_url(ctx.url)
     except Exception:  # noqa: BLE001 - a url that cannot even be formed: the message says why already
+        return None
+
+
+def _store(ctx: Context | None) -> str | None:
+    """The store and scope the command used, and how to use another (None before they were known)."""
+    if ctx is None:
+        return None
+    try:
+        return f"{ctx.store_text()}: {ctx.store_hint()}"
+    except Exception:  # noqa: BLE001 - as in _where
         return None

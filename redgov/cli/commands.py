@@ -57,8 +57,8 @@ def cmd_list(ctx: Context) -> int:
         text = out.table(rows, ["name", "state", "version", "modified", "by"], {1: out.styled})
     else:
         only = f" in state {ctx.args.state.value}" if ctx.args.state else ""
-        text = f"no experiments{only} ({ctx.scope_text()})"
-    out.emit({"experiments": states, "count": len(states)}, text)
+        text = f"no experiments{only} in {ctx.store_text()}"
+    out.emit({"experiments": states, "count": len(states)}, text)  # each one as `state --json` prints it
     return 0
 
 

@@ -1,7 +1,9 @@
 """Where a command runs: the url, prefix, scope and config, and the Governance built from them.
 
 The URL is ``--url``, else ``$REDGOV_URL``, else the config's persistence, else
-``embedded://.redgov/redgov.db``; the prefix ``--prefix``, else the config's
+``embedded://.redgov/redgov.db`` (a server redgov starts, its data in ``.redgov/`` of the current
+folder); messages saying something was not found name the store and where its url came from
+(``store_text``, ``store_hint``). The prefix ``--prefix``, else the config's
 ``keyPrefix``, else ``gov``. Commands that read history open the SQL copy named by
 ``--archive``, else ``$REDGOV_EXPORT_URL``, else the config's
 ``persistence.export.url`` as the backplane's archive, so their reads stay whole
@@ -64,6 +66,33 @@ class Context:
         if self.config is not None and self.config.persistence is not None:
             return str(self.config.url())
         return DEFAULT_URL
+
+    def url_source(self) -> str:
+        """Where the url comes from: ``--url``, ``$REDGOV_URL``, ``--config`` or ``default``."""
+        if self.args.url:
+            return "--url"
+        if os.environ.get("REDGOV_URL"):
+            return "$REDGOV_URL"
+        if self.config is not None and self.config.persistence is not None:
+            return "--config"
+        return "default"
+
+    def store_text(self) -> str:
+        """The store a command uses, for messages: ``embedded://.redgov/redgov.db (prefix gov, tenant t)``."""
+        return f"{safe_url(self.url)} ({self.scope_text()})"
+
+    def store_hint(self) -> str:
+        """Where the store came from and how to use another one (a user who ran a Python example on
+        ``redis://`` and then the CLI on its embedded default finds nothing)."""
+        source = self.url_source()
+        if source == "default":
+            return (f"the default store, .redgov/ in {Path.cwd()}; pass --url or set REDGOV_URL to use another "
+                    "(e.g. redis://localhost:6379)")
+        if source == "$REDGOV_URL":
+            return "the store of $REDGOV_URL; pass --url to use another"
+        if source == "--config":
+            return f"the store of --config {self.args.config}; pass --url or set REDGOV_URL to use another"
+        return "the store of --url"
 
     @property
     def prefix(self) -> str:
@@ -166,5 +195,6 @@ class Context:
         return state
 
     def not_found(self, experiment: str) -> NotFoundError:
-        return NotFoundError(f"experiment {experiment} does not exist ({self.scope_text()}); "
-                             "create it first, or check --prefix, --tenant and --env")
+        """NotFoundError naming the store and scope looked in, and how to look elsewhere."""
+        return NotFoundError(f"experiment {experiment} not found in {self.store_text()}: {self.store_hint()}; "
+                             f"check --prefix, --tenant and --env, or create it with `redgov create {experiment}`")

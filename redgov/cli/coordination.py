@@ -88,7 +88,7 @@ def cmd_wait(ctx: Context) -> int:
             state = gov.wait_for(a.experiment, a.states, timeout=a.timeout, **ctx.scope)
         except TimeoutError as exc:  # the wait's own deadline (redis' socket timeouts are RedisErrors)
             raise WaitTimeoutError(str(exc)) from exc
-    ctx.out.emit({"experiment": a.experiment, "state": state}, state_line(state, ctx.out.state))
+    ctx.out.emit(state, state_line(state, ctx.out.state))  # the state record, as `state --json` prints it
     return 0
 
 

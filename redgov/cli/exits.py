@@ -1,9 +1,9 @@
 """Exit status: the one function that decides it, and the one-line message of an error.
 
 0 success; 1 a governance refusal, or ``redgov wait`` reaching none of its states in time
-(``WaitTimeoutError``: the condition asked for does not hold; the statuses stay those of
-API.md); 2 bad usage or configuration; 3 the server or the stored data failed. Anything
-else is a bug in redgov: exit 4, "internal error".
+(``WaitTimeoutError``: the condition asked for does not hold; no status of its own, the five
+statuses stay those README and ``redgov --help`` document); 2 bad usage or configuration; 3 the
+server or the stored data failed. Anything else is a bug in redgov: exit 4, "internal error".
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ def exit_code(error: BaseException) -> int:
 
 
 def label(code: int, error: BaseException | None = None) -> str:
-    """How a failure is labelled (``redgov: <label>: ...``): "timed out" only for ``wait``'s timeout
-    (it shares the refusals' status 1), "refused" for a governance refusal, "error" otherwise."""
+    """How a failure is labelled (``redgov: <label>: ...``), by what it is: "refused" a governance
+    refusal (1), "error" bad usage or configuration (2), "failed" the server or the stored data (3),
+    "internal error" a bug (4); "timed out" only for ``wait``'s timeout (it shares the refusals' 1)."""
     if isinstance(error, WaitTimeoutError):
         return "timed out"
-    return {REFUSED: "refused", USAGE: "error", FAILED: "error"}.get(code, "internal error")
+    return {REFUSED: "refused", USAGE: "error", FAILED: "failed"}.get(code, "internal error")
 
 
 def one_line(text: str) -> str:
@@ -71,11 +72,14 @@ def _unreachable(error: BaseException) -> bool:
     return isinstance(error, (RedisConnectionError, RedisTimeoutError, RedisClusterException, ConnectionError))
 
 
-def message_for(error: BaseException, code: int, url: str | None) -> str:
+def message_for(error: BaseException, code: int, url: str | None, store: str | None = None) -> str:
     """The message of an error, on one line (a ConfigError of several problems: one per line): the url
     when the server could not be reached, a hint for
-    ``redis+cluster://`` against a single server, and "a bug" for exit 4."""
+    ``redis+cluster://`` against a single server, the store looked in (``store``: url, scope and how to
+    use another) for a NotFoundError that does not name it yet, and "a bug" for exit 4."""
     message = one_line(str(error)) or type(error).__name__
+    if isinstance(error, errors.NotFoundError) and store and (url is None or url not in message):
+        message += f"; looked in {store}"
     if isinstance(error, errors.ConfigError) and len(getattr(error, "errors", ())) > 1:
         message = "\n".join(line.rstrip() for line in str(error).splitlines())  # one problem per line
     if _unreachable(error):

@@ -1,7 +1,10 @@
 """What the command line prints: JSON objects, or aligned tables and lines for people.
 
 With ``--json`` every outcome is one JSON object on stdout (``emit``), an error too
-(``error``). Otherwise text goes to stdout, errors to stderr; colour is used only
+(``error``: then nothing on stderr, so a script reads one place; warnings still go to stderr).
+Records carry every field, those at their default too (``records.to_builtins``), so a record
+has one shape wherever it appears (``state``, ``create``, ``list``, ``wait``, ``replay``).
+Otherwise text goes to stdout, errors to stderr; colour is used only
 when that stream is a terminal and ``NO_COLOR`` is unset or empty (no-color.org)
 and ``TERM`` is not ``dumb``.
 """
@@ -16,7 +19,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from ..records import ExperimentState, LifecycleState
+from ..records import ExperimentState, LifecycleState, to_builtins
 
 __all__ = ["Output", "plain", "short", "state_line", "use_color", "when"]
 
@@ -46,8 +49,8 @@ def use_color(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
 
 
 def plain(value: Any) -> Any:
-    """Records, enums and datetimes as JSON-ready builtins."""
-    return msgspec.to_builtins(value)
+    """Records (every field, defaults too), enums and datetimes as JSON-ready builtins."""
+    return to_builtins(value)
 
 
 def when(moment: datetime | None) -> str:
@@ -94,13 +97,15 @@ class Output:
         self.stderr.flush()
 
     def error(self, kind: str, message: str, code: int, label: str, usage: str = "") -> None:
-        """An error: one JSON object on stdout with --json; always one line (after the usage) on stderr
-        (yellow for a refusal or a timed-out wait, 1; red otherwise)."""
+        """An error in one place: with --json one JSON object on stdout (nothing on stderr); else one line
+        (after the usage, for a usage error) on stderr, yellow for a refusal or a timed-out wait (1),
+        red otherwise."""
         if self.as_json:
             self.stdout.write(msgspec.json.encode({"error": kind, "message": message, "exit": code}).decode()
                               + "\n")
             self.stdout.flush()
-        if usage and not self.as_json:
+            return
+        if usage:
             self.stderr.write(usage)
         self.stderr.write(self._paint(f"redgov: {label}: {message}", YELLOW if code == 1 else RED,
                                       self.err_color) + "\n")

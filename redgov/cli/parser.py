@@ -1,10 +1,11 @@
 """The ``redgov`` argument parser: every command, argument and option, each with its help.
 
 Global options (``--url --prefix --config --tenant --env --archive --json --debug``)
-are accepted before or after the command: they live on a parent parser used twice,
-by the main parser with real defaults and by every subcommand with
-``default=argparse.SUPPRESS``, so a value given before the command is not
-overwritten by a subcommand's default. Usage errors raise ``UsageError`` (exit 2)
+are accepted before or after the command: they are added twice, to the main parser
+with real defaults and to every subcommand with ``default=argparse.SUPPRESS``, so a
+value given before the command is not overwritten by a subcommand's default. They are
+described once, in ``redgov --help``: a subcommand's copies are hidden from its help,
+which ends with one line pointing there (``POINTER``). Usage errors raise ``UsageError`` (exit 2)
 instead of exiting, so ``--json`` can report them like any other error.
 """
 
@@ -21,9 +22,14 @@ from ..govleases import MAX_TTL
 from ..records import LifecycleState
 from ..rules import DEFAULT_RULES
 
-__all__ = ["DEFAULT_URL", "STATE_NAMES", "UsageError", "build_parser", "rules_text", "wants_json"]
+__all__ = ["DEFAULT_URL", "GLOBAL_OPTIONS", "POINTER", "STATE_NAMES", "UsageError", "build_parser", "rules_text",
+           "wants_json"]
 
 DEFAULT_URL = "embedded://.redgov/redgov.db"
+#: the options every command accepts, before or after it
+GLOBAL_OPTIONS = ("--url", "--prefix", "--config", "--tenant", "--env", "--archive", "--json", "--debug")
+#: the last line of every subcommand's help
+POINTER = "global options (--url, --prefix, --config, --json, ...): see `redgov --help`"
 STATE_NAMES = ", ".join(s.value for s in LifecycleState)
 
 
@@ -157,8 +163,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _global_options(parser: argparse.ArgumentParser, *, after: bool) -> None:
-    """The options every command accepts; ``after``: the subcommand's copies, which default to SUPPRESS."""
-    group = parser.add_argument_group("global options (before or after the command)")
+    """The options every command accepts; ``after``: a subcommand's copies, which default to SUPPRESS and
+    are hidden from its help (which ends with ``POINTER`` instead)."""
+    group: Any
+    if after:
+        group = _Hidden(parser)
+        parser.epilog = f"{parser.epilog}\n\n{POINTER}" if parser.epilog else POINTER
+    else:
+        group = parser.add_argument_group("global options (before or after the command)")
 
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if after else value
@@ -178,9 +190,21 @@ def _global_options(parser: argparse.ArgumentParser, *, after: bool) -> None:
                        help="SQL copy that history reads fall back to after `redgov trim` or retention "
                             "(default: $REDGOV_EXPORT_URL, else the config's persistence.export.url)")
     group.add_argument("--json", action="store_true", default=default(False),
-                       help="print exactly one JSON object per outcome on stdout, errors included")
+                       help="print exactly one JSON object per outcome on stdout, errors included (then nothing "
+                            "goes to stderr but warnings); records carry every field")
     group.add_argument("--debug", action="store_true", default=default(False),
                        help="show the traceback of an error instead of one line")
+
+
+class _Hidden:
+    """Adds arguments to a parser with their help hidden (a subcommand's copies of the global options)."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        kwargs["help"] = argparse.SUPPRESS
+        return self.parser.add_argument(*names, **kwargs)
 
 
 def _actions(parser: argparse.ArgumentParser, dest: str, details: str) -> Any:
@@ -202,10 +226,16 @@ Redis-native experiment governance: lifecycle state, transitions, approvals,
 configuration versions and policy evaluations, authoritative across processes.
 
 lifecycle states: {states}
+
+store: --url, else $REDGOV_URL, else the config's persistence, else {default}
+(a Redis server redgov starts, its data in .redgov/ in the current folder). The Python
+examples use a server such as redis://localhost:6379: pass --url redis://localhost:6379,
+or export REDGOV_URL=redis://localhost:6379 once for every command.
 """
 
 EPILOG = """\
-exit status:
+exit status (an error is one line on stderr, "redgov: refused|error|failed: ..." as below, "timed out"
+for wait; with --json it is one JSON object on stdout instead):
     0  success
     1  a governance refusal (conflict, invalid transition, approval, policy, lease, not found;
        verify: differences found; wait: none of the states reached within --timeout)
@@ -240,7 +270,8 @@ is WaitTimeoutError), as a refusal does; a failure of the server exits 3:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="redgov", description=DESCRIPTION.format(states=STATE_NAMES), epilog=EPILOG,
+    parser = _Parser(prog="redgov", description=DESCRIPTION.format(states=STATE_NAMES, default=DEFAULT_URL),
+                     epilog=EPILOG,
                      formatter_class=_Formatter)
     _global_options(parser, after=False)
     parser.add_argument("--version", action="version", version=f"redgov {__version__}",
@@ -427,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="stop after this many seconds")
 
     # -- the SQL copy
-    p = command("export", "copy the live state and history to SQL")
+    p = command("export", "copy the live state and history to SQL (a progress bar on a terminal)")
     p.add_argument("--to", dest="to_url", metavar="SQL_URL",
                    help="SQL url, e.g. sqlite:///gov.db (default: $REDGOV_EXPORT_URL, else the config's export url)")
     p.add_argument("--follow", action="store_true", help="keep tailing the logs until SIGINT/SIGTERM")

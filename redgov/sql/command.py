@@ -40,7 +40,8 @@ def _keep(ctx: Any) -> timedelta:
 def cli(ctx: Any) -> int:
     """``redgov export|restore|trim``: one summary line (or JSON object) on stdout, warnings on stderr.
 
-    Export and restore show a progress bar on stderr when it is a terminal and --json is not given.
+    Export and restore show a progress bar on stderr when it is a terminal and --json is not given
+    (``export --trim``: the trim's bar after the copy's).
     Errors are raised (SqlCopyError, a ConfigError; redgov and redis errors) for the CLI to report.
     """
     command = ctx.args.command

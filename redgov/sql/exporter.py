@@ -30,7 +30,7 @@ from ..keys import scope_logs, scope_pattern
 from .copy import ScopeRow, SqlCopy, SqlCopyError, progress_bar
 from .restorer import redis_refusals
 from .schema import join_id, split_id
-from .trimmer import server_ms, trim_cut, trim_scope
+from .trimmer import scope_experiments, server_ms, trim_cut, trim_scope
 from .write import Batch, CursorMoved, Writer
 
 __all__ = ["ExportSummary", "Exporter", "discover", "export", "follow"]
@@ -150,10 +150,21 @@ class Exporter:
         return True
 
     def trim_all(self) -> None:
-        """Trim every known scope up to its cursor (every experiment of its index)."""
+        """Trim every known scope up to its cursor (every experiment of its index), a page of the index at
+        a time, so that on a terminal a "trim" bar (entries removed) follows the copy's."""
         now_ms = server_ms(self.client) if self.keep_ms else None
+        if self.bar is not None:  # the copy is done: its bar gives way to the trim's
+            self.bar.close()
+        self.bar = progress_bar(self.show_progress, None, "trim")
         for row in sorted(self.known.values(), key=lambda r: r.log_key):
-            self.summary.trimmed += trim_scope(self.backplane, row, trim_cut(row, self.keep_ms, now_ms))[0]
+            cut = trim_cut(row, self.keep_ms, now_ms)
+            if cut is None:
+                continue
+            for page in scope_experiments(self.backplane, self.backplane.core.scope(row.tenant, row.environment)):
+                removed = trim_scope(self.backplane, row, cut, page)[0]
+                self.summary.trimmed += removed
+                if self.bar is not None:
+                    self.bar.update(removed)
 
     def _read(self, row: ScopeRow) -> Any:
         return self.client.xrange(row.log_key, min="(" + row.cursor, max="+", count=self.chunk)
@@ -304,7 +315,8 @@ def export(backplane: Backplane, url: str, *, progress: bool = True, chunk: int 
     copied up to the last entry it had when the export began. Each batch of at most
     ``chunk`` entries, with the cursors it advances, is ONE SQL transaction, so
     re-running adds nothing and an interrupted run resumes; the copy is not one
-    snapshot across scopes. ``progress`` shows a bar on a terminal's stderr.
+    snapshot across scopes. ``progress`` shows a bar on a terminal's stderr (entries copied,
+    then entries trimmed).
     ``trim=True`` then removes from Redis every experiment's entries up to its scope's
     cursor, sparing those newer than ``keep`` (a timedelta, by the server's clock),
     as ``trim`` does. Returns an ExportSummary. Raises SqlCopyError (the copy cannot
