@@ -97,7 +97,7 @@ class Governance(GovernanceBase[Backplane]):
     Args:
         backplane: a ``redgov.Backplane`` (``redgov.connect(...)``).
         rules: which state may move to which (``Rules`` or a mapping of state names to
-            the states they may move to); default: the lifecycle of API.md (``DEFAULT_RULES``).
+            the states they may move to); default: the default lifecycle (``redgov.DEFAULT_RULES``).
         gates: AutomaticGate, ManualGate and RoleGate objects: whose approval a move needs.
         policies: TrafficLimit, ErrorRate, TimeWindow, ConflictPrevention or your own
             ``Policy`` subclasses, evaluated on every transition (names must be unique).

@@ -11,7 +11,8 @@ __all__ = ["DEFAULT_RULES", "Rules"]
 
 S = LifecycleState
 
-#: The default lifecycle (API.md): each state -> the states it may move to; Archived is terminal.
+#: The default lifecycle: each state -> the states it may move to; Archived is terminal. README's
+#: command-line section lists it, and ``redgov transition --help`` prints it.
 DEFAULT_RULES: Mapping[LifecycleState, frozenset[LifecycleState]] = {
     S.DRAFT: frozenset({S.PENDING_APPROVAL, S.ARCHIVED}),
     S.PENDING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.DRAFT}),
@@ -30,7 +31,7 @@ class Rules:
 
     ``Rules(table)``: ``table`` maps a state (a LifecycleState or its name) to the
     states it may move to; states missing from it are terminal. None gives
-    ``DEFAULT_RULES`` (API.md's lifecycle). Raises ValidationError for an unknown
+    ``DEFAULT_RULES`` (the default lifecycle). Raises ValidationError for an unknown
     state name. Pass it (or the mapping) as ``Governance(rules=...)``.
     """
 

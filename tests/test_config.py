@@ -388,8 +388,34 @@ def test_environment_mapping_can_be_given() -> None:
 
 
 def test_environment_only_inside_governance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``${...}`` outside the governance section belongs to someone else: it is never looked up (so it
+    stays literal, set or unset, well-formed or not), while the same reference inside is expanded."""
+    from collections.abc import Mapping
+
+    class Recorded(Mapping[str, str]):
+        def __init__(self, values: dict[str, str]) -> None:
+            self.values, self.asked = values, []
+
+        def __getitem__(self, name: str) -> str:
+            self.asked.append(name)
+            return self.values[name]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.values)
+
+        def __len__(self) -> int:
+            return len(self.values)
+
+    env = Recorded({"NOT_OURS": "expanded", "OURS": "sre"})
+    document = {"experimentFramework": {"trials": ["${NOT_OURS}", "${not-a-name}", "x${OPEN"], "governance": {
+        "approvalGates": [{"type": "roleBased", "toState": "Running", "allowedRoles": ["${OURS}"]}]}}}
+    config = load_config(document, env=env)
+    assert env.asked == ["OURS"]  # NOT_OURS was never read: outside governance nothing is substituted
+    assert [getattr(gate, "allowed_roles", None) for gate in config.approval_gates] == [("sre",)]
+    assert document["experimentFramework"]["trials"] == ["${NOT_OURS}", "${not-a-name}", "x${OPEN"]
     monkeypatch.delenv("NOT_OURS", raising=False)
-    load_config("experimentFramework:\n  trials: ['${NOT_OURS}']\n  governance: {}\n")
+    config = load_config("experimentFramework:\n  trials: ['${NOT_OURS}', '${not-a-name}']\n  governance: {}\n")
+    assert config.approval_gates == () and config.persistence is None  # unset or malformed there: no error
 
 
 def test_missing_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,6 +93,22 @@ def test_acquire_renew_release(gov: Governance, backplane: Backplane) -> None:
         gov.renew_lease(first, ttl=SECOND)
 
 
+#: a lease that must outlive a round trip or two, even on a loaded machine, and still expire soon
+SHORT = timedelta(seconds=1)
+
+
+def outlive(backplane: Backplane, lease: Lease) -> None:
+    """Return once the server's clock (Redis TIME, what judges expiry) is past ``lease.expires_at``."""
+    deadline = time.monotonic() + 30
+    while True:
+        seconds, micros = backplane.client.time()
+        left = (lease.expires_at - datetime.fromtimestamp(seconds + micros / 1e6, UTC)).total_seconds()
+        if left < -0.002:  # a key expires once the server's ms clock is past its PXAT
+            return
+        assert time.monotonic() < deadline, f"the server's clock did not pass {lease.expires_at}"
+        time.sleep(min(max(left + 0.003, 0.001), 0.2))
+
+
 def test_current_lease_shows_the_holder_and_writes_nothing(gov: Governance, backplane: Backplane) -> None:
     gov.create("exp")
     assert gov.current_lease("exp") is None
@@ -102,9 +118,9 @@ def test_current_lease_shows_the_holder_and_writes_nothing(gov: Governance, back
     assert backplane.client.hgetall(backplane.core.keys("exp", None, None)[1].state) == state
     gov.release_lease(held)
     assert gov.current_lease("exp") is None
-    short = gov.acquire_lease("exp", owner="ctl-2", ttl=timedelta(milliseconds=30))
+    short = gov.acquire_lease("exp", owner="ctl-2", ttl=SHORT)
     assert same_lease(gov.current_lease("exp"), short)
-    time.sleep(0.06)
+    outlive(backplane, short)
     assert gov.current_lease("exp") is None  # expired by the server's clock
     assert gov.current_lease("never-created") is None
     gov.create("scoped", tenant="acme", environment="prod")
@@ -119,9 +135,9 @@ def test_tokens_grow_across_expiry_and_a_lost_counter(gov: Governance, backplane
     gov.create("exp")
     tokens = []
     for owner in ("a", "b", "c"):
-        lease = gov.acquire_lease("exp", owner=owner, ttl=timedelta(milliseconds=30))
+        lease = gov.acquire_lease("exp", owner=owner, ttl=timedelta(milliseconds=30))  # nothing needs it alive
         tokens.append(lease.token)
-        time.sleep(0.06)  # expires by the server's clock
+        outlive(backplane, lease)  # expires by the server's clock
     with pytest.raises(LeaseError, match="has expired"):
         gov.renew_lease(lease, ttl=SECOND)
     backplane.client.hdel(backplane.core.keys("exp", None, None)[1].state, "lt")  # as after a restore
@@ -141,10 +157,10 @@ def test_expiry_is_judged_by_the_server_clock_not_the_governance_clock(make: Cal
 
 def test_fenced_writes_are_refused_once_the_lease_is_lost(gov: Governance, backplane: Backplane) -> None:
     gov.create("exp")
-    old = gov.acquire_lease("exp", owner="paused", ttl=timedelta(milliseconds=40))
+    old = gov.acquire_lease("exp", owner="paused", ttl=SHORT)  # alive for two fenced writes
     gov.transition("exp", S.PENDING_APPROVAL, lease=old)
     gov.create_version("exp", {"v": 1}, lease=old)
-    time.sleep(0.08)
+    outlive(backplane, old)
     with pytest.raises(LeaseError, match="has expired and no lease is held; nothing was written"):
         gov.transition("exp", S.APPROVED, lease=old)
     new = gov.acquire_lease("exp", owner="standby", ttl=10 * SECOND)

@@ -8,8 +8,10 @@ move, why, how long ago and its approvals, and the operator who asked for one ma
 approves from the inbox and the move leaves it; a rejection closes a request and the operator asks
 again from the experiment page; a viewer sees no enabled action button and a crafted POST is
 refused; another OS process's transition shows on the open page within 2 s without a reload;
-two versions are compared. Screenshots of the list, experiment, inbox, audit and diff pages go
-to docs/screenshots/ (1280x800 each). No page may log a Content-Security-Policy violation.
+two versions are compared. Screenshots of the list, experiment, inbox, audit and diff pages are
+taken to a temporary folder and checked (PNG, 1280x800, not blank); with ``REDGOV_SCREENSHOTS=1``
+they are also written to docs/screenshots/ (README's pictures), so a plain run leaves the work tree
+as it was. No page may log a Content-Security-Policy violation.
 
 Chromium missing is a failure (not a skip): install Debian's ``chromium`` package.
 """
@@ -17,11 +19,14 @@ Chromium missing is a failure (not a skip): install Debian's ``chromium`` packag
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +43,8 @@ from .conftest import delete_prefix, new_prefix
 CHROMIUM = "/usr/lib/chromium/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"
+#: REDGOV_SCREENSHOTS=1 refreshes README's screenshots in docs/screenshots/; otherwise they stay untouched
+WRITE_SHOTS = os.environ.get("REDGOV_SCREENSHOTS", "") not in ("", "0")
 VIEWPORT = {"width": 1280, "height": 800}
 PASSWORDS = {"olga": "operator-pw", "abe": "approver-pw", "vic": "viewer-pw"}
 ROLES = {"olga": "operator", "abe": "approver", "vic": "viewer"}
@@ -162,9 +169,36 @@ def session(browser: Any, site: dict[str, Any], name: str, errors: list[str],
     return page
 
 
-def shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False, animations="disabled", caret="hide")
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this run's screenshots go (docs/screenshots/ gets copies only with REDGOV_SCREENSHOTS=1)."""
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def png_size_and_pixels(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, the decompressed scanlines) of a PNG; AssertionError when it is not one."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    position, width, height, compressed = 8, 0, 0, b""
+    while position < len(data):
+        (length,), kind = struct.unpack(">I", data[position:position + 4]), data[position + 4:position + 8]
+        body = data[position + 8:position + 8 + length]
+        if kind == b"IHDR":
+            width, height = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            compressed += body
+        position += 12 + length
+    return width, height, zlib.decompress(compressed)
+
+
+def shot(page: Any, name: str, folder: Path) -> None:
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=False, animations="disabled", caret="hide")
+    width, height, pixels = png_size_and_pixels(path.read_bytes())
+    assert (width, height) == (page.viewport_size["width"], page.viewport_size["height"]), (name, width, height)
+    assert len(set(pixels)) > 32, f"{name}.png is blank"  # text and borders give many distinct byte values
+    if WRITE_SHOTS:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SHOTS / path.name)
 
 
 def settled(page: Any) -> None:
@@ -180,7 +214,7 @@ def state_of(page: Any) -> str:
 # -- the flow ----------------------------------------------------------------------------------
 
 def test_operator_sees_the_list_moves_and_sees_a_refusal(browser: Any, site: dict[str, Any],
-                                                         console_errors: list[str]) -> None:
+                                                         console_errors: list[str], shots: Path) -> None:
     from playwright.sync_api import expect
 
     page = session(browser, site, "olga", console_errors)
@@ -188,7 +222,7 @@ def test_operator_sees_the_list_moves_and_sees_a_refusal(browser: Any, site: dic
     expect(rows).to_have_count(6)
     expect(page.locator('[data-testid=experiment-row][data-experiment="search-ranking"] [data-testid=state]')) \
         .to_have_text("Running")
-    shot(page, "experiments")
+    shot(page, "experiments", shots)
 
     page.click('[data-testid=experiment-row][data-experiment="pricing-page"] a')
     expect(page.locator("h1")).to_have_text("pricing-page")
@@ -211,12 +245,12 @@ def test_operator_sees_the_list_moves_and_sees_a_refusal(browser: Any, site: dic
         .to_have_text("ana")
     page.click("button[data-testid=transition][data-to=Approved]")
     expect(page.locator("[data-testid=error]")).to_be_visible()
-    shot(page, "experiment")
+    shot(page, "experiment", shots)
     page.context.close()
 
 
 def test_the_requester_may_not_approve_and_sees_why(browser: Any, site: dict[str, Any],
-                                                   console_errors: list[str]) -> None:
+                                                   console_errors: list[str], shots: Path) -> None:
     from playwright.sync_api import expect
 
     page = session(browser, site, "olga", console_errors)  # an operator may approve too, but not her own request
@@ -234,7 +268,7 @@ def test_the_requester_may_not_approve_and_sees_why(browser: Any, site: dict[str
     expect(own.locator("[data-testid=approve]")).to_be_disabled()
     expect(own.locator("[data-testid=separation-of-duties]")).to_contain_text("You asked for this move")
     expect(own.locator("[data-testid=reject]")).to_be_enabled()  # she may withdraw it
-    shot(page, "approvals")
+    shot(page, "approvals", shots)
     # forced (the button enabled by hand): the library refuses, the page says why, nothing is written
     before = site["gov"].backplane.approvals("pricing-page")
     settled(page)
@@ -359,7 +393,7 @@ def test_another_process_transition_shows_without_reload(browser: Any, site: dic
 
 
 def test_compare_two_versions_and_the_audit_log(browser: Any, site: dict[str, Any],
-                                                console_errors: list[str]) -> None:
+                                                console_errors: list[str], shots: Path) -> None:
     from playwright.sync_api import expect
 
     page = session(browser, site, "olga", console_errors)
@@ -373,7 +407,7 @@ def test_compare_two_versions_and_the_audit_log(browser: Any, site: dict[str, An
     expect(diff.locator('[data-testid=diff-row][data-path="timeoutMs"]')).to_have_attribute("data-kind", "removed")
     expect(diff.locator('[data-testid=diff-row][data-path="cache"]')).to_have_attribute("data-kind", "added")
     page.evaluate("document.getElementById('versions').scrollIntoView({block: 'start'})")
-    shot(page, "diff")
+    shot(page, "diff", shots)
 
     page.goto(site["url"] + "/audit")
     entries = page.locator("[data-testid=audit-entry]")
@@ -381,7 +415,7 @@ def test_compare_two_versions_and_the_audit_log(browser: Any, site: dict[str, An
     # evaluation of that move is written with it)
     expect(page.locator("[data-testid=audit-entry][data-kind=transition]").first).to_contain_text("controller")
     assert entries.count() > 20
-    shot(page, "audit")
+    shot(page, "audit", shots)
     page.context.close()
 
 
