@@ -107,9 +107,9 @@ class Governance(GovernanceBase[Backplane]):
             time-based policies (default: the system clock, UTC).
         idempotency_window: how long an ``idempotency_key`` is remembered (default 24 h).
         auto_create: a write to an experiment never created starts it from
-            ``initial_state`` (the seed's behaviour) instead of raising NotFoundError.
+            ``initial_state`` (lenient, as the C# proposal redgov grew from) instead of raising NotFoundError.
         require_telemetry: a policy whose telemetry is missing is non-compliant (default:
-            missing telemetry is compliant, as in the seed).
+            missing telemetry is compliant).
 
     Raises:
         ValidationError: a bad argument (e.g. duplicate policy names, a naive clock).
@@ -238,7 +238,8 @@ class Governance(GovernanceBase[Backplane]):
         One script call (create.lua), all or nothing, applied once however often it is re-sent.
 
         Args:
-            experiment: its name (non-blank, no control characters, at most 1024 characters).
+            experiment: its name (non-blank, no control, format or invisible characters, at most 1024
+                characters).
             tenant, environment: the scope (None: the default); scopes never share experiments.
             actor: who created it (``last_modified_by``, the transition's actor).
             configuration: a JSON-like mapping stored as version 1 (followed by the state with
