@@ -269,6 +269,15 @@ def test_serve_refuses_before_serving(tmp_path: Path, cheap_users: Path, capsys:
     assert code == 2 and error["error"] == "UsageError" and "no TLS" in error["message"]
     assert "--allow-remote" in error["message"]
 
+    # --allow-remote needs the Host names clients use (else any Host is answered: DNS rebinding)
+    for args in (("--allow-remote",), ("--host", "0.0.0.0", "--allow-remote")):
+        code, error = _serve(capsys, "--users", users, *args)
+        assert code == 2 and error["error"] == "UsageError" and "--allowed-host" in error["message"], error
+        assert "DNS rebinding" in error["message"]
+    for name in ("ops.example:443", "*", "https://ops.example", "ops example", ""):
+        code, error = _serve(capsys, "--users", users, "--allow-remote", "--allowed-host", name)
+        assert code == 2 and error["error"] == "UsageError" and "--allowed-host" in error["message"], (name, error)
+
     code, error = _serve(capsys, "--users", str(tmp_path / "none.json"))
     assert code == 2 and error["error"] == "ConfigError" and "redgov users add" in error["message"]
 
@@ -315,3 +324,40 @@ def test_serve_refuses_before_serving(tmp_path: Path, cheap_users: Path, capsys:
         taken.listen(1)
         code = main(["--url", "memory://", "serve", "--users", users, "--port", str(taken.getsockname()[1])])
         assert code == 3 and "cannot listen on 127.0.0.1" in capsys.readouterr().err
+
+
+def test_serve_with_allow_remote_answers_only_the_allowed_host_names(tmp_path: Path, redis_url: str, seeded: str,
+                                                                     cheap_users: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "redgov", "--url", redis_url, "--prefix", seeded, "serve",
+                                "--users", str(cheap_users), "--port", "0", "--allow-remote", "--secure-cookies",
+                                "--allowed-host", "Ops.Example", "--allowed-host", "[2001:db8::1]",
+                                "--allowed-host", "192.0.2.10"],
+                               cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready, "redgov serve printed nothing in 30 s"
+        url = process.stdout.readline().split()[2]
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        for host in ("ops.example", "OPS.EXAMPLE:443", "[2001:db8::1]:8765", "192.0.2.10", "localhost", "127.0.0.1",
+                     f"[::1]:{port}"):
+            assert _raw(port, "/metrics", host).startswith("HTTP/1.1 200"), host
+        for host in ("evil.example", "ops.example.evil.example", "192.0.2.11", "ops.example@evil.example", ""):
+            answer = _raw(port, "/metrics", host)
+            assert answer.startswith("HTTP/1.1 400") and "redgov_operations" not in answer, host
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=20)
+        finally:
+            process.kill()
+            _, stderr = process.communicate(timeout=10)
+    assert code == 0 and "Traceback" not in stderr, stderr
+
+
+def test_serve_help_names_the_allowed_hosts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--allowed-host NAME" in text and "DNS rebinding" in text
+    assert "--allow-remote refuses to start without --allowed-host" in text

@@ -671,6 +671,7 @@ def test_one_user_has_a_bounded_number_of_streams(live: Live) -> None:
     with httpx2.Client(base_url=live.server.base, timeout=5) as client:
         refused = client.get("/events", headers={"Cookie": live.cookie})
         assert refused.status_code == 429 and "3 live streams" in refused.text
+        assert 'redgov_throttled_total{reason="streams"} 1.0' in client.get("/metrics").text
         other = login(live.server.base, "otto")  # another user is not counted with vera
         with client.stream("GET", "/events", headers={"Cookie": other}) as answer:
             assert answer.status_code == 200
@@ -693,7 +694,7 @@ def test_pings_and_a_removed_user_loses_the_stream(live_factory: Callable[..., L
     del document["users"]["vera"]
     live.users.write_text(json.dumps(document))
     assert client.ended.wait(3), "a removed user still has the stream"
-    assert client.events == []
+    assert [(e.event, e.json()["reason"]) for e in client.events] == [("logout", "removed")]
 
 
 def test_a_new_scope_is_read_from_its_first_entry(live: Live) -> None:
@@ -803,3 +804,101 @@ if os.environ.get("REDGOV_LIVE_DEBUG"):  # pragma: no cover - manual runs
     import logging
 
     logging.basicConfig(level=logging.DEBUG)
+
+
+# ---------------------------------------------------------------- a stream ends with its login (issue 16)
+
+
+def csrf_token(base: str, cookie: str) -> str:
+    """The CSRF token of the session behind ``cookie`` (a page's meta tag)."""
+    with httpx2.Client(base_url=base, follow_redirects=False, timeout=10) as client:
+        page = client.get("/", headers={"Cookie": cookie})
+        found = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+        assert page.status_code == 200 and found, (page.status_code, page.text[:300])
+        return found.group(1)
+
+
+def farewell(client: SSEClient, within: float) -> dict[str, Any]:
+    """The ``logout`` event that ended ``client``'s stream within ``within`` seconds (its data)."""
+    assert client.ended.wait(within), f"the stream is still open {within} s after its login ended"
+    last = client.events[-1]
+    assert last.event == "logout" and last.id is None, (last.event, last.data)
+    data: dict[str, Any] = last.json()
+    assert set(data) == {"reason", "message"} and data["message"]
+    return data
+
+
+def test_logout_ends_the_stream_at_once_and_says_why(live: Live) -> None:
+    running(live.gov, ["lo1"])
+    client = live.connect()
+    flip(live.gov, "lo1", 1)
+    client.wait_for(2)  # the stream is live (the state and transition entries of one move)
+    with httpx2.Client(base_url=live.server.base, follow_redirects=False, timeout=10) as http:
+        answer = http.post("/logout", data={"csrf": csrf_token(live.server.base, live.cookie)},
+                           headers={"Cookie": live.cookie})
+        assert answer.status_code == 303
+    started = time.monotonic()
+    assert farewell(client, 5)["reason"] == "logout"
+    print(f"\nlogout -> stream ended in {(time.monotonic() - started) * 1000:.0f} ms")
+    seen = len(client.events)
+    finish(run_writer(live.url, live.prefix, None, None, ["lo1"], 4, 0.01))  # another process writes
+    time.sleep(0.5)
+    assert len(client.events) == seen and live.hub.clients == 0
+    again = live.connect()  # the cookie of the ended login opens no stream
+    assert again.status == 303 and again.events == []
+
+
+def test_a_login_ended_elsewhere_ends_its_streams_within_seconds(live: Live) -> None:
+    """Ended by another server process (its login key deleted), a changed password, a removed user:
+    with the default ping interval (15 s) each stream still ends within seconds."""
+    assert live.hub.ping_interval >= 15
+    otto = login(live.server.base, "otto")
+    add_user(live.users, "ida", "viewer", PASSWORD)
+    ida = login(live.server.base, "ida")
+    streams = {"vera": live.connect(), "otto": live.connect(cookie=otto), "ida": live.connect(cookie=ida)}
+    deadline = time.monotonic() + 5
+    while live.hub.clients < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert live.hub.clients == 3
+
+    client = live.gov.backplane.client
+    vera_logins = [key for key in client.scan_iter(match=live.prefix + "{web}:session:*")
+                   if text(client.get(key)).startswith("vera ")]
+    client.delete(*vera_logins)  # as a logout on another server process of the installation does
+    add_user(live.users, "otto", "operator", "a new password")
+    document = json.loads(live.users.read_text())
+    del document["users"]["ida"]
+    live.users.write_text(json.dumps(document))
+    reasons = {name: farewell(stream, 5)["reason"] for name, stream in streams.items()}
+    assert reasons == {"vera": "logout", "otto": "password", "ida": "removed"}
+    assert live.hub.clients == 0
+
+
+def test_the_page_goes_to_the_login_form_and_says_why(live: Live) -> None:
+    """In a browser: logging out in one tab sends the other tab's live page to the login form, with why."""
+    from playwright.sync_api import sync_playwright
+
+    running(live.gov, ["tab"])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/lib/chromium/chromium", args=["--no-sandbox"])
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if "Content-Security-Policy" in m.text else None)
+            page.goto(live.server.base + "/login")
+            page.fill("input[name=username]", "vera")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("[data-testid=login]")
+            page.goto(live.server.base + "/experiments/tab")
+            page.wait_for_function("() => { const s = document.getElementById('live-status');"
+                                   " return s && !s.hidden && !s.classList.contains('off'); }", timeout=10_000)
+            other = context.new_page()
+            other.goto(live.server.base + "/")
+            other.click("[data-testid=logout]")
+            page.wait_for_url("**/login?**", timeout=5_000)
+            assert "logged out" in page.text_content("[data-testid=error]")
+            assert page.input_value("input[name=next]") == "/experiments/tab"
+            assert problems == []
+        finally:
+            browser.close()

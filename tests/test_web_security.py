@@ -1,16 +1,21 @@
 """What ``redgov serve`` refuses: wrong passwords, missing CSRF tokens, roles too low, forged
-sessions, cross-site API posts, names used as paths, files outside static/; and the security
-headers every answer carries. Each refusal is checked to have written nothing.
+sessions, cross-site API posts, names used as paths, files outside static/, bursts of guesses,
+odd input (a 400, never a 500); and the security headers every answer carries, and the metrics
+of failed and throttled logins. Each refusal is checked to have written nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 import redgov
@@ -19,7 +24,7 @@ from redgov import LifecycleState as S
 from redgov.web import add_user, create_app
 
 from .conftest import delete_prefix
-from .webusers import PASSWORDS, basic, write_users
+from .webusers import PASSWORDS, basic, basic_pair, write_users
 
 SECRET, OTHER_SECRET = "a" * 48, "b" * 48
 
@@ -288,3 +293,110 @@ def test_a_broken_users_file_is_a_500_that_names_no_path(client: TestClient, use
     answer = client.get("/api/experiments", headers=basic("vic"))
     assert answer.status_code == 500 and answer.json()["error"] == "ConfigError"
     assert str(users_file) not in answer.text and "server's log" in answer.json()["message"]
+
+
+# -- issue 16 (security review) ------------------------------------------------------------------
+
+
+def burst(app: Any, make: Any, count: int, client: tuple[str, int] = ("203.0.113.7", 4711)) -> list[int]:
+    """``count`` requests sent at once (asyncio, one event loop with the app) from one address:
+    ``make(http, k)`` sends the k-th; their statuses in order."""
+
+    async def run() -> list[int]:
+        transport = httpx2.ASGITransport(app=app, client=client)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://testserver",
+                                      follow_redirects=False) as http:
+            answers = await asyncio.gather(*(make(http, k) for k in range(count)))
+        return [answer.status_code for answer in answers]
+
+    return asyncio.run(run())
+
+
+def test_a_burst_of_names_from_one_address_is_throttled_like_a_sequence(gov: Governance, users_file: Path) -> None:
+    from redgov.web.auth import ADDRESS_FREE
+
+    # HTTP Basic: 60 guesses at once, each for another name
+    app = create_app(gov, users_file, SECRET, live=False)
+    statuses = burst(app, lambda http, k: http.get("/api/whoami", headers=basic_pair(f"guess{k}", "x")), 60)
+    assert statuses.count(401) == ADDRESS_FREE and statuses.count(429) == 60 - ADDRESS_FREE, statuses
+    # as after 60 guesses one by one: the right password from that address waits too; elsewhere it does not
+    assert burst(app, lambda http, k: http.get("/api/whoami", headers=basic("vic")), 1) == [429]
+    assert burst(app, lambda http, k: http.get("/api/whoami", headers=basic("vic")), 1, ("198.51.100.1", 1)) == [200]
+
+    # the login form: the same burst through one session's CSRF token
+    app = create_app(gov, users_file, SECRET, live=False)
+
+    async def form_burst() -> list[int]:
+        transport = httpx2.ASGITransport(app=app, client=("203.0.113.8", 4711))
+        async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            page = await http.get("/login")
+            found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            assert found
+            answers = await asyncio.gather(*(http.post("/login", data={
+                "username": f"guess{k}", "password": "x", "csrf": found.group(1)}) for k in range(60)))
+        return [answer.status_code for answer in answers]
+
+    statuses = asyncio.run(form_burst())
+    assert statuses.count(401) == ADDRESS_FREE and statuses.count(429) == 60 - ADDRESS_FREE, statuses
+
+
+def metric_values(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``GET /metrics``: (name, sorted labels) -> value."""
+    text = client.get("/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_failed_logins_and_throttled_answers(client: TestClient) -> None:
+    def failures(via: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return "redgov_login_failures_total", (("via", via),)
+
+    def throttled(reason: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return "redgov_throttled_total", (("reason", reason),)
+
+    start = metric_values(client)
+    assert start[failures("api")] == start[failures("form")] == 0  # there before the first failure (alerts)
+    assert start[throttled("login")] == start[throttled("streams")] == 0
+
+    statuses = [client.get("/api/whoami", headers=basic("vic", "wrong")).status_code for _ in range(7)]
+    assert statuses == [401] * 5 + [429] * 2  # five failures of the pair, then it waits
+    token = csrf_of(client)
+    for _ in range(3):
+        assert client.post("/login", data={"username": "amy", "password": "nope", "csrf": token}).status_code == 401
+    assert client.get("/api/whoami", headers=basic("olga")).status_code == 200  # a success counts nowhere
+
+    now = metric_values(client)
+    assert now[failures("api")] == 5 and now[failures("form")] == 3
+    assert now[throttled("login")] == 2 and now[throttled("streams")] == 0
+
+
+def test_odd_input_is_a_400_never_a_500(gov: Governance, users_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    client = TestClient(create_app(gov, users_file, SECRET, live=False), follow_redirects=False)  # a 500 raises here
+    token = log_in(client, "olga")
+    before = written(gov)
+    caplog.set_level(logging.INFO)
+    for path in ("/experiments/a%00b", "/experiments/" + "x" * 1025, "/experiments/a%00b?tenant=t&environment=e",
+                 "/experiments/%E2%80%AEevil", "/experiments/x%0d%0ay"):
+        answer = client.get(path)
+        assert answer.status_code in (400, 404, 414), (path, answer.status_code)
+        assert 'data-testid="error"' in answer.text and "Traceback" not in answer.text, path
+        posted = client.post(path, data={"op": "transition", "to": "Draft", "csrf": token})
+        assert posted.status_code in (400, 404, 414), (path, posted.status_code)
+
+    deep_list = "[" * 1000 + "]" * 1000
+    for body in ('{"to": "Draft", "reason": "r", "x": ' + deep_list + "}",
+                 '{"to": "Draft", "telemetry": ' + '{"a":' * 1500 + "1" + "}" * 1501,
+                 '{"to": "Draft", "telemetry": ' + '{"a":' * 200 + "1" + "}" * 201):
+        answer = client.post("/api/experiments/checkout/transition", content=body,
+                             headers={**basic("olga"), "content-type": "application/json"})
+        assert answer.status_code == 400 and answer.json()["error"] == "ValidationError", answer.text[:200]
+        assert "nested" in answer.json()["message"]
+    answer = client.post("/api/experiments/checkout/versions", content='{"configuration": {"a": ' + deep_list + "}}",
+                         headers={**basic("olga"), "content-type": "application/json"})
+    assert answer.status_code == 400 and answer.json()["error"] == "ValidationError"
+
+    deep_form = '{"a":' * 2000 + "1" + "}" * 2000
+    answer = client.post("/experiments/checkout", data={"op": "version", "configuration": deep_form, "csrf": token})
+    assert answer.status_code == 400 and 'data-testid="error"' in answer.text and "nested" in answer.text
+    assert written(gov) == before
+    assert [r.getMessage() for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()] == []

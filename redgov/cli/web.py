@@ -4,6 +4,9 @@
 builds (url, prefix and ``--config`` gates and policies, as for every command). It listens on
 loopback only unless ``--allow-remote``: the server has no TLS, so on any other address
 passwords (HTTP Basic, the login form) and session cookies would cross the network in clear.
+Requests must name in ``Host`` a loopback name or one given with ``--allowed-host`` (400
+otherwise, against DNS rebinding); ``--allow-remote`` without ``--allowed-host`` refuses to
+start (exit 2) rather than answer any Host.
 The session secret is ``--secret-file``, else ``$REDGOV_WEB_SECRET``, else ``<users file>.secret``
 (made with 64 random characters, mode 0600, on first serve); a secret file readable by group
 or others is refused. Ctrl-C (or SIGTERM) stops it cleanly: exit 0.
@@ -23,6 +26,7 @@ import errno
 import getpass
 import ipaddress
 import os
+import re
 import secrets
 import signal
 import socket
@@ -37,12 +41,14 @@ from ..errors import ConfigError
 from .context import Context
 from .parser import UsageError
 
-__all__ = ["COMMANDS", "declare", "read_secret"]
+__all__ = ["COMMANDS", "allowed_hosts", "declare", "read_secret"]
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 SECRET_ENV = "REDGOV_WEB_SECRET"
 #: the Host names a loopback server answers (any port)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+#: a DNS name as a Host header carries it (ASCII labels; IDNs in their xn-- form)
+_HOST_NAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
 
 SERVE_DETAILS = f"""\
 Serves every tenant/environment scope of the prefix: pages for people (log in at /login), a JSON
@@ -55,11 +61,16 @@ roles as metadata actorRole/actorRoles, never a role the request names.
 The session secret is --secret-file, else ${SECRET_ENV}, else USERS.secret next to the users file
 (created with mode 0600 on first serve). Only loopback addresses unless --allow-remote: there is
 no TLS here; to serve others, put a TLS proxy in front, pass --allow-remote and --secure-cookies
-(and --trusted-proxy ADDR, so that failed logins are counted per client, not per proxy). On
-loopback, requests must name a loopback host (DNS rebinding gets 400).
+(and --trusted-proxy ADDR, so that failed logins are counted per client, not per proxy), and
+--allowed-host NAME for each host name clients use (the proxy's public name). Requests must name
+in Host a loopback name (localhost, 127.0.0.1, [::1]) or an --allowed-host: any other Host gets
+400, so a site using DNS rebinding cannot reach the server from its visitors' browsers.
+--allow-remote refuses to start without --allowed-host (it would answer any Host).
 
   redgov users add ana --role operator --role sre --users users.json   # asks for the password
   redgov --url redis://localhost:6379/0 serve --users users.json
+  redgov serve --users users.json --host 0.0.0.0 --allow-remote --secure-cookies \\
+      --trusted-proxy 10.0.0.2 --allowed-host ops.example.com   # behind a TLS proxy at 10.0.0.2
 """
 
 USERS_DETAILS = """\
@@ -96,7 +107,11 @@ def declare(command: Callable[..., argparse.ArgumentParser], actions: Callable[.
                    help=f"file holding the secret that signs session cookies, 32+ characters, mode 0600 (default: "
                         f"${SECRET_ENV}, else USERS.secret, created on first serve)")
     p.add_argument("--allow-remote", dest="allow_remote", action="store_true",
-                   help="listen on an address other than loopback (there is no TLS: put a TLS proxy in front)")
+                   help="listen on an address other than loopback (there is no TLS: put a TLS proxy in front); "
+                        "needs --allowed-host")
+    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                   help="a host name (or IP address) requests may name in Host besides the loopback ones; "
+                        "repeatable; any other Host gets 400 (DNS rebinding)")
     p.add_argument("--secure-cookies", dest="secure_cookies", action="store_true",
                    help="mark the session cookie Secure (the browser reaches the server over https, via a proxy)")
     p.add_argument("--trusted-proxy", dest="trusted_proxy", action="append", default=[], metavar="ADDR",
@@ -213,6 +228,31 @@ def _secret(args: argparse.Namespace) -> str:
     return read_secret(path)
 
 
+def allowed_hosts(names: list[str], allow_remote: bool) -> tuple[str, ...]:
+    """The Host names the server answers: the loopback ones and ``names`` (``--allowed-host``),
+    lower case, an IPv6 address without brackets. UsageError for a name that is no host name or IP
+    address (a port, a scheme, a pattern), and for ``allow_remote`` without any name."""
+    found: list[str] = []
+    for given in names:
+        name = given.strip().lower()
+        bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+        try:
+            found.append(str(ipaddress.ip_address(bare)))
+            continue
+        except ValueError:
+            pass
+        if _HOST_NAME.fullmatch(name) is None or len(name) > 253:
+            raise UsageError(f"--allowed-host {given!r} is not a host name or IP address: give the name alone, "
+                             "without scheme, port, path or wildcard (e.g. --allowed-host ops.example.com)")
+        found.append(name)
+    if allow_remote and not found:
+        raise UsageError("--allow-remote needs --allowed-host NAME (repeatable): the host names clients reach this "
+                         "server by, e.g. the TLS proxy's public name. Without them any Host header would be "
+                         "answered, so a web site using DNS rebinding could reach the server from its visitors' "
+                         "browsers; nothing was started")
+    return tuple(dict.fromkeys((*LOOPBACK_HOSTS, *found)))
+
+
 def _listen(host: str, port: int, allow_remote: bool) -> socket.socket:
     """A listening socket on ``host``:``port``; UsageError for a non-loopback address without ``allow_remote``."""
     try:
@@ -252,6 +292,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def cmd_serve(ctx: Context) -> int:
     a = ctx.args
+    hosts = allowed_hosts(a.allowed_hosts, a.allow_remote)
     sock = _listen(a.host, a.port, a.allow_remote)
     try:
         from ..web import Users, create_app  # ConfigError without the web extra
@@ -270,8 +311,7 @@ def cmd_serve(ctx: Context) -> int:
             if a.allow_remote and not a.secure_cookies:
                 ctx.out.warn("--allow-remote without --secure-cookies: the session cookie may cross the network "
                              "in clear unless every client reaches the server over https")
-            app = create_app(gov, a.users, secret, https_only=a.secure_cookies,
-                             allowed_hosts=None if a.allow_remote else LOOPBACK_HOSTS)
+            app = create_app(gov, a.users, secret, https_only=a.secure_cookies, allowed_hosts=hosts)
             server = uvicorn.Server(uvicorn.Config(
                 app, log_config=_log_config(), lifespan="on", server_header=False, timeout_graceful_shutdown=5,
                 proxy_headers=bool(a.trusted_proxy), forwarded_allow_ips=a.trusted_proxy or None))

@@ -87,6 +87,8 @@ log = logging.getLogger("redgov.web.api")
 
 #: the largest request body read (a configuration is at most 1 MiB encoded)
 MAX_BODY = 2 * 1024 * 1024
+#: the deepest nesting of a request body (values the library keeps nest at most 64 levels)
+MAX_BODY_DEPTH = 128
 
 
 @dataclass(frozen=True)
@@ -309,9 +311,26 @@ async def _json_body(request: Request) -> dict[str, Any]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ValidationError(f"the body is not JSON: {exc}") from None
+    except RecursionError:  # deeper than the decoder may recurse (about 1,000 levels)
+        raise ValidationError(f"the body is nested deeper than {MAX_BODY_DEPTH} levels") from None
     if not isinstance(body, dict):
         raise ValidationError(f"the body must be a JSON object, got {type(body).__name__}")
+    _bound_depth(body)
     return body
+
+
+def _bound_depth(body: dict[str, Any]) -> None:
+    """ValidationError when ``body`` nests deeper than MAX_BODY_DEPTH (walked without recursion, so
+    nothing after it recurses that deep)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_BODY_DEPTH:
+            raise ValidationError(f"the body is nested deeper than {MAX_BODY_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values() if isinstance(item, dict | list))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value if isinstance(item, dict | list))
 
 
 def _endpoint(ctx: WebContext, spec: Endpoint) -> Callable[[Request], Any]:

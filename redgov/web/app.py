@@ -5,7 +5,10 @@ policies and rules are the installation's) and serves every tenant/environment s
 backplane's prefix. Handlers that call Redis are plain functions (Starlette runs them in its
 thread pool); the live feed (``live``) is asynchronous. Every response carries a strict
 Content-Security-Policy: scripts and styles only from this server (htmx is vendored in
-``static/``), nothing inline, no frames.
+``static/``), nothing inline, no frames. Odd input a handler did not expect is still the
+client's fault, never a 500: a ValidationError (a name with a NUL, 1,025 characters long...)
+is a 400, and so is input nested too deeply for Python to walk (RecursionError), with the
+usual error page or JSON body and nothing in the log.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ..errors import ValidationError
 from ..governance import Governance
 from ..keys import Scope, parse_log_key, scope_logs, scope_pattern
 from ..records import ExperimentState
-from ..validate import check_scope_part
+from ..validate import MAX_DEPTH, check_scope_part
 from . import auth
 from .users import Users
 
@@ -180,18 +183,20 @@ def create_app(governance: Governance, users_file: str | Path, secret: str, *, l
         session_max_age: seconds a login lasts.
         https_only: mark the session cookie Secure (serve behind TLS).
         allowed_hosts: the host names requests may name in ``Host`` (any port; 400 otherwise),
-            e.g. the loopback names against DNS rebinding; None: any.
+            e.g. the loopback names and the names clients use (``redgov serve --allowed-host``),
+            against DNS rebinding; None: any.
 
     Raises:
         ValidationError: a short secret. ConfigError: an unreadable users file.
     """
     if not isinstance(secret, str) or len(secret) < 32:
         raise ValidationError("the session secret must be at least 32 characters (see `redgov serve --help`)")
-    from . import api, metrics, pages
+    from . import api, metrics, pages, visible
     from . import live as live_feed
 
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
                             trim_blocks=True, lstrip_blocks=True)
+    visible.register(templates)  # the filters visible, visible_name, visible_text
     ctx = WebContext(governance=governance, users=Users(users_file), templates=templates,
                      session_max_age=session_max_age)
     ctx.metrics = metrics.Metrics(governance)
@@ -209,6 +214,18 @@ def create_app(governance: Governance, users_file: str | Path, secret: str, *, l
         assert isinstance(exc, HTTPException)
         return _error_response(ctx, request, exc.status_code, str(exc.detail), exc.headers)
 
+    async def bad_input(request: Request, exc: Exception) -> Response:
+        # a ValidationError no handler caught (e.g. a page's experiment name the library refuses), or
+        # input nested deeper than Python recurses (a form's JSON text): the client's, not a failure
+        if isinstance(exc, RecursionError):
+            message = f"the input is nested too deeply (values may nest {MAX_DEPTH} levels)"
+            error = "ValidationError"
+        else:
+            message, error = " ".join(str(exc).split()), type(exc).__name__
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": error, "message": message}, status_code=400)
+        return _error_response(ctx, request, 400, message)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if ctx.hub is not None:
@@ -224,6 +241,7 @@ def create_app(governance: Governance, users_file: str | Path, secret: str, *, l
                                 Middleware(SessionMiddleware, secret_key=secret, session_cookie="redgov_session",
                                            max_age=session_max_age, same_site="strict", https_only=https_only)],
                     exception_handlers={auth.LoginRequired: login_required, HTTPException: http_error,
+                                        ValidationError: bad_input, RecursionError: bad_input,
                                         Exception: server_error})
     app.state.ctx = ctx
     return app

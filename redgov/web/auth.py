@@ -7,6 +7,11 @@ removed user is logged out) and a CSRF token that every state-changing form and 
 must send back (form field ``csrf`` or header ``X-CSRF-Token``). The JSON API under ``/api/``
 takes HTTP Basic credentials instead (no cookie, so no CSRF). Every route checks the role on
 the server, whatever a page shows.
+
+An open event stream keeps its login (``Login``) and the live hub judges it every few seconds
+(``logins_ended``: one MGET for every stream): a login ended by a logout (here or on another
+server process), its expiry, a changed password or a removed user ends the stream with an
+``event: logout`` naming why (``ENDED``), and the page goes to ``/login?ended=<why>``, which says it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -38,8 +44,9 @@ from .users import Role, User
 if TYPE_CHECKING:
     from .app import WebContext
 
-__all__ = ["VERIFY_AT_ONCE", "LoginRequired", "Throttle", "TooManyAttempts", "authenticate", "basic_credentials",
-           "check_csrf", "client_address", "csrf_token", "page_user", "require", "require_api", "routes"]
+__all__ = ["ENDED", "VERIFY_AT_ONCE", "Login", "LoginRequired", "Throttle", "TooManyAttempts", "authenticate",
+           "basic_credentials", "check_csrf", "client_address", "csrf_token", "login_of", "logins_ended",
+           "page_user", "require", "require_api", "routes"]
 
 #: argon2 verifications running at once, at most, per app (each takes about 100 ms of one core)
 VERIFY_AT_ONCE = 2
@@ -47,6 +54,17 @@ VERIFY_AT_ONCE = 2
 ADDRESS_FREE = 20
 
 CSRF_HEADER = "x-csrf-token"
+
+#: why a login ended (``logins_ended``, the ``reason`` of a stream's ``event: logout``, ``/login?ended=``)
+#: -> what the login form says
+ENDED = {
+    "logout": "You were logged out (in another tab or window, or on another server of this installation). "
+              "Log in again.",
+    "expired": "Your login expired. Log in again.",
+    "password": "Your password was changed. Log in with the new one.",
+    "removed": "Your user was removed from this server.",
+    "unchecked": "Your login could not be checked (the server cannot read its users file). Log in again.",
+}
 
 
 class LoginRequired(Exception):
@@ -112,10 +130,57 @@ def page_user(ctx: WebContext, request: Request) -> User | None:
     return user
 
 
-def still_valid(ctx: WebContext, name: str, fingerprint: str | None) -> bool:
-    """Whether ``name`` is still a user with the password it logged in with (no Redis call: what
-    an open event stream checks at every ping)."""
-    return fingerprint is not None and ctx.users.fingerprint(name) == fingerprint
+@dataclass(frozen=True, slots=True)
+class Login:
+    """One page login as an open event stream keeps it: the user, the login's Redis key and the
+    password fingerprint it was made with, and when it ends (epoch seconds)."""
+
+    name: str
+    key: str
+    fingerprint: str
+    ends: float
+
+
+def login_of(ctx: WebContext, request: Request, user: User) -> Login | None:
+    """The login of a page request ``page_user`` accepted (None: its session names none)."""
+    sid, fingerprint, at = request.session.get("sid"), request.session.get("fp"), request.session.get("at")
+    if not isinstance(sid, str) or not isinstance(fingerprint, str):
+        return None
+    started = at if isinstance(at, int | float) and not isinstance(at, bool) else 0
+    return Login(user.name, web_session(ctx.governance.backplane.prefix, sid), fingerprint,
+                 started + ctx.session_max_age)
+
+
+def logins_ended(ctx: WebContext, logins: Sequence[Login]) -> list[str | None]:
+    """Why each of ``logins`` is over (a key of ``ENDED``), or None while it lasts: its lifetime
+    passed (``expired``), the user left the users file (``removed``) or changed password
+    (``password``), its Redis key is gone (``logout``: a logout here or on another server process).
+    One MGET for them all (run it in a worker thread); Redis errors propagate."""
+    if not logins:
+        return []
+    keys = list(dict.fromkeys(login.key for login in logins))
+    stored = dict(zip(keys, ctx.governance.backplane.client.mget(keys), strict=True))
+    now = time.time()
+    out: list[str | None] = []
+    for login in logins:
+        try:
+            current = ctx.users.current(login.name)
+        except Exception:  # noqa: BLE001 - a users file that cannot be read allows nobody
+            out.append("unchecked")
+            continue
+        value = stored[login.key]
+        value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        if now >= login.ends:
+            out.append("expired")
+        elif current is None:
+            out.append("removed")
+        elif current[1] != login.fingerprint:
+            out.append("password")
+        elif value != f"{login.name} {login.fingerprint}":
+            out.append("logout")
+        else:
+            out.append(None)
+    return out
 
 
 def _login(ctx: WebContext, user: User) -> tuple[str, str | None]:
@@ -157,7 +222,9 @@ class Throttle:
     name of an address together (``ADDRESS_FREE`` failures before waits), against a guesser going
     through names. Keyed by name *and* address, so a guesser elsewhere cannot lock a user out; at most
     ``max_pairs`` pairs are kept (the oldest forgotten first). Attempts of one pair take turns
-    (``turn``), so sending many at once does not get past the count. Used on the event loop only.
+    (``turn``), and an attempt counts against its address *before* its password is checked (taken
+    back after a success: ``undo``), so sending many at once, with one name or many, does not get
+    past either count. Used on the event loop only (so a check and its count are one step).
     """
 
     def __init__(self, free: int = 5, max_wait: float = 300.0, max_pairs: int = 10_000,
@@ -211,6 +278,21 @@ class Throttle:
         """Forget ``key``'s failures."""
         self._failures.pop(key, None)
 
+    def touch(self, key: tuple[str, str]) -> None:
+        """Make now the time of ``key``'s last failure (counted already): its wait starts again."""
+        failures, _ = self._count(key)
+        if failures:
+            self._failures.pop(key, None)
+            self._failures[key] = (failures, self.clock())
+
+    def undo(self, key: tuple[str, str]) -> None:
+        """Take back one failure of ``key`` (counted before a check that then succeeded)."""
+        failures, last = self._count(key)
+        if failures <= 1:
+            self._failures.pop(key, None)
+        else:
+            self._failures[key] = (failures - 1, last)
+
 
 class TooManyAttempts(Exception):
     """Too many failed logins of this name from this address: try again in ``retry_after`` seconds."""
@@ -225,29 +307,45 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client is not None else "?"
 
 
-async def authenticate(ctx: WebContext, name: str, password: str, client: str) -> User | None:
+async def authenticate(ctx: WebContext, name: str, password: str, client: str, via: str = "api") -> User | None:
     """``ctx.users.authenticate`` without blocking the event loop, throttled per (name, ``client``).
 
     A pair verified lately is answered at once (``Users.remembered``); otherwise argon2 runs
     in a worker thread, at most ``VERIFY_AT_ONCE`` at a time (a flood of logins or wrong
     passwords waits for those, and never takes the worker threads that reads and writes run
     in). None: wrong name or password. Raises TooManyAttempts while ``ctx.throttle`` makes
-    this name at this address wait (nothing is checked then).
+    this name at this address wait (nothing is checked then). The address's count is read and
+    raised in one step, before the check (no await between them): a burst of guesses, whatever
+    the names, is throttled as the same guesses one after another. Failures and refusals are
+    counted in the metrics (``via``: ``form`` or ``api``).
     """
     key, anyone = (name, client), ("", client)
-    async with ctx.throttle.turn(key):
+    throttle, metrics = ctx.throttle, ctx.metrics
+    async with throttle.turn(key):
         # this name from this address, and any name from it (a guesser going through names)
-        wait = max(ctx.throttle.wait(key), ctx.throttle.wait(anyone, ADDRESS_FREE))
+        wait = max(throttle.wait(key), throttle.wait(anyone, ADDRESS_FREE))
         if wait > 0:
+            if metrics is not None:
+                metrics.count_throttled("login")
             raise TooManyAttempts(wait)
-        user = ctx.users.remembered(name, password)
-        if user is None:
+        user = ctx.users.remembered(name, password)  # no await: nothing to count against the address
+        if user is not None:
+            throttle.succeeded(key)
+            return user
+        throttle.failed(anyone)  # counted now, before the check; taken back if it succeeds
+        try:
             user = await anyio.to_thread.run_sync(ctx.users.authenticate, name, password, limiter=ctx.verifying)
+        except BaseException:  # not checked (a users file that cannot be read, a cancelled request)
+            throttle.undo(anyone)
+            raise
         if user is None:
-            ctx.throttle.failed(key)
-            ctx.throttle.failed(anyone)
+            throttle.failed(key)
+            throttle.touch(anyone)  # its wait counts from this failure
+            if metrics is not None:
+                metrics.count_login_failure(via)
         else:
-            ctx.throttle.succeeded(key)  # the address's count stays (it is forgotten when quiet)
+            throttle.succeeded(key)  # the address's count of failures stays (it is forgotten when quiet)
+            throttle.undo(anyone)
         return user
 
 
@@ -296,8 +394,10 @@ def routes(ctx: WebContext) -> list[Route]:
     """``/login`` (GET the form, POST ``username`` + ``password``) and ``/logout`` (POST, CSRF-checked)."""
 
     async def login_form(request: Request) -> Response:
+        # ?ended=<why>: a live page whose login ended was sent here; only ENDED's texts are shown
+        ended = ENDED.get(request.query_params.get("ended") or "")
         return ctx.render(request, "login.html", {"next": _safe_next(request.query_params.get("next")),
-                                                  "error": None, "user": None})
+                                                  "error": ended, "user": None})
 
     async def login(request: Request) -> Response:
         await check_csrf(request)
@@ -307,7 +407,7 @@ def routes(ctx: WebContext) -> list[Route]:
         user = None
         if isinstance(name, str) and isinstance(password, str):
             try:
-                user = await authenticate(ctx, name, password, client_address(request))
+                user = await authenticate(ctx, name, password, client_address(request), "form")
             except TooManyAttempts as refused:
                 return ctx.render(request, "login.html", {"next": target, "error": str(refused), "user": None},
                                   status_code=429, headers={"Retry-After": str(refused.retry_after)})
@@ -322,7 +422,11 @@ def routes(ctx: WebContext) -> list[Route]:
 
     async def logout(request: Request) -> Response:
         await check_csrf(request)
-        await run_in_threadpool(_logout, ctx, request.session.get("sid"))  # the cookie is worth nothing now
+        sid = request.session.get("sid")
+        await run_in_threadpool(_logout, ctx, sid)  # the cookie is worth nothing now
+        if isinstance(sid, str) and ctx.hub is not None:  # its streams in this process end now (others: judged)
+            key = web_session(ctx.governance.backplane.prefix, sid)
+            ctx.hub.end_logins(lambda login: isinstance(login, Login) and login.key == key, "logout")
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 

@@ -29,8 +29,18 @@ Guarantees and bounds:
   filter) and goes on live: nothing missed, nothing repeated. Otherwise (too old, another
   server process, a restarted server) it starts with ``event: reset`` (data ``{}``, its id
   the newest cursor) and goes on live: the page should reload.
-- ``: ping`` every ``ping_interval`` seconds keeps proxies from closing an idle stream; the
-  user is checked again then (a user removed from the users file loses the stream).
+- ``: ping`` every ``ping_interval`` seconds keeps proxies from closing an idle stream.
+- A stream lasts as long as its login: every ``check_interval`` seconds (2) the hub judges the
+  logins of every open stream at once (``judge``: ``auth.logins_ended``, one MGET), and a logout
+  in this process ends that login's streams at once (``end_logins``). A login ended by a logout
+  (here or on another server process), its expiry, a changed password or a removed user ends its
+  streams with a last event that is no log entry and has no id::
+
+      event: logout
+      data: {"reason": "<logout|expired|password|removed|unchecked>", "message": "..."}
+
+  on which the page goes to ``/login?ended=<reason>``. When Redis cannot be asked, the streams
+  stay until the next round that can.
 - ``await hub.stop()`` ends every stream at once and stops the thread. In the main thread
   (``uvicorn.run``, ``redgov serve``) the hub also ends the streams when SIGINT or SIGTERM
   arrives, before calling the handler that was there (uvicorn's): uvicorn waits for open
@@ -124,6 +134,8 @@ STREAMS_PER_USER = 32
 GONE_KEPT = 10_000
 #: seconds between ``: ping`` comments
 PING_S = 15.0
+#: seconds between two judgements of the open streams' logins (a stream outlives its login by at most this)
+LOGIN_CHECK_S = 2.0
 RECONNECT_MIN = 0.05
 RECONNECT_MAX = 2.0
 #: how long stop() lets streams finish writing before cancelling them, seconds
@@ -163,22 +175,24 @@ class Subscriber:
 
     ``filters`` maps ``"tenant"``, ``"environment"`` and ``"experiment"`` to the value an event
     must have (a field not in it: any); ``limit`` is the most events queued before the client
-    counts as too slow; ``check`` says whether the user may still read (asked at every ping).
+    counts as too slow; ``login`` is what the hub's ``judge`` is asked about (``auth.Login``;
+    None: never judged); ``farewell`` the last frame written once it is closed (None: nothing).
     """
 
-    __slots__ = ("check", "closed", "filters", "items", "limit", "owner", "ping_due", "task", "waiter")
+    __slots__ = ("closed", "farewell", "filters", "items", "limit", "login", "owner", "ping_due", "task", "waiter")
 
-    def __init__(self, filters: Mapping[str, str | None], limit: int, check: Callable[[], bool] | None = None,
+    def __init__(self, filters: Mapping[str, str | None], limit: int, login: Any = None,
                  owner: str | None = None) -> None:
         unknown = set(filters) - set(FILTERS)
         if unknown:
             raise ValueError(f"unknown filters {sorted(unknown)}")
         self.filters = dict(filters)
         self.limit = limit
-        self.check = check
+        self.login = login
         self.owner = owner
         self.items: deque[LiveEvent] = deque()
         self.closed: str | None = None
+        self.farewell: bytes | None = None
         self.ping_due = False
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[Any] | None = None
@@ -213,10 +227,12 @@ class Subscriber:
         self.ping_due = True
         self._wake()
 
-    def close(self, reason: str) -> None:
-        """End the stream (``reason``: stop, shutdown, overflow, logout, disconnect); queued events are dropped."""
+    def close(self, reason: str, farewell: bytes | None = None) -> None:
+        """End the stream (``reason``: stop, shutdown, overflow, logout, disconnect); queued events are
+        dropped, ``farewell`` (a frame) is the last thing written."""
         if self.closed is None:
             self.closed = reason
+            self.farewell = farewell
             self.items.clear()
         self._wake()
 
@@ -253,13 +269,16 @@ class LiveHub:
     client before it is disconnected as too slow), ``ping_interval`` (seconds between pings),
     ``linger`` (seconds the reader waits after a busy read, to batch), ``handle_signals`` (end
     the streams on SIGINT/SIGTERM when started in the main thread), ``streams_per_user`` (streams
-    one user may hold at once; more are refused with 429).
+    one user may hold at once; more are refused with 429), ``check_interval`` (seconds between
+    judgements of the streams' logins). ``judge`` (set by the ``/events`` route) takes the logins
+    of the open streams and returns, for each, why it ended (None: it lasts); run in a worker thread.
     """
 
     def __init__(self, governance: Any, *, block_ms: int = BLOCK_MS, rediscover: float = REDISCOVER_S,
                  replay_events: int = REPLAY_EVENTS, replay_bytes: int = REPLAY_BYTES,
                  client_backlog: int = CLIENT_BACKLOG, ping_interval: float = PING_S, linger: float = LINGER_S,
-                 handle_signals: bool = True, streams_per_user: int = STREAMS_PER_USER) -> None:
+                 handle_signals: bool = True, streams_per_user: int = STREAMS_PER_USER,
+                 check_interval: float = LOGIN_CHECK_S) -> None:
         self.governance = governance
         self.block_ms = block_ms
         self.rediscover = rediscover
@@ -270,6 +289,9 @@ class LiveHub:
         self.linger = linger
         self.handle_signals = handle_signals
         self.streams_per_user = streams_per_user
+        self.check_interval = check_interval
+        self.judge: Callable[[list[Any]], Sequence[str | None]] | None = None
+        self.messages: Mapping[str, str] = {}  # reason -> what the logout event says (auth.ENDED)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._closing = False
@@ -278,6 +300,7 @@ class LiveHub:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._pinger: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
         self._subs: set[Subscriber] = set()
         self._buffer: deque[LiveEvent] = deque()
         self._buffer_bytes = 0
@@ -349,6 +372,7 @@ class LiveHub:
                                         name=THREAD_NAME, daemon=True)
         self._thread.start()
         self._pinger = asyncio.create_task(self._ping_loop())
+        self._checker = asyncio.create_task(self._check_loop())
         if self.handle_signals:
             self._chain_signals()
         deadline = time.monotonic() + START_WAIT
@@ -366,9 +390,10 @@ class LiveHub:
         self._restore_signals()
         with self._cond:
             self._cond.notify_all()
-        if self._pinger is not None:
-            self._pinger.cancel()
-            self._pinger = None
+        for task in (self._pinger, self._checker):
+            if task is not None:
+                task.cancel()
+        self._pinger = self._checker = None
         tasks = self._close_all("stop")
         if tasks:
             _done, late = await asyncio.wait(tasks, timeout=STOP_GRACE)
@@ -431,16 +456,45 @@ class LiveHub:
         while True:
             await asyncio.sleep(self.ping_interval)
             for sub in list(self._subs):
-                allowed = True
-                if sub.check is not None:
-                    try:
-                        allowed = sub.check()
-                    except Exception:  # noqa: BLE001 - a users file that cannot be read allows nobody
-                        allowed = False
-                if allowed:
-                    sub.ping()
-                else:
-                    self._drop(sub, "logout")
+                sub.ping()
+
+    async def _check_loop(self) -> None:
+        """Every ``check_interval`` seconds: judge the logins of the open streams, end the ended."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.check_interval)
+            judge = self.judge
+            subs = [sub for sub in self._subs if sub.login is not None and sub.closed is None]
+            if judge is None or not subs:
+                continue
+            try:
+                reasons = await asyncio.to_thread(judge, [sub.login for sub in subs])
+            except Exception as exc:  # noqa: BLE001 - Redis cannot be asked now: the next round asks again
+                (log.debug if failing else log.warning)("redgov live: the logins of the streams cannot be "
+                                                        "checked now: %r", exc)
+                failing = True
+                continue
+            failing = False
+            for sub, reason in zip(subs, reasons, strict=True):
+                if reason is not None:
+                    self._end_login(sub, reason)
+
+    def logout_frame(self, reason: str) -> bytes:
+        """The last frame of a stream whose login ended (no id: it is no log entry)."""
+        data = msgspec.json.encode({"reason": reason, "message": self.messages.get(reason, "Your login ended.")})
+        return b"event: logout\ndata: %s\n\n" % data
+
+    def _end_login(self, sub: Subscriber, reason: str) -> None:
+        self._subs.discard(sub)
+        sub.close("logout", self.logout_frame(reason))
+
+    def end_logins(self, ended: Callable[[Any], bool], reason: str) -> int:
+        """End now, with ``event: logout`` and ``reason``, every stream whose login ``ended(login)``
+        says is over (on the event loop; e.g. a logout). Returns how many."""
+        found = [sub for sub in self._subs if sub.login is not None and ended(sub.login)]
+        for sub in found:
+            self._end_login(sub, reason)
+        return len(found)
 
     def _drop(self, sub: Subscriber, reason: str) -> None:
         self._subs.discard(sub)
@@ -467,17 +521,16 @@ class LiveHub:
         """How many streams ``owner`` (a user name) has open now."""
         return sum(1 for sub in self._subs if sub.owner == owner)
 
-    def subscribe(self, filters: Mapping[str, str | None], last_event_id: str | None,
-                  check: Callable[[], bool] | None = None,
+    def subscribe(self, filters: Mapping[str, str | None], last_event_id: str | None, login: Any = None,
                   owner: str | None = None) -> tuple[Subscriber, list[LiveEvent], bytes | None]:
         """Register a subscriber (on the event loop, atomically with publishing).
 
-        ``filters``: see Subscriber; ``check``: whether the user may still read. Returns the
+        ``filters``: see Subscriber; ``login``: what ``judge`` is asked about. Returns the
         subscriber, the events to send first (those after ``last_event_id`` in the replay buffer
         that match the filters) and the reset frame to send first instead when ``last_event_id``
         cannot be resumed (None: no reset).
         """
-        sub = Subscriber(filters, self.client_backlog, check, owner)
+        sub = Subscriber(filters, self.client_backlog, login, owner)
         replay: list[LiveEvent] = []
         reset: bytes | None = None
         if last_event_id is not None:
@@ -496,11 +549,11 @@ class LiveHub:
         self._subs.discard(sub)
         sub.close(sub.closed or "disconnect")
 
-    def stream(self, filters: Mapping[str, str | None], last_event_id: str | None,
-               check: Callable[[], bool] | None = None, owner: str | None = None) -> Response:
+    def stream(self, filters: Mapping[str, str | None], last_event_id: str | None, login: Any = None,
+               owner: str | None = None) -> Response:
         """The ``text/event-stream`` response of one client (``filters``, ``last_event_id``,
-        ``check`` and ``owner`` as for ``subscribe``, which it calls when the response starts)."""
-        return EventStream(self, filters, last_event_id, check, owner)
+        ``login`` and ``owner`` as for ``subscribe``, which it calls when the response starts)."""
+        return EventStream(self, filters, last_event_id, login, owner)
 
     def _publish(self, events: list[LiveEvent]) -> None:
         """Append a batch read by the thread to the replay buffer and every subscriber (event loop)."""
@@ -815,11 +868,11 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(self, hub: LiveHub, filters: Mapping[str, str | None], last_event_id: str | None,
-                 check: Callable[[], bool] | None, owner: str | None = None) -> None:
+                 login: Any = None, owner: str | None = None) -> None:
         self.hub = hub
         self.filters = filters
         self.last_event_id = last_event_id
-        self.check = check
+        self.login = login
         self.owner = owner
         self.status_code = 200
         self.background = None
@@ -830,7 +883,7 @@ class EventStream(Response):
         if not hub.running or hub._closing:
             await PlainTextResponse("the live feed is stopped", status_code=503)(scope, receive, send)
             return
-        sub, replay, reset = hub.subscribe(self.filters, self.last_event_id, self.check, self.owner)
+        sub, replay, reset = hub.subscribe(self.filters, self.last_event_id, self.login, self.owner)
         task = sub.task = asyncio.current_task()
         watcher = asyncio.ensure_future(self._watch(receive, sub))
         try:
@@ -849,7 +902,7 @@ class EventStream(Response):
                 events, ping = got
                 body = b"".join(e.frame for e in events)
                 await send({"type": "http.response.body", "body": body + PING if ping else body, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": sub.farewell or b"", "more_body": False})
         except OSError:
             pass  # the client went away
         except asyncio.CancelledError:
@@ -896,6 +949,10 @@ def routes(ctx: WebContext) -> list[Route]:
     Header ``Last-Event-ID`` resumes after that event (or starts with ``event: reset``).
     """
 
+    if ctx.hub is not None:  # the hub judges the logins of its streams (every check_interval seconds)
+        ctx.hub.judge = lambda logins: auth.logins_ended(ctx, logins)
+        ctx.hub.messages = auth.ENDED
+
     async def events(request: Request) -> Response:
         user = await run_in_threadpool(auth.require, ctx, request, Role.VIEWER)  # the login: a Redis GET
         hub: LiveHub | None = ctx.hub
@@ -905,18 +962,14 @@ def routes(ctx: WebContext) -> list[Route]:
             filters = _filters(request)
         except ValidationError as exc:
             return PlainTextResponse(str(exc), status_code=400)
-
-        fingerprint, at = request.session.get("fp"), request.session.get("at")
-        ends = (at if isinstance(at, int | float) else 0) + ctx.session_max_age
-
-        def allowed(name: str = user.name) -> bool:  # at every ping, without a Redis call
-            current = ctx.users.get(name)
-            return (current is not None and current.may(Role.VIEWER) and time.time() < ends
-                    and auth.still_valid(ctx, name, fingerprint if isinstance(fingerprint, str) else None))
-
+        login = auth.login_of(ctx, request, user)
+        if login is None:  # a session page_user accepted names its login; this one does not
+            raise auth.LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
         if hub.streams_of(user.name) >= hub.streams_per_user:
+            if ctx.metrics is not None:
+                ctx.metrics.count_throttled("streams")
             return PlainTextResponse(f"{user.name} has {hub.streams_per_user} live streams open already; close a tab",
                                      status_code=429, headers={"Retry-After": "30"})
-        return hub.stream(filters, request.headers.get("last-event-id"), allowed, user.name)
+        return hub.stream(filters, request.headers.get("last-event-id"), login, user.name)
 
     return [Route("/events", events, methods=["GET"])]

@@ -8,6 +8,11 @@ global one, so several apps can live in one process) with:
   create_version, rollback; ``outcome`` is ``ok`` or the exception's class name;
 - ``redgov_operation_seconds{operation}``: their latency (histogram);
 - ``redgov_refusals_total{kind}``: the calls refused with a RedgovError, by its class;
+- ``redgov_login_failures_total{via}``: wrong user names or passwords, ``via`` ``form`` (the login
+  page) or ``api`` (HTTP Basic); alert on its rate against password guessing;
+- ``redgov_throttled_total{reason}``: requests answered 429: ``login`` (a name or an address made
+  to wait after failed logins; nothing was checked) or ``streams`` (a user with too many live
+  streams open);
 
 and, read from the backplane at scrape time:
 
@@ -57,6 +62,10 @@ def _refusal_names(base: type[RedgovError] = RedgovError) -> frozenset[str]:
         names |= _refusal_names(sub)
     return frozenset(names)
 
+
+#: the ``via`` labels of redgov_login_failures_total and the ``reason`` labels of redgov_throttled_total
+LOGIN_VIAS = ("form", "api")
+THROTTLE_REASONS = ("login", "streams")
 
 #: latency buckets (seconds): a transition is about a millisecond on a local Redis
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -209,6 +218,16 @@ class Metrics:
                                  ["operation"], buckets=BUCKETS, registry=self.registry)
         self.refusals = Counter("redgov_refusals", "Governance calls refused, by exception class", ["kind"],
                                 registry=self.registry)
+        self.login_failures = Counter("redgov_login_failures", "failed logins (a wrong user name or password), "
+                                      "by where: form (the login page) or api (HTTP Basic)", ["via"],
+                                      registry=self.registry)
+        self.throttled = Counter("redgov_throttled", "requests answered 429, by why: login (failed logins made "
+                                 "the name or the address wait) or streams (too many live streams of one user)",
+                                 ["reason"], registry=self.registry)
+        for via in LOGIN_VIAS:  # every series there from the start (0), so rate() and alerts see the first one
+            self.login_failures.labels(via)
+        for reason in THROTTLE_REASONS:
+            self.throttled.labels(reason)
         try:
             self.retries = count_retries(governance.backplane.client)
         except Exception:  # noqa: BLE001 - a client we cannot instrument still serves; retries go uncounted
@@ -221,6 +240,14 @@ class Metrics:
         self.seconds.labels(operation).observe(seconds)
         if outcome in _refusal_names():  # a RedgovError; not a connection failure
             self.refusals.labels(outcome).inc()
+
+    def count_login_failure(self, via: str) -> None:
+        """Count one wrong user name or password (``via``: form or api)."""
+        self.login_failures.labels(via).inc()
+
+    def count_throttled(self, reason: str) -> None:
+        """Count one 429 answer (``reason``: login or streams)."""
+        self.throttled.labels(reason).inc()
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

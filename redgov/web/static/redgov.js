@@ -7,6 +7,9 @@
  *   a "reset" event reloads the page. When the browser gives up the stream (an answer that is not
  *   one), the page refreshes and reconnects with backoff (1 s doubling to 30 s); a refresh answered
  *   with the login page reloads the page instead of swapping it in.
+ * - A "logout" event (the stream's last: its login ended by a logout here or elsewhere, its expiry, a
+ *   changed password or a removed user) goes to the login form, which says why (/login?ended=<reason>),
+ *   and back to this page after logging in.
  */
 (function () {
   "use strict";
@@ -199,6 +202,20 @@
     current.addEventListener("reset", function () {
       current.close();
       location.reload();
+    });
+    current.addEventListener("logout", function (event) {
+      var reason = "";
+      try {
+        reason = String(JSON.parse(event.data).reason || "");
+      } catch (ignored) { /* the login form then says nothing more */ }
+      current.close();
+      source = null;
+      if (retryTimer !== null) {
+        window.clearTimeout(retryTimer);
+        retryTimer = null;
+      }
+      var query = new URLSearchParams({ ended: reason, next: location.pathname + location.search });
+      location.assign("/login?" + query.toString());
     });
   }
 
