@@ -36,17 +36,17 @@ import redis
 
 import redgov
 from benchmarks._util import (
-    SAMPLE_TIME,
-    sample_state,
-    bench_parser,
-    run_and_print,
     BLOCK,
+    SAMPLE_TIME,
+    bench_parser,
     delete_prefix,
     display_url,
     environment,
     measure,
     report_dict,
     row,
+    run_and_print,
+    sample_state,
 )
 from redgov.keys import Scope
 

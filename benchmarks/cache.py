@@ -42,10 +42,8 @@ import redis
 
 import redgov
 from benchmarks._util import (
-    sample_state,
-    bench_parser,
-    run_and_print,
     BLOCK,
+    bench_parser,
     delete_prefix,
     display_url,
     environment,
@@ -54,6 +52,8 @@ from benchmarks._util import (
     positive_int,
     report_dict,
     row,
+    run_and_print,
+    sample_state,
     table_dict,
 )
 

@@ -182,11 +182,12 @@ def run(url: str = DEFAULT_URL, n: int = DEFAULT_N, *, repeat: int = DEFAULT_REP
                 exports, restores = [], []
                 for _ in range(repeat):
                     sql_url = new_url()
-                    exports.append(_timed(lambda: export(bp, sql_url, progress=False)))
+                    exports.append(_timed(lambda sql_url=sql_url: export(bp, sql_url, progress=False)))
                     target = redgov.connect(url, prefix="bench-" + uuid.uuid4().hex[:12])
                     restored.append(target.prefix)
                     try:
-                        restores.append(_timed(lambda: restore(target, sql_url, progress=False)))
+                        restores.append(_timed(
+                            lambda target=target, sql_url=sql_url: restore(target, sql_url, progress=False)))
                     finally:
                         delete_prefix(raw, target.prefix)
                         target.close()

@@ -398,7 +398,9 @@ def _contention(url: str, prefix: str, gov: redgov.Governance, raw: redis.Redis,
             tally.revision_delta += revision1 - revision0
             tally.history_delta += length1 - length0
             tally.lost += max(abs(done - (revision1 - revision0)), abs(done - (length1 - length0)))
-            tally.per_worker = [a + c["successes"] for a, c in zip(tally.per_worker or [0] * len(counts), counts)]
+            tally.per_worker = [
+                a + c["successes"] for a, c in zip(tally.per_worker or [0] * len(counts), counts, strict=False)
+            ]
     finally:
         pool.close()
     for tally in tallies.values():

@@ -18,7 +18,8 @@ import uuid
 from datetime import timedelta
 
 import redgov
-from redgov import Governance, LeaseError, LifecycleState as S
+from redgov import Governance, LeaseError
+from redgov import LifecycleState as S
 
 URL = os.environ.get("REDGOV_URL", "redis://localhost:6379/0")
 PREFIX = os.environ.get("REDGOV_EXAMPLE_PREFIX", "example-leases:")

@@ -14,7 +14,8 @@ import os
 import uuid
 
 import redgov
-from redgov import ErrorRate, Governance, LifecycleState as S, ManualGate, RoleGate
+from redgov import ErrorRate, Governance, ManualGate, RoleGate
+from redgov import LifecycleState as S
 
 URL = os.environ.get("REDGOV_URL", "redis://localhost:6379/0")
 PREFIX = os.environ.get("REDGOV_EXAMPLE_PREFIX", "example-quickstart:")

@@ -16,7 +16,8 @@ import os
 import uuid
 
 import redgov
-from redgov import Governance, LifecycleState as S
+from redgov import Governance
+from redgov import LifecycleState as S
 from redgov.sql import SqlArchive, export, restore, trim
 
 URL = os.environ.get("REDGOV_URL", "redis://localhost:6379/0")

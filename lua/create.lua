@@ -27,6 +27,7 @@ Errors: REDGOV_CONFLICT <exists>, REDGOV_RULES_CHANGED <current version>, REDGOV
 -- @include lib/common.lua
 -- @include lib/idem.lua
 -- @include lib/history.lua
+-- @include lib/retain.lua
 -- @include lib/gates.lua
 local op, expire, experiment, initial, etag, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local actor, metadata, config_version, intent, window = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
@@ -41,12 +42,12 @@ local function main()
   if replay or err then return replay or err end
 
   local stored
-  stored, err = read('HMGET', state_key, 'e', 'r')
+  stored, err = read('HMGET', state_key, 'e', 'r', 'pn')
   if err then return err end
   if stored[1] then return refuse('CONFLICT', what .. ' already exists (etag ' .. stored[1] .. ')') end
   if stored[2] and not is_count(stored[2]) then return util().bad_value(state_key, 'r', stored[2], 'a revision') end
   local versions
-  versions, err = read('ZCARD', versions_key)
+  versions, err = retention().highest_version() -- also those retention removed: numbers are never reused
   if err then return err end
   if version_record ~= '' and versions > 0 then return refuse('CONFLICT', what .. ' already has versions') end
   err = util().expect_all(log_key, 'stream', history_key, 'list', index_key, 'zset', links_key, 'hash')
@@ -55,6 +56,8 @@ local function main()
   if err then return err end
 
   local revision = tonumber(stored[2] or '0') + 1
+  -- what was approved or requested before it existed (auto_create) lapses with the first state write
+  if stored[3] then lapse(initial, nil, nil, stored[3]) end
   redis.call('HSET', state_key, unpack(enter({'s', initial, 'v', config_version, 't', now, 'm', metadata, 'e', etag,
     'r', revision}, nil, initial, now, nil, nil)))
   if actor ~= '' then redis.call('HSET', state_key, 'b', actor) end

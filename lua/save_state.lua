@@ -59,11 +59,9 @@ local function main()
   redis.call('RPUSH', history_key, 'S' .. id) -- hist().index('S', id), inlined on this hot path
   local fields = {'s', state, 'v', config_version, 't', modified_at, 'm', metadata, 'e', etag, 'r', revision}
   if modified_by ~= '' then fields[#fields + 1], fields[#fields + 2] = 'b', modified_by end
-  if stored[4] ~= state then
-    enter(fields, stored[4], state, modified_at, stored[5], nil) -- entered its state: approvals and requests lapse
-  elseif stored[5] then
-    lapse(state, nil, nil, stored[5]) -- the state was overwritten: what was approved for it is void
-  end
+  -- every save writes the state field: what was approved or requested for it lapses (whatever it was)
+  if stored[5] then lapse(stored[4] or state, nil, nil, stored[5]) end
+  if stored[4] ~= state then enter(fields, stored[4], state, modified_at, nil, nil) end -- entry times
   redis.call('HSET', state_key, unpack(fields))
   if modified_by == '' and stored[2] then redis.call('HDEL', state_key, 'b') end
   if not current then hist().register(experiment) end

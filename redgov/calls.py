@@ -93,7 +93,8 @@ class Archive(Protocol):
         ...
 
     def history(self, log_key: str, experiment: str, kinds: Sequence[str], *, before: str | None,
-                limit: int | None, newest_first: bool, state_writes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
+                limit: int | None, newest_first: bool,
+                state_writes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
         """The experiment's entries of these kinds with an id at or below ``before`` (None: all)."""
         ...
 

@@ -115,12 +115,13 @@ def encode_record(record: R) -> tuple[R, bytes]:
     kind = KIND_OF.get(type(record))
     if kind is None:
         raise ValidationError(f"expected a redgov record, got {type(record).__name__}")
-    check_name(getattr(record, "experiment"), "experiment")
-    check_scope_part(getattr(record, "tenant"), "tenant")
-    check_scope_part(getattr(record, "environment"), "environment")
+    fields: Any = record  # every record kind has these fields; R (bound to msgspec.Struct) does not say so
+    check_name(fields.experiment, "experiment")
+    check_scope_part(fields.tenant, "tenant")
+    check_scope_part(fields.environment, "environment")
     from .validate import check_data
 
-    check_data(getattr(record, "metadata"), "metadata")
+    check_data(fields.metadata, "metadata")
     if isinstance(record, ConfigurationVersion):
         check_data(record.configuration, "configuration")
     try:

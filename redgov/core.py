@@ -75,7 +75,8 @@ class Core(Reads):
         self.optimistic_concurrency = optimistic_concurrency
         if retain_history is not None and (isinstance(retain_history, bool) or not isinstance(retain_history, int)
                                            or retain_history < 1):
-            raise ValidationError(f"retain_history must be a positive number of entries or None, got {retain_history!r}")
+            raise ValidationError("retain_history must be a positive number of entries or None, "
+                                  f"got {retain_history!r}")
         #: history entries kept per experiment (None: everything)
         self.retain_history = retain_history
         self.retain = retain_history or 0

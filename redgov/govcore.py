@@ -494,11 +494,12 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans, RulesPlans):
         scope, exp = self.core.keys(experiment, tenant, environment)
         extra, intent = self._idem(exp, idempotency_key, f"a request of the move to {target.value}")
         now = self.now()
-        args = (experiment, target.value, "request", self.initial_state.value if self.auto_create else "",
+        args = (experiment, target.value, "request", "",  # a request needs a created experiment
                 self.core.retain, request_line(actor, now, reason), intent, self._window_ms, "",
                 str(self.rules_version), *compiled, actor)
         yield self.core.write("approve", scope, exp, args, lambda reply: None, extra_keys=(scope.rules, *extra))
-        moves = yield from self.pending(experiment, tenant=tenant, environment=environment, requested_only=False)
+        moves = yield from self.pending(experiment, tenant=tenant, environment=environment, requested_only=False,
+                                        satisfied=True)
         for move in moves:
             if move.to_state is target:
                 return move

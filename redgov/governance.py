@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from .backplane import Backplane
+from .calls import Call, Plan
 from .changes import Change
 from .core import Core
-from .calls import Call, Plan
 from .errors import RedgovError, RulesChangedError, ValidationError
 from .events import GovernanceEvent, WatchCursor
 from .gates import Gate
@@ -255,9 +255,10 @@ class Governance(GovernanceBase[Backplane]):
             ConflictError: the experiment exists (or the idempotency key was used for another operation).
             ValidationError: bad input (named field and value); nothing is written.
         """
-        return self._governed(tenant, environment, lambda g: g.create(experiment, tenant=tenant, environment=environment, actor=actor,
-                                                   configuration=configuration, metadata=metadata,
-                                                   idempotency_key=idempotency_key))
+        return self._governed(tenant, environment,
+                              lambda g: g.create(experiment, tenant=tenant, environment=environment, actor=actor,
+                                                 configuration=configuration, metadata=metadata,
+                                                 idempotency_key=idempotency_key))
 
     def state(self, experiment: str, *, tenant: str | None = None,
               environment: str | None = None) -> ExperimentState | None:
@@ -457,9 +458,9 @@ class Governance(GovernanceBase[Backplane]):
         ManualGate guards it, somebody requested it (``request``, or entering PendingApproval:
         the request for the moves out of it) and it still lacks approvals from enough distinct
         people other than the requester (expired ones do not count, by the server's clock); each
-        PendingMove says who asked, when and why, and how many approvals it has of how many. Reads the scope's index in pages, each page's state
-        hashes pipelined (not one atomic snapshot); with ``experiment``, only that
-        experiment's state (one round trip, whatever the scope holds).
+        PendingMove says who asked, when and why, and how many approvals it has of how many. Reads the
+        scope's index in pages, each page's state hashes pipelined (not one atomic snapshot); with
+        ``experiment``, only that experiment's state (one round trip, whatever the scope holds).
 
         Args:
             tenant, environment: the scope (None: the default).
@@ -468,8 +469,9 @@ class Governance(GovernanceBase[Backplane]):
         Returns:
             PendingMove(experiment, from_state, to_state, gate, state, tenant, environment) each.
         """
-        return self._read_governed(tenant, environment, lambda g: g.awaiting_approval(tenant=tenant, environment=environment,
-                                                                experiment=experiment))
+        return self._read_governed(
+            tenant, environment,
+            lambda g: g.awaiting_approval(tenant=tenant, environment=environment, experiment=experiment))
 
     # -- versions --------------------------------------------------------------------
 
@@ -525,9 +527,10 @@ class Governance(GovernanceBase[Backplane]):
             LeaseError: ``lease`` expired or was taken over.
             ValidationError: bad input; nothing is written.
         """
-        return self._governed(tenant, environment, lambda g: g.rollback(experiment, to_version, actor=actor, tenant=tenant,
-                                                       environment=environment, idempotency_key=idempotency_key,
-                                                       lease=lease))
+        return self._governed(tenant, environment,
+                              lambda g: g.rollback(experiment, to_version, actor=actor, tenant=tenant,
+                                                   environment=environment, idempotency_key=idempotency_key,
+                                                   lease=lease))
 
     def diff(self, experiment: str, from_version: int, to_version: int, *, tenant: str | None = None,
              environment: str | None = None) -> list[Change]:
@@ -573,8 +576,9 @@ class Governance(GovernanceBase[Backplane]):
             ConflictError: the states changed before each of 5 records; nothing is written.
             ValidationError: bad input (e.g. an unknown telemetry key); nothing is written.
         """
-        return self._governed(tenant, environment, lambda g: g.evaluate_policies(experiment, telemetry=telemetry, target=target,
-                                                                tenant=tenant, environment=environment))
+        return self._governed(tenant, environment,
+                              lambda g: g.evaluate_policies(experiment, telemetry=telemetry, target=target,
+                                                            tenant=tenant, environment=environment))
 
     # -- coordination ----------------------------------------------------------------
 

@@ -83,7 +83,7 @@ class PolicyPlans(GovernanceSettings):
             group: dict[str, Any] = {"name": policy.name, "since": to_micros(now - need), "why": reasons[1]}
             if policy.severity is not Severity.CRITICAL:
                 group["soft"] = 1
-            for (outcome, compliant), reason in zip((("ok", True), ("fail", False)), reasons):
+            for (outcome, compliant), reason in zip((("ok", True), ("fail", False)), reasons, strict=True):
                 records.append(stored(PolicyEvaluation(
                     experiment=experiment, policy=policy.name, compliant=compliant, severity=policy.severity,
                     reason=reason, timestamp=now, target_state=target,
@@ -211,7 +211,7 @@ class PolicyPlans(GovernanceSettings):
         key = self.core.scope(tenant, environment).experiment(experiment).state
 
         def parse(reply: Any) -> datetime | None:
-            for field, value in zip(("rs", "t"), reply):
+            for field, value in zip(("rs", "t"), reply, strict=True):
                 if value is not None:
                     try:
                         return from_micros(int(value))
@@ -237,7 +237,7 @@ class PolicyPlans(GovernanceSettings):
 
         def parse(reply: Any) -> dict[str, ExperimentState | None]:
             return {name: decode_state_hash(values, key, name, tenant, environment)
-                    for name, key, values in zip(experiments, keys, check(reply))}
+                    for name, key, values in zip(experiments, keys, check(reply), strict=True)}
 
         return Call(keys, tuple(("HMGET", key, *state_fields()) for key in keys), parse, batch=True)
 

@@ -82,7 +82,7 @@ class ReadPlans(GovernanceSettings):
 
             def parse(reply: Any, names: list[str] = names, keys: tuple[str, ...] = keys) -> list[ExperimentState]:
                 found = []
-                for name, key, values in zip(names, keys, settled(keys)(reply)):
+                for name, key, values in zip(names, keys, settled(keys)(reply), strict=True):
                     decoded = decode_state_hash(values, key, name, tenant, environment)
                     if decoded is not None:
                         found.append(decoded)
@@ -116,8 +116,9 @@ class ReadPlans(GovernanceSettings):
         return (yield from self.pending(experiment, tenant=tenant, environment=environment))
 
     def pending(self, experiment: str | None, *, tenant: str | None, environment: str | None,
-                requested_only: bool = True) -> Plan[list[PendingMove]]:
-        """``awaiting_approval``; with ``requested_only=False`` also the gated moves nobody requested."""
+                requested_only: bool = True, satisfied: bool = False) -> Plan[list[PendingMove]]:
+        """``awaiting_approval``; with ``requested_only=False`` also the gated moves nobody requested, with
+        ``satisfied`` also those approved enough already (waiting to be made)."""
         if experiment is not None:
             experiment = check_name(experiment, "experiment")
         scope = self.core.scope(tenant, environment)
@@ -138,7 +139,7 @@ class ReadPlans(GovernanceSettings):
             keys = tuple(scope.experiment(name).state for name in names)
             replies = yield Call(keys, (("TIME",), *(("HGETALL", key) for key in keys)), settled(keys), batch=True)
             now_ms = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
-            for name, key, raw in zip(names, keys, replies[1:]):
+            for name, key, raw in zip(names, keys, replies[1:], strict=True):
                 try:
                     found = pairs(raw)
                     stored = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in found.items()
@@ -159,7 +160,7 @@ class ReadPlans(GovernanceSettings):
                     by = request[0] if request else None
                     given = {approver for approver, until in _approvals(stored.get(f"p:{move}"), key, move)
                              if (until is None or until >= now_ms) and (gate.self_approval or approver != by)}
-                    if len(given) >= gate.approvals:
+                    if len(given) >= gate.approvals and not satisfied:
                         continue  # approved, waiting to be consumed
                     out.append(PendingMove(experiment=name, from_state=state.state, to_state=target, gate=gate.name,
                                            state=state, tenant=tenant, environment=environment,

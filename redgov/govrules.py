@@ -182,7 +182,7 @@ class RulesPlans:
         for start in range(1, current + 1, HISTORY_PAGE):
             numbers = list(range(start, min(current, start + HISTORY_PAGE - 1) + 1))
             raws = yield Call((scope.rules,), ("HMGET", scope.rules, *(f"r:{n}" for n in numbers)), lambda r: r)
-            for number, raw in zip(numbers, raws):
+            for number, raw in zip(numbers, raws, strict=True):
                 if raw:
                     out.append(msgspec.structs.replace(_decode_rules(raw, number, scope.rules),
                                                        tenant=scope.tenant, environment=scope.environment))

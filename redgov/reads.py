@@ -172,10 +172,10 @@ class Reads:
             commands.append(("HMGET", exp.links, *("a:" + entry_id for entry_id in ids)))
         replies = yield Call((exp.log,), tuple(commands), settled((exp.log, exp.links)), batch=True)
         raw: list[list[Any]] = []
-        for entry_id, found in zip(ids, replies):
+        for entry_id, found in zip(ids, replies, strict=False):
             raw.append([found[0][0], found[0][1]] if found else [entry_id, []])
         if links:
-            for pair, tid in zip(raw, replies[-1]):
+            for pair, tid in zip(raw, replies[-1], strict=True):
                 if tid is not None and pair[1]:
                     fields = pair[1]
                     pair[1] = {**fields, b"tid": tid} if isinstance(fields, Mapping) else [*fields, b"tid", tid]

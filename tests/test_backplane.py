@@ -155,13 +155,16 @@ def test_transitions_in_order(backplane: Backplane) -> None:
 def test_duplicate_transition_id_is_refused(backplane: Backplane) -> None:
     t = backplane.append_transition(StateTransition(experiment="exp", to_state=S.DRAFT))
     with pytest.raises(ConflictError, match=t.transition_id):
-        backplane.append_transition(StateTransition(experiment="exp", to_state=S.RUNNING, transition_id=t.transition_id))
+        backplane.append_transition(StateTransition(experiment="exp", to_state=S.RUNNING,
+                                                    transition_id=t.transition_id))
     assert backplane.transitions("exp") == [t]
 
 
 def test_approvals_and_their_transition(backplane: Backplane) -> None:
-    t = backplane.append_transition(StateTransition(experiment="exp", from_state=S.PENDING_APPROVAL, to_state=S.APPROVED))
-    loose = backplane.append_approval(ApprovalRecord(experiment="exp", to_state=S.APPROVED, approved=False, approver="bo"))
+    t = backplane.append_transition(StateTransition(experiment="exp", from_state=S.PENDING_APPROVAL,
+                                                    to_state=S.APPROVED))
+    loose = backplane.append_approval(ApprovalRecord(experiment="exp", to_state=S.APPROVED, approved=False,
+                                                     approver="bo"))
     linked = [
         backplane.append_approval(
             ApprovalRecord(experiment="exp", to_state=S.APPROVED, approved=True, approver=who,

@@ -612,7 +612,8 @@ def test_concurrent_readers_never_go_back_and_end_fresh(cached: Backplane, other
     assert errors == []
     for name in names:
         final = states[name]
-        eventually(lambda: cached.get_state(name) == final, DELIVERY, f"the last write of {name} shows")
+        eventually(lambda name=name, final=final: cached.get_state(name) == final, DELIVERY,
+                   f"the last write of {name} shows")
     stats = cache_of(cached).stats()
     assert stats.hits > 0 and stats.resets == 0
 
@@ -665,7 +666,7 @@ def test_threads_reading_through_repeated_stream_kills_stay_consistent(server: R
                 time.sleep(0.05)
                 victim = wait_for_stream(cache)
                 admin.client_kill_filter(_id=victim)
-                eventually(lambda: cache.stats().resets == kill + 1, PATIENCE, "the kill is noticed")
+                eventually(lambda kill=kill: cache.stats().resets == kill + 1, PATIENCE, "the kill is noticed")
             wait_for_stream(cache)
             time.sleep(0.05)
         finally:
@@ -675,7 +676,8 @@ def test_threads_reading_through_repeated_stream_kills_stay_consistent(server: R
         assert errors == []
         for name in names:
             final = writer.get_state(name)
-            eventually(lambda: bp.get_state(name) == final, DELIVERY, f"the last write of {name} shows")
+            eventually(lambda name=name, final=final: bp.get_state(name) == final, DELIVERY,
+                       f"the last write of {name} shows")
             assert cached_read(bp, name) == final
         assert stream_ids(admin) == [cache.stream_id]
 
@@ -725,7 +727,7 @@ def test_many_scopes_lose_no_invalidation_while_the_stream_is_replaced(server: R
         assert len(ids) >= 2 and cache.stats().resets == 0  # streams were replaced, never lost
         for tenant in tenants:
             final = writer.get_state("exp", tenant=tenant)
-            eventually(lambda: bp.get_state("exp", tenant=tenant) == final, DELIVERY,
+            eventually(lambda tenant=tenant, final=final: bp.get_state("exp", tenant=tenant) == final, DELIVERY,
                        f"the last write of {tenant} shows")
             assert cache.covers(prefix_of(bp, tenant))
         eventually(lambda: stream_ids(admin) == [cache.stream_id], PATIENCE, "one stream connection is left")

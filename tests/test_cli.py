@@ -54,8 +54,8 @@ class CLI:
     def __call__(self, *args: str, code: int | None = 0, stdin: str | None = None,
                  program: list[str] | None = None) -> subprocess.CompletedProcess[str]:
         command = [*(program or [sys.executable, "-m", "redgov"]), *self.base, *args]
-        done = subprocess.run(command, check=False, cwd=self.cwd, capture_output=True, text=True, timeout=120, env=self.env,
-                              input=stdin)
+        done = subprocess.run(command, check=False, cwd=self.cwd, capture_output=True, text=True, timeout=120,
+                              env=self.env, input=stdin)
         if code is not None:
             assert done.returncode == code, (args, done.returncode, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr

@@ -71,7 +71,8 @@ def test_global_options_before_or_after_the_command() -> None:
     after = parse(["state", "x", "--prefix", "p", "--json", "--tenant", "t"])
     assert vars(before) == vars(after)
     mixed = parse(["--url", "memory://", "--env", "e", "state", "x", "--debug"])
-    assert (mixed.url, mixed.environment, mixed.debug, mixed.json, mixed.prefix) == ("memory://", "e", True, False, None)
+    assert (mixed.url, mixed.environment, mixed.debug, mixed.json, mixed.prefix) == (
+        "memory://", "e", True, False, None)
     assert parse(["--prefix", "a", "state", "x", "--prefix", "b"]).prefix == "b"
 
 
@@ -131,8 +132,8 @@ def _strip(text: str) -> str:
 def _on_a_terminal(args: list[str], env: dict[str, str]) -> str:
     leader, follower = pty.openpty()
     try:
-        done = subprocess.run([sys.executable, "-m", "redgov", *args], check=False, stdout=follower, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, env=env, timeout=60)
+        done = subprocess.run([sys.executable, "-m", "redgov", *args], check=False, stdout=follower,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, timeout=60)
         os.close(follower)
         follower = -1
         assert done.returncode == 0, done.stderr

@@ -117,7 +117,7 @@ class Cluster:
 
 def _form(nodes: list[RedisProcess]) -> list[tuple[int, int]]:
     ranges = [(i * SLOTS // len(nodes), (i + 1) * SLOTS // len(nodes) - 1) for i in range(len(nodes))]
-    for epoch, (node, (low, high)) in enumerate(zip(nodes, ranges), start=1):
+    for epoch, (node, (low, high)) in enumerate(zip(nodes, ranges, strict=False), start=1):
         with node.client() as client:
             client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
             for start in range(low, high + 1, 1000):
@@ -145,8 +145,10 @@ def _form(nodes: list[RedisProcess]) -> list[tuple[int, int]]:
     raise RuntimeError(f"cluster did not reach cluster_state:ok within {FORM_TIMEOUT}s: {infos}")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+# Registered as "cluster" but defined as cluster_fixture, so modules that import it (tests/test_export*.py)
+# can take a ``cluster`` parameter without shadowing the imported name.
+@pytest.fixture(scope="module", name="cluster")
+def cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("cluster")
     nodes: list[RedisProcess] = []
     try:

@@ -547,7 +547,8 @@ def test_refusals_in_json_text() -> None:
 
 def test_refusal_in_file_names_file(tmp_path: Path) -> None:
     path = tmp_path / "gov.yaml"
-    path.write_text("governance:\n  approvalGates:\n    - type: automatic\n      fromStat: Draft\n      toState: Running\n")
+    path.write_text("governance:\n  approvalGates:\n    - type: automatic\n"
+                    "      fromStat: Draft\n      toState: Running\n")
     assert config_error(path) == (f"{path}: governance.approvalGates[0].fromStat: unknown key; "
                                   f"did you mean 'fromState'?")
     path.write_text("governance:\n  approvalGates:\n    - type: automatic\n      fromStat: Draft\n")

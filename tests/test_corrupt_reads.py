@@ -111,7 +111,8 @@ def test_web_numbers_and_logins_that_cannot_be_read(gov: Governance, tmp_path: P
     gov.backplane.client.delete(key)
     gov.backplane.client.hset(key, "a", "b")
     failed = web.get("/")
-    assert failed.status_code == 500 and "Traceback" not in failed.text and "no-store" in failed.headers["cache-control"]
+    assert (failed.status_code == 500 and "Traceback" not in failed.text
+            and "no-store" in failed.headers["cache-control"])
     assert web_session("p", "x").startswith("p{web}")
 
 

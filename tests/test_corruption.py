@@ -134,7 +134,7 @@ def snapshot(client: Any, prefix: str) -> dict[bytes, tuple[str, Any]]:
             pipe.type(key)
         kinds = [k.decode() for k in pipe.execute()]
     with client.pipeline(transaction=False) as pipe:
-        for key, kind in zip(keys, kinds):
+        for key, kind in zip(keys, kinds, strict=False):
             if kind == "string":
                 pipe.get(key)
             elif kind == "hash":
@@ -150,7 +150,7 @@ def snapshot(client: Any, prefix: str) -> dict[bytes, tuple[str, Any]]:
                 pipe.exists(key)
         values = iter(pipe.execute(raise_on_error=False))
     out: dict[bytes, tuple[str, Any]] = {}
-    for key, kind in zip(keys, kinds):
+    for key, kind in zip(keys, kinds, strict=False):
         value = next(values)
         if kind == "stream":
             info = next(values)
@@ -189,7 +189,8 @@ def corruptions(saved: dict[bytes, tuple[str, Any]]) -> Iterator[tuple[str, Call
                 yield f"{shown} = {bad!r}", lambda c, k=key, b=bad: c.set(k, b)
         elif kind == "hash":
             for n, field in enumerate(value):  # three bad values per field, every bad value over the fields
-                for bad in (GARBAGE[n % len(GARBAGE)], GARBAGE[(n + 3) % len(GARBAGE)], GARBAGE[(n + 6) % len(GARBAGE)]):
+                for bad in (GARBAGE[n % len(GARBAGE)], GARBAGE[(n + 3) % len(GARBAGE)],
+                            GARBAGE[(n + 6) % len(GARBAGE)]):
                     yield (f"{shown}[{field!r}] = {bad!r}", lambda c, k=key, f=field, b=bad: c.hset(k, f, b))
         elif kind == "list":
             for index in {0, len(value) - 1}:

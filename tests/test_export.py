@@ -49,7 +49,7 @@ from redgov.sql.restorer import INDEX_CHUNK
 from redgov.sql.schema import ENTITY_TABLES, SCHEMA_VERSION, experiment_states, log_entries, metadata, schema_table
 
 from .conftest import new_prefix
-from .test_cluster import Cluster, cluster, spread_scopes  # noqa: F401 - the module's cluster fixture
+from .test_cluster import Cluster, cluster_fixture, spread_scopes  # noqa: F401 - the module's "cluster" fixture
 
 PG_BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 S = LifecycleState
@@ -720,7 +720,7 @@ def test_trimmed_history_reads_whole_through_the_archive(bp: redgov.Backplane, r
             history, approvals, versions, evaluations = reads[(None, None, "a")][:4]
             for limit in (None, 0, 1, 3, 100):
                 for newest in (False, True):
-                    def cut(items: list[Any]) -> list[Any]:
+                    def cut(items: list[Any], newest: bool = newest, limit: int | None = limit) -> list[Any]:
                         ordered = items[::-1] if newest else items
                         return ordered if limit is None else ordered[:limit]
 
@@ -779,7 +779,7 @@ def test_retained_history_reads_whole_through_the_archive(redis_url: str, prefix
             history = agov.history("busy", **sc)
             assert len(history) == 401 and archived.transitions("busy", **sc) == history
             assert history[0].reason == "created" and history[0].from_state is None
-            assert all(a.to_state is b.from_state for a, b in zip(history[1:], history[2:]))
+            assert all(a.to_state is b.from_state for a, b in zip(history[1:], history[2:], strict=False))
             assert len({t.transition_id for t in history}) == 401
             rows = [r for r in sql_rows(sql_url, ENTITY_TABLES["transition"]) if r["experiment"] == "busy"]
             assert [t.transition_id for t in history] == [
@@ -809,7 +809,7 @@ def test_retained_history_reads_whole_through_the_archive(redis_url: str, prefix
             # limit and newest_first across the boundary between the archive and Redis
             for limit in (None, 1, 5, 390, 395, 400, 401, 500):
                 for newest in (False, True):
-                    def cut(items: list[Any]) -> list[Any]:
+                    def cut(items: list[Any], newest: bool = newest, limit: int | None = limit) -> list[Any]:
                         ordered = items[::-1] if newest else items
                         return ordered if limit is None else ordered[:limit]
 

@@ -41,7 +41,7 @@ from redgov.sql.schema import log_entries, rules_versions
 from redgov.sql.write import Batch
 
 from .conftest import new_prefix
-from .test_cluster import Cluster, cluster, spread_scopes  # noqa: F401 - the module's cluster fixture
+from .test_cluster import Cluster, cluster_fixture, spread_scopes  # noqa: F401 - the module's "cluster" fixture
 
 PG_BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 S = LifecycleState

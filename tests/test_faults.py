@@ -454,7 +454,7 @@ def test_transition_many(bp: Backplane, faults: FaultProxy, direct: Backplane) -
     with cut(faults, bp, "transition"):
         results = gov.transition_many([TransitionRequest(experiment=name, to=S.PENDING_APPROVAL) for name in names])
     assert faults.dropped - dropped >= len(names)
-    for name, result in zip(names, results):
+    for name, result in zip(names, results, strict=True):
         assert isinstance(result, StateTransition), result
         assert (result.experiment, result.from_state, result.to_state) == (name, S.DRAFT, S.PENDING_APPROVAL)
         assert direct.transitions(name)[-1] == result
@@ -592,7 +592,7 @@ def test_application_retries_create_version_with_idempotency_key(faults: FaultPr
         targeted = faults.targeted
         attempts = 0
         for i in range(1, 101):
-            version, tries = retry_call(lambda: gov.create_version("exp", {"n": i}, idempotency_key=f"cv-{i}"))
+            version, tries = retry_call(lambda i=i: gov.create_version("exp", {"n": i}, idempotency_key=f"cv-{i}"))
             attempts += tries
             assert (version.version, version.configuration) == (i + 1, {"n": i})
         faults.disarm()
@@ -621,7 +621,8 @@ def test_application_retries_transitions_with_idempotency_key(faults: FaultProxy
         expected_from = S.RUNNING
         for i in range(100):
             target = S.PAUSED if i % 2 == 0 else S.RUNNING
-            moved, tries = retry_call(lambda: gov.transition("exp", target, idempotency_key=f"t-{i}"))
+            moved, tries = retry_call(
+                lambda target=target, i=i: gov.transition("exp", target, idempotency_key=f"t-{i}"))
             attempts += tries
             assert (moved.from_state, moved.to_state) == (expected_from, target)
             expected_from = target
@@ -655,17 +656,18 @@ def test_application_retries_every_governance_write(faults: FaultProxy, prefix: 
 
         for n in range(20):
             name = f"exp{n}"
-            state = call(lambda: gov.create(name, configuration={"a": 1}, idempotency_key=f"{name}-create"))
+            state = call(lambda name=name: gov.create(name, configuration={"a": 1}, idempotency_key=f"{name}-create"))
             assert (state.revision, state.config_version) == (1, 1)
-            moved = call(lambda: gov.transition(name, S.PENDING_APPROVAL, idempotency_key=f"{name}-t1"))
+            moved = call(lambda name=name: gov.transition(name, S.PENDING_APPROVAL, idempotency_key=f"{name}-t1"))
             assert (moved.from_state, moved.revision) == (S.DRAFT, 2)
-            approval = call(lambda: gov.approve(name, S.APPROVED, approver="ann", idempotency_key=f"{name}-a"))
+            approval = call(
+                lambda name=name: gov.approve(name, S.APPROVED, approver="ann", idempotency_key=f"{name}-a"))
             assert approval.from_state is S.PENDING_APPROVAL
-            moved = call(lambda: gov.transition(name, S.APPROVED, idempotency_key=f"{name}-t2"))
+            moved = call(lambda name=name: gov.transition(name, S.APPROVED, idempotency_key=f"{name}-t2"))
             assert (moved.from_state, moved.revision) == (S.PENDING_APPROVAL, 3)
-            version = call(lambda: gov.create_version(name, {"a": 2}, idempotency_key=f"{name}-v"))
+            version = call(lambda name=name: gov.create_version(name, {"a": 2}, idempotency_key=f"{name}-v"))
             assert version.version == 2
-            rolled = call(lambda: gov.rollback(name, 1, idempotency_key=f"{name}-r"))
+            rolled = call(lambda name=name: gov.rollback(name, 1, idempotency_key=f"{name}-r"))
             assert (rolled.version, rolled.rolled_back_from) == (3, 1)
             stored = counts(direct, name)
             assert (stored["transitions"], stored["approvals"], stored["versions"], stored["revision"]) == (
@@ -756,8 +758,9 @@ def governed_round(gov: Governance, names: list[str], out: Outcomes) -> None:
         state = gov.create(name, configuration={"step": 0})
         assert (state.revision, state.config_version) == (1, 1)
         out.states.append(state)
-    for name, result in zip(names, gov.transition_many(
-            [TransitionRequest(experiment=name, to=S.PENDING_APPROVAL, telemetry=OK_TELEMETRY) for name in names])):
+    for _name, result in zip(names, gov.transition_many(
+            [TransitionRequest(experiment=name, to=S.PENDING_APPROVAL, telemetry=OK_TELEMETRY) for name in names]),
+            strict=True):
         assert isinstance(result, StateTransition), result
         assert (result.from_state, result.to_state) == (S.DRAFT, S.PENDING_APPROVAL)
         out.transitions.append(result)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import queue as queue_module
 import threading
@@ -314,7 +315,7 @@ def _to_approved(gov: redgov.Governance, experiment: str) -> int:
 def _assert_chain(history: list[StateTransition]) -> None:
     """The create entry first, then every from_state equal to the previous to_state."""
     assert history[0].from_state is None and history[0].to_state is S.DRAFT
-    for before, after in zip(history, history[1:]):
+    for before, after in itertools.pairwise(history):
         assert after.from_state is before.to_state, f"{before!r} then {after!r}"
 
 
@@ -570,7 +571,7 @@ def test_watch_sees_another_process_write_within_a_second(bp: redgov.Backplane, 
         seen = r["seen"]
         kind = "async" if r["index"] == 1 else "sync"
         assert [tid for _, tid, _ in seen] == [tid for _, tid in written], f"{kind} watcher saw {seen!r}"
-        for (at, _, entry_id), (before, _) in zip(seen, written):
+        for (at, _, entry_id), (before, _) in zip(seen, written, strict=False):
             latency = at - before
             assert 0 <= latency < 1.0, f"{kind} watcher saw {entry_id} {latency:.3f}s after the write"
 

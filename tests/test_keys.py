@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
-
-import pytest
 
 import redgov
 from redgov import Backplane, ExperimentState, LifecycleState, ValidationError

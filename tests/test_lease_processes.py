@@ -6,6 +6,7 @@ Redis server's time in ms, the same clock the lease script judges expiry by.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -173,7 +174,7 @@ def test_eight_processes_competing_for_one_lease(shared: Governance, redis_url: 
     ordered = [by_token[t] for t in sorted(by_token)]
     assert len(ordered) > 20, f"only {len(ordered)} acquisitions in {COMPETE_SECONDS} s"
     # at most one holder at every moment: each lease began (server clock) after the previous one ended
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in itertools.pairwise(ordered):
         began = after["expires"][0] - ttl_s
         assert began >= max(before["expires"]) - 0.0015, (before, after)  # ms rounding of the server times
     # every accepted write was made while its token's lease was held, and never after a newer token wrote

@@ -22,8 +22,8 @@ from markupsafe import Markup
 from starlette.testclient import TestClient
 
 import redgov
-from redgov import ErrorRate, Governance, LifecycleState as S, ManualGate, ValidationError
-from redgov import validate
+from redgov import ErrorRate, Governance, ManualGate, ValidationError, validate
+from redgov import LifecycleState as S
 from redgov.cli import main
 from redgov.web import add_user, create_app, pages
 from redgov.web import users as users_module

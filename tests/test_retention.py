@@ -68,7 +68,7 @@ def to_running(gov: Governance, name: str) -> None:
 
 def cycle(gov: Governance, name: str, moves: int) -> None:
     """Running <-> Ramping <-> Paused moves, with role gates and policies recorded on the way."""
-    for i in range(moves):
+    for _ in range(moves):
         current = gov.state(name)
         assert current is not None
         if current.state is S.RUNNING:
@@ -205,7 +205,7 @@ def test_an_idempotency_key_works_whatever_was_trimmed(retained: Governance) -> 
 def test_batch_writes_trim_too(retained: Governance) -> None:
     gov = retained
     to_running(gov, "busy")
-    for i in range(30):
+    for _ in range(30):
         results = gov.transition_many([TransitionRequest(experiment="busy", to=S.PAUSED),
                                        TransitionRequest(experiment="busy", to=S.RUNNING)])
         assert not any(isinstance(r, Exception) for r in results), results

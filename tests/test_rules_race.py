@@ -18,8 +18,8 @@ from typing import Any
 import redis
 
 import redgov
+from redgov import Governance, InvalidTransitionError, LifecycleState, Rules
 from redgov.codec import decode_fields
-from redgov import Governance, InvalidTransitionError, LifecycleState, RedgovError, Rules
 from redgov.rules import DEFAULT_RULES
 
 from .conftest import delete_prefix

@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 
 import redgov
-from redgov import ErrorRate, Governance, LifecycleState as S, ManualGate
+from redgov import ErrorRate, Governance, ManualGate
+from redgov import LifecycleState as S
 from redgov.web import add_user, create_app
 
 from .conftest import delete_prefix, new_prefix
@@ -156,7 +157,9 @@ def session(browser: Any, site: dict[str, Any], name: str, errors: list[str],
             viewport: dict[str, int] = VIEWPORT) -> Any:
     """A logged-in page of ``name`` in its own browser context."""
     context = browser.new_context(viewport=viewport, device_scale_factor=1, locale="en-US", timezone_id="UTC")
-    context.add_init_script("document.addEventListener('securitypolicyviolation', e => console.error('CSP', e.violatedDirective, e.sourceFile, e.lineNumber, e.columnNumber, e.sample, new Error().stack))")
+    context.add_init_script("document.addEventListener('securitypolicyviolation', e => console.error('CSP', "
+                            "e.violatedDirective, e.sourceFile, e.lineNumber, e.columnNumber, e.sample, "
+                            "new Error().stack))")
     page = context.new_page()
     page.on("console", lambda msg: errors.append(f"{name}: {msg.text}") if msg.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(f"{name}: page error {exc}"))
@@ -376,7 +379,8 @@ def test_another_process_transition_shows_without_reload(browser: Any, site: dic
     written = time.monotonic()
     expect(page.locator("[data-testid=current-state]")).to_have_attribute("data-state", "Running", timeout=2000)
     shown = time.monotonic()
-    assert shown - written < 2.0, f"shown {shown - written:.2f} s after the write (process took {written - started:.2f} s)"
+    assert shown - written < 2.0, (f"shown {shown - written:.2f} s after the write "
+                                   f"(process took {written - started:.2f} s)")
     expect(history).to_have_count(before + 1)
     expect(history.first).to_contain_text("controller")
     assert page.evaluate("window.__notReloaded") is True
@@ -403,7 +407,8 @@ def test_compare_two_versions_and_the_audit_log(browser: Any, site: dict[str, An
     page.click("[data-testid=compare]")
     diff = page.locator("[data-testid=diff]")
     expect(diff).to_be_visible()
-    expect(diff.locator('[data-testid=diff-row][data-path="rollout.percent"]')).to_have_attribute("data-kind", "modified")
+    expect(diff.locator('[data-testid=diff-row][data-path="rollout.percent"]')).to_have_attribute(
+        "data-kind", "modified")
     expect(diff.locator('[data-testid=diff-row][data-path="timeoutMs"]')).to_have_attribute("data-kind", "removed")
     expect(diff.locator('[data-testid=diff-row][data-path="cache"]')).to_have_attribute("data-kind", "added")
     page.evaluate("document.getElementById('versions').scrollIntoView({block: 'start'})")

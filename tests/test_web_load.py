@@ -5,10 +5,10 @@ four writer processes pace themselves at 50 transitions/s each over two scopes; 
 clients are raw asyncio sockets in this process (test_web_live's parser). One more client
 sends its request and never reads: the server must drop it (too slow) without the others
 noticing (the server's kernel send buffers are capped at 64 KiB, so that client's writes block
-within the run instead of Linux buffering megabytes for it on loopback). Checked: every client got every event once, in log order (XRANGE), the same
-sequence as every other client; the server's memory is flat over the run (the replay buffer
-is set to 1,000 events, so it is full after 5 s); latency p99 under 2 s; SIGTERM ends the
-open streams and the server at once.
+within the run instead of Linux buffering megabytes for it on loopback). Checked: every client
+got every event once, in log order (XRANGE), the same sequence as every other client; the
+server's memory is flat over the run (the replay buffer is set to 1,000 events, so it is full
+after 5 s); latency p99 under 2 s; SIGTERM ends the open streams and the server at once.
 """
 
 from __future__ import annotations
@@ -306,8 +306,8 @@ def test_fifty_clients_two_hundred_transitions_per_second(redis_url: str, prefix
     mib = 1024 * 1024
     print(f"\nlive load: {CLIENTS} clients x {total} events ({total / (ended - started):.0f}/s over "
           f"{ended - started:.1f} s) = {CLIENTS * total:,} deliveries; server stats {stats}")
-    print(f"latency over all deliveries: p50 {percentile(lat, 50) * 1000:.1f} ms, p99 {percentile(lat, 99) * 1000:.1f} ms, "
-          f"max {max(lat) * 1000:.1f} ms")
+    print(f"latency over all deliveries: p50 {percentile(lat, 50) * 1000:.1f} ms, "
+          f"p99 {percentile(lat, 99) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms")
     print(f"server RSS ({len(window)} samples): first third max {max(first) / mib:.1f} MiB, last third max "
           f"{max(last) / mib:.1f} MiB (min {min(window) / mib:.1f}, max {max(window) / mib:.1f}); "
           f"SIGTERM to exit with {CLIENTS} streams open: {stopped_in:.2f} s; setup {setup:.1f} s, "

@@ -18,7 +18,8 @@ import pytest
 from starlette.testclient import TestClient
 
 import redgov
-from redgov import ErrorRate, Governance, LifecycleState as S, ManualGate
+from redgov import ErrorRate, Governance, ManualGate
+from redgov import LifecycleState as S
 from redgov.keys import Scope
 from redgov.web import add_user, create_app, pages
 
@@ -435,7 +436,8 @@ def test_a_scope_published_under_other_rules_is_named_not_a_crash(app: object, g
     (problem,) = text_of(inbox.text, "scope-problem")
     assert problem.startswith("acme / prod: ") and "differ" in problem
     page = client.get("/experiments/search?tenant=acme&environment=prod")
-    assert page.status_code == 200 and text_of(page.text, "published-rules")[0].startswith("rules v1, published by lead")
+    assert page.status_code == 200
+    assert text_of(page.text, "published-rules")[0].startswith("rules v1, published by lead")
     assert "differ" in text_of(page.text, "rules-mismatch")[0]
 
 

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ..changes import Change
 from ..calls import Call, Plan
+from ..changes import Change
 from ..errors import RedgovError, RulesChangedError
 from ..events import GovernanceEvent, WatchCursor
 from ..govcore import GovernanceCore, TransitionRequest
@@ -265,8 +265,9 @@ class AsyncGovernance(GovernanceBase[AsyncBackplane]):
         As ``Governance.awaiting_approval``: the scope's index in pages, each page's state
         hashes pipelined (with ``experiment``: its state alone). Returns a list of PendingMove.
         """
-        return await self._read_governed(tenant, environment, lambda g: g.awaiting_approval(tenant=tenant, environment=environment,
-                                                                      experiment=experiment))
+        return await self._read_governed(
+            tenant, environment,
+            lambda g: g.awaiting_approval(tenant=tenant, environment=environment, experiment=experiment))
 
     async def create_version(self, experiment: str, configuration: Mapping[str, Any], *, actor: str | None = None,
                              description: str | None = None, tenant: str | None = None,

@@ -55,7 +55,8 @@ def cmd_lease(ctx: Context) -> int:
         with ctx.governance() as gov:
             current = gov.current_lease(a.experiment, **ctx.scope)
         text = (f"{a.experiment}: nobody holds the lease" if current is None else
-                f"{a.experiment}: lease held by {current.owner}, token {current.token}, expires {when(current.expires_at)}")
+                f"{a.experiment}: lease held by {current.owner}, token {current.token}, "
+                f"expires {when(current.expires_at)}")
         ctx.out.emit({"experiment": a.experiment, "lease": current}, text)
         return 0
     with ctx.governance() as gov:

@@ -139,7 +139,8 @@ class Output:
         styles = styles or {}
 
         def line(row: Sequence[str], style: Callable[[int, str], str]) -> str:
-            parts = [style(i, c.ljust(w) if i < len(widths) - 1 else c) for i, (c, w) in enumerate(zip(row, widths))]
+            parts = [style(i, c.ljust(w) if i < len(widths) - 1 else c)
+                     for i, (c, w) in enumerate(zip(row, widths, strict=False))]
             return "  ".join(parts).rstrip()
 
         def cell(i: int, padded: str) -> str:

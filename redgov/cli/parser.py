@@ -146,7 +146,8 @@ def _telemetry(text: str) -> tuple[str, float | int]:
             raise argparse.ArgumentTypeError(f"telemetry {text!r}: the value of {key} must be a number, "
                                              f"got {raw!r}") from None
         if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"telemetry {text!r}: the value of {key} must be a finite number")
+            raise argparse.ArgumentTypeError(
+                f"telemetry {text!r}: the value of {key} must be a finite number") from None
     return key, value
 
 

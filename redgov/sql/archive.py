@@ -67,7 +67,8 @@ class SqlArchive:
         return self._copy.fetch(scope_id, ids)
 
     def history(self, log_key: str, experiment: str, kinds: Sequence[str], *, before: str | None,
-                limit: int | None, newest_first: bool, state_writes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
+                limit: int | None, newest_first: bool,
+                state_writes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
         """The entries of ``experiment`` in the scope of ``log_key`` of these ``kinds`` (``"transition"``, ...).
 
         Only those with an id at or below ``before`` (None: all), in log order

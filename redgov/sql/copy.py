@@ -381,7 +381,8 @@ class SqlCopy:
         return out
 
     def history(self, scope_id: int, experiment: str, kinds: Sequence[str], *, before: str | None,
-                limit: int | None, newest_first: bool, state_writes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
+                limit: int | None, newest_first: bool,
+                state_writes: bool = False) -> list[tuple[str, dict[str, bytes]]]:
         """One experiment's entries of these kinds (with an id at or below ``before``), in log order or
         newest first, at most ``limit``; ``state_writes`` keeps only those that wrote the state (a ``rev``)."""
         if not kinds or limit == 0:

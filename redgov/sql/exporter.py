@@ -251,7 +251,7 @@ class Exporter:
                 for r in rows:
                     pipe.xinfo_stream(r.log_key)
                 infos = pipe.execute(raise_on_error=False)
-        for row, info in zip(rows, infos):
+        for row, info in zip(rows, infos, strict=False):
             if isinstance(info, dict):
                 self._gap(row, info)
 

@@ -133,7 +133,7 @@ def trim_experiments(backplane: Backplane, scope: Scope, names: Iterable[str], c
     while pending:
         results = backplane.run_many([trim_call(backplane, scope, name, cut, most) for name in pending])
         again = []
-        for name, result in zip(pending, results):
+        for name, result in zip(pending, results, strict=False):
             if isinstance(result, BaseException):
                 raise result
             count, _left = result

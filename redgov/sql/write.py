@@ -224,7 +224,7 @@ def _fields(raw: Any) -> dict[bytes, bytes]:
     """An entry's fields keyed by bytes (redis-py's RESP2 shape is kept as it is)."""
     if isinstance(raw, dict) and isinstance(next(iter(raw), b""), bytes):  # one client decodes every key alike
         return raw
-    pairs = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2])
+    pairs = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2], strict=False)
     return {(k if isinstance(k, bytes) else str(k).encode()): v for k, v in pairs}
 
 
@@ -361,7 +361,7 @@ def insert_rows(conn: Connection, table: sa.Table, rows: list[Row]) -> None:
         return
     if dialect.name != "sqlite" or dialect.paramstyle != "qmark":
         names = COLUMNS[table.name]
-        conn.execute(sa.insert(table), [dict(zip(names, row)) for row in rows])
+        conn.execute(sa.insert(table), [dict(zip(names, row, strict=False)) for row in rows])
         return
     sql, processors = _compiled_insert(table, dialect)
     if processors:

@@ -137,11 +137,13 @@ def _listing(key: str, item: str, **extra: dict[str, Any]) -> dict[str, Any]:
 
 def _body(required: list[str], **properties: dict[str, Any]) -> dict[str, Any]:
     common = {"tenant": {"type": ["string", "null"], "description": "the scope's tenant (default: ?tenant=)"},
-              "environment": {"type": ["string", "null"], "description": "the scope's environment (default: ?environment=)"},
-              "idempotency_key": {"type": "string", "description": "a repeat with this key returns the first result"}}
+              "environment": {"type": ["string", "null"],
+                              "description": "the scope's environment (default: ?environment=)"},
+              "idempotency_key": {"type": "string",
+                                  "description": "a repeat with this key returns the first result"}}
     return {"type": "object", "required": required, "properties": {**properties, **common},
-            "description": "Other fields are ignored: the actor, requester or approver recorded is the authenticated user, "
-                           "and a transition's actorRole and actorRoles are the user's roles."}
+            "description": "Other fields are ignored: the actor, requester or approver recorded is the "
+                           "authenticated user, and a transition's actorRole and actorRoles are the user's roles."}
 
 
 _TO = {"$ref": "#/components/schemas/LifecycleState", "description": "the target state of the move"}
@@ -256,7 +258,8 @@ MISCONFIGURED = "the server cannot read its configuration (details are in the se
 def error_answer(error: BaseException) -> Response:
     status = status_for(error)
     message = " ".join(str(error).split())
-    if isinstance(error, ConfigError | RedisError | OSError) or (status == 503 and not isinstance(error, DurabilityError)):
+    if isinstance(error, ConfigError | RedisError | OSError) or (
+            status == 503 and not isinstance(error, DurabilityError)):
         # hosts, ports and file paths are for the operator's log, not for whoever called
         log.warning("redgov api: %s: %s", type(error).__name__, message)
         message = MISCONFIGURED if isinstance(error, ConfigError) else UNAVAILABLE

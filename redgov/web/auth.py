@@ -360,7 +360,8 @@ async def require_api(ctx: WebContext, request: Request, role: Role) -> User:
     except TooManyAttempts as refused:
         raise HTTPException(429, str(refused), headers={"Retry-After": str(refused.retry_after)}) from None
     if user is None:
-        raise HTTPException(401, "credentials required (HTTP Basic)", headers={"WWW-Authenticate": 'Basic realm="redgov"'})
+        raise HTTPException(401, "credentials required (HTTP Basic)",
+                            headers={"WWW-Authenticate": 'Basic realm="redgov"'})
     if not user.may(role):
         raise _too_low(user, role)
     return user

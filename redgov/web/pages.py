@@ -283,7 +283,8 @@ def experiments_context(ctx: WebContext, request: Request) -> dict[str, Any]:
     for scope in scopes:
         if chosen_scope is not None and (scope.tenant, scope.environment) != chosen_scope:
             continue
-        if tenant is not None and scope.tenant != tenant or environment is not None and scope.environment != environment:
+        if (tenant is not None and scope.tenant != tenant
+                or environment is not None and scope.environment != environment):
             continue
         rows.extend(ctx.experiments(scope.tenant, scope.environment))
     if text:
@@ -524,7 +525,8 @@ def _audit_row(entry: AuditEntry) -> dict[str, Any]:
         row.update(at=r.timestamp, who=r.actor, to=r.to_state.value, detail=r.reason,
                    **{"from": r.from_state.value if r.from_state else None})
     elif isinstance(r, ApprovalRecord):
-        row.update(at=r.timestamp, who=r.approver, to=r.to_state.value, verdict="approved" if r.approved else "rejected",
+        row.update(at=r.timestamp, who=r.approver, to=r.to_state.value,
+                   verdict="approved" if r.approved else "rejected",
                    tone="ok" if r.approved else "bad", gate=r.gate, detail=r.reason,
                    **{"from": r.from_state.value if r.from_state else None})
     elif isinstance(r, ConfigurationVersion):
@@ -594,7 +596,8 @@ def perform(ctx: WebContext, user: User, form: Any, name: str, tenant: str | Non
         if not isinstance(configuration, dict):
             raise ValidationError("the configuration must be a JSON object ({...})")
         version = ctx.act("create_version", lambda: gov.create_version(
-            name, configuration, actor=user.name, description=_form_text(form, "description", 1000), tenant=tenant, environment=environment))
+            name, configuration, actor=user.name, description=_form_text(form, "description", 1000),
+            tenant=tenant, environment=environment))
         return f"version {version.version} of {name} created"
     if action == "rollback":
         raw_version = form.get("version")
@@ -602,7 +605,8 @@ def perform(ctx: WebContext, user: User, form: Any, name: str, tenant: str | Non
             number = int(str(raw_version))
         except ValueError:
             raise ValidationError(f"version must be a whole number, got {raw_version!r}") from None
-        version = ctx.act("rollback", lambda: gov.rollback(name, number, actor=user.name, tenant=tenant, environment=environment))
+        version = ctx.act("rollback", lambda: gov.rollback(name, number, actor=user.name,
+                                                           tenant=tenant, environment=environment))
         return f"rolled back: version {version.version} of {name} restores version {number}"
     raise HTTPException(400, f"unknown action {action!r}")
 
