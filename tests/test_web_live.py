@@ -411,6 +411,20 @@ def log_entries(gov: Governance, tenant: str | None, environment: str | None, af
     return out
 
 
+def caught_up(live: Live, *scopes: tuple[str | None, str | None], timeout: float = 10.0) -> None:
+    """Wait until the hub has found each scope and published every entry its log holds (its generation
+    of the scope reaches the log's length): what a sleep used to outwait, now checked."""
+    client = live.gov.backplane.client
+    deadline = time.monotonic() + timeout
+    while True:
+        behind = [scope for scope in scopes
+                  if live.hub.generation(*scope)[1] < client.xlen(log_key(live.gov.backplane.prefix, *scope))]
+        if not behind:
+            return
+        assert time.monotonic() < deadline, f"the hub has not published the logs of {behind} in {timeout} s"
+        time.sleep(0.02)
+
+
 def last_id(gov: Governance, tenant: str | None, environment: str | None) -> str:
     reply = gov.backplane.client.xrevrange(log_key(gov.backplane.prefix, tenant, environment), "+", "-", count=1)
     return text(reply[0][0]) if reply else "0-0"
@@ -464,7 +478,7 @@ def test_stream_headers_and_every_event_in_order(live: Live) -> None:
     gov, prefix = live.gov, live.prefix
     running(gov, ["a1", "a2"], "acme", "prod")
     running(gov, ["b1"], None, None)
-    time.sleep(0.5)  # the new scopes are found (rediscover 0.2 s) and their entries so far published
+    caught_up(live, ("acme", "prod"), (None, None))
     start_acme, start_default = last_id(gov, "acme", "prod"), last_id(gov, None, None)
     # httpx2 as a real client: headers, then the first event
     with httpx2.Client(base_url=live.server.base, timeout=10, follow_redirects=False) as client, \
@@ -495,8 +509,11 @@ def test_stream_headers_and_every_event_in_order(live: Live) -> None:
         bodies = data_of(got)
         assert [b for b in bodies if b["tenant"] == "acme"] == expected_acme
         assert [b for b in bodies if b["tenant"] is None] == expected_default
-        time.sleep(0.3)
-        assert len(client.events) == total  # nothing repeated
+    flip(gov, "b1", 1)  # a last write: the feed is in log order, so a repeat would come before it
+    sentinel = log_entries(gov, None, None, expected_default[-1]["id"])
+    for client in (first, second):
+        assert data_of(client.wait_for(total + 1, timeout=15)[total:]) == sentinel
+        assert len(client.events) == total + 1  # nothing repeated
     lat = latency([e for e in first.events if e.json()["tenant"] == "acme"])
     print(f"\nlive latency, another process's transitions ({len(lat)}): p50 {percentile(lat, 50) * 1000:.1f} ms, "
           f"p99 {percentile(lat, 99) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms")
@@ -509,7 +526,7 @@ def test_filters_by_scope_and_experiment(live: Live) -> None:
     running(gov, ["e1", "e2"], "acme", "prod")
     running(gov, ["e1"], "beta", "dev")
     running(gov, ["e1"], None, None)
-    time.sleep(0.5)
+    caught_up(live, ("acme", "prod"), ("beta", "dev"), (None, None))
     marks = {s: last_id(gov, *s) for s in (("acme", "prod"), ("beta", "dev"), (None, None))}
     one_scope = live.connect("/events?tenant=acme&environment=prod")
     one_experiment = live.connect("/events?tenant=acme&environment=prod&experiment=e1")
@@ -545,7 +562,7 @@ def test_published_rules_reach_every_page_of_their_scope(live: Live) -> None:
     gov = live.gov
     running(gov, ["e1"], "acme", "prod")
     running(gov, ["e1"], "beta", "dev")
-    time.sleep(0.5)
+    caught_up(live, ("acme", "prod"), ("beta", "dev"))
     page = live.connect("/events?tenant=acme&environment=prod&experiment=e1")
     other = live.connect("/events?tenant=beta&environment=dev&experiment=e1")
     published = gov.publish(actor="lead", reason="baseline", tenant="acme", environment="prod")
@@ -562,7 +579,7 @@ def test_resume_after_a_dropped_connection(live: Live) -> None:
     """Events written while a client was away arrive once when it comes back with Last-Event-ID."""
     gov = live.gov
     running(gov, ["r1", "r2"], "acme", "prod")
-    time.sleep(0.5)
+    caught_up(live, ("acme", "prod"))
     mark = last_id(gov, "acme", "prod")
     client = live.connect()
     narrow = live.connect("/events?tenant=acme&environment=prod&experiment=r1")
@@ -594,7 +611,7 @@ def test_a_cursor_too_old_gets_reset(live_factory: Callable[..., Live]) -> None:
     live = live_factory(replay_events=5)
     gov = live.gov
     running(gov, ["o1"], "acme", "prod")
-    time.sleep(0.5)
+    caught_up(live, ("acme", "prod"))
     client = live.connect()
     flip(gov, "o1", 1, "acme", "prod")
     old = client.wait_for(1)[0].id
@@ -620,7 +637,7 @@ def test_a_cursor_too_old_gets_reset(live_factory: Callable[..., Live]) -> None:
 def test_reader_survives_its_connection_killed(live: Live, redis_url: str) -> None:
     gov = live.gov
     running(gov, ["k1"], "acme", "prod")
-    time.sleep(0.5)
+    caught_up(live, ("acme", "prod"))
     mark = last_id(gov, "acme", "prod")
     client = live.connect()
     flip(gov, "k1", 3, "acme", "prod")
