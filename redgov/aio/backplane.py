@@ -279,9 +279,9 @@ class AsyncBackplane:
             finally:
                 if self.cache is not None:
                     self.cache.wrote(*(call.state_key for call in calls))
-        results = [settle(call, reply) for call, reply in zip(calls, replies, strict=True)]
+        results = [settle(call, reply) for call, reply in zip(calls, replies, strict=False)]
         if wait is not None and any(call.scope is not None and not isinstance(reply, ResponseError)
-                                    for call, reply in zip(calls, replies, strict=True)):
+                                    for call, reply in zip(calls, replies, strict=False)):
             confirm(self, f"a batch of {len(calls)} calls (run_many)", replies[-1], results)
         return results
 
