@@ -847,9 +847,10 @@ def farewell(client: SSEClient, within: float) -> dict[str, Any]:
 
 def test_logout_ends_the_stream_at_once_and_says_why(live: Live) -> None:
     running(live.gov, ["lo1"])
+    caught_up(live, (None, None))  # what running() wrote is published before the client comes
     client = live.connect()
     flip(live.gov, "lo1", 1)
-    client.wait_for(2)  # the stream is live (the state and transition entries of one move)
+    client.wait_for(1)  # the stream is live (the move's transition entry arrived)
     with httpx2.Client(base_url=live.server.base, follow_redirects=False, timeout=10) as http:
         answer = http.post("/logout", data={"csrf": csrf_token(live.server.base, live.cookie)},
                            headers={"Cookie": live.cookie})
