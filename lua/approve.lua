@@ -19,9 +19,10 @@ ARGV[12] the rules version the call was decided under ('0' = the scope had publi
 ARGV[13] the client's steps into the target (lib/gates.lua), used while the scope has published no rules
 ARGV[14] the client's gates of those steps, JSON ('' = none), used while nothing is published
 ARGV[15] the approver, or the requester ('' = none)
-Returns: {1, approval entry id ('' for a request), from state, valid until ms or '', config version}; a
-         re-send {2, ...}; an idempotency replay {3, entry id, from state, approval record, valid until ms or
-         '', config version}
+Returns: {1, approval entry id ('' for a request), from state, valid until ms or '', config version, gate};
+         a re-send {2, ...}; an idempotency replay {3, entry id, from state, approval record, valid until ms
+         or '', config version, gate}. The gate is the name of the ManualGate guarding the move from the
+         current state under the governing rules ('manual' when none does), kept as entry field g.
 Errors: REDGOV_NOT_FOUND, REDGOV_RULES_CHANGED <current version>, REDGOV_INVALID_TRANSITION <no rule allows the
         move>, REDGOV_SEPARATION <the approver requested the move>, REDGOV_CORRUPT, REDGOV_DENIED. A refusal is
         remembered under the operation id like a success.
@@ -72,6 +73,7 @@ local function main()
     if err then return err end
   end
   local manual = step and step['manual']
+  local gate_name = manual or 'manual'
   local list, request
   list, request, err = checks().pending(current, target) -- proves the fields before the first write
   if err then return err end
@@ -95,7 +97,7 @@ local function main()
   if mode == 'request' then
     redis.call('HSET', state_key, 'q:' .. current .. '>' .. target, record)
   else
-    local fields = {'from', current, 'cv', version}
+    local fields = {'from', current, 'cv', version, 'g', gate_name}
     if valid_for ~= '' then
       local clock = redis.call('TIME')
       valid_until = string.format('%d', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -128,9 +130,9 @@ local function main()
   if listed then redis.call('HSET', state_key, 'pn', listed) end -- the open fields, for a lapse
   hist().register(experiment)
   if trim then retention().apply(trim) end
-  local reply = {1, id, current, valid_until, version}
+  local reply = {1, id, current, valid_until, version, gate_name}
   op_done(op, reply, expire)
-  if idem_key then idem().done(idem_key, intent, {1, id, current, record, valid_until, version}, window) end
+  if idem_key then idem().done(idem_key, intent, {1, id, current, record, valid_until, version, gate_name}, window) end
   return reply
 end
 

@@ -199,6 +199,8 @@ def decode_fields(entry_id: str, fields: Mapping[str, bytes], log_key: str, *,
             changes["valid_until"] = from_millis(int(fields["vu"]))
         if kind == "approval" and "cv" in fields:  # the configuration version when given (approve.lua)
             changes["config_version"] = int(fields["cv"])
+        if kind == "approval" and "g" in fields:  # the gate that guards the move, judged by approve.lua
+            changes["gate"] = text(fields["g"])
         if kind == "rules":  # the version number publish_rules.lua gave it
             changes["version"] = int(fields["n"])
         if tenant is not None and record.tenant is None:

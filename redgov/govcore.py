@@ -473,13 +473,16 @@ class GovernanceCore(PolicyPlans, ReadPlans, LeasePlans, RulesPlans):
             if int(reply[0]) == 3:
                 fields = {"k": b"approval", "x": experiment.encode(), "r": reply[3], "from": reply[2],
                           "cv": reply[5]}
+                if len(reply) > 6:
+                    fields["g"] = reply[6]
                 if reply[4]:
                     fields["vu"] = reply[4]
                 entry = decode_fields(text(reply[1]), fields, scope.log)
                 return entry.record  # type: ignore[no-any-return]
             until = from_millis(int(reply[3])) if reply[3] else None
+            gate = text(reply[5]) if len(reply) > 5 else record.gate
             return msgspec.structs.replace(record, from_state=LifecycleState(text(reply[2])), valid_until=until,
-                                           config_version=int(reply[4]))
+                                           config_version=int(reply[4]), gate=gate)
 
         return self.core.write("approve", scope, exp, args, parse, extra_keys=(scope.rules, *extra))
 

@@ -561,3 +561,17 @@ def test_a_write_decided_before_a_publish_is_decided_again_under_the_new_rules(b
     with pytest.raises(ApprovalRequiredError):
         plain.transition("exp", S.APPROVED, actor="op")
     assert backplane.get_state("exp").state is S.PENDING_APPROVAL
+
+
+def test_an_approval_names_the_gate_that_guards_its_move(backplane: Backplane) -> None:
+    """The gate is judged by the script from the move's source state (not the first gate into the target)."""
+    gov = Governance(backplane, gates=[ManualGate(to_state=S.ARCHIVED, from_state=S.DRAFT)])
+    gov.create("x", actor="op")
+    walk(gov, "x", S.PENDING_APPROVAL, S.REJECTED)
+    assert gov.approve("x", S.ARCHIVED, approver="lead").gate == "manual"  # Rejected -> Archived: no gate
+    gov.create("y", actor="op")
+    first = gov.approve("y", S.ARCHIVED, approver="lead", idempotency_key="y-archive")
+    assert first.gate == "manual:Draft->Archived"
+    assert gov.approve("y", S.ARCHIVED, approver="lead", idempotency_key="y-archive") == first
+    assert [a.gate for a in backplane.approvals("x") + backplane.approvals("y")] == ["manual",
+                                                                                   "manual:Draft->Archived"]
