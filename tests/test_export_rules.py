@@ -14,10 +14,7 @@ import asyncio
 import json
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,63 +39,19 @@ from redgov.sql.write import Batch
 
 from .conftest import new_prefix
 from .test_cluster import Cluster, cluster_fixture, spread_scopes  # noqa: F401 - the module's "cluster" fixture
+from .test_export import (  # noqa: F401 - fixtures: bp, target, sql_url (with pg_url), sqlite_url
+    SCOPES,
+    bp_fixture,
+    pg_url_fixture,
+    sql_url_fixture,
+    sqlite_url_fixture,
+    target_fixture,
+)
 
-PG_BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 S = LifecycleState
-SCOPES: list[tuple[str | None, str | None]] = [(None, None), ("acme", "prod")]
 
 
-# -- fixtures ------------------------------------------------------------------------------
-
-
-def _pg_admin(statement: str) -> None:
-    engine = sa.create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(statement)
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'copy.db'}"
-        return
-    schema = "redgov_" + uuid.uuid4().hex[:10]
-    _pg_admin(f"CREATE SCHEMA {schema}")
-    yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    _pg_admin(f"DROP SCHEMA {schema} CASCADE")
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'copy.db'}"
-
-
-def _delete_prefix(client: Any, prefix: str) -> None:
-    keys = list(client.scan_iter(match=prefix_pattern(prefix), count=1000))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start:start + 500])
-
-
-def _backplane(redis_url: str) -> Iterator[redgov.Backplane]:
-    prefix = new_prefix()
-    backplane = redgov.connect(redis_url, prefix=prefix)
-    yield backplane
-    _delete_prefix(backplane.client, prefix)
-    backplane.close()
-
-
-@pytest.fixture
-def bp(redis_url: str) -> Iterator[redgov.Backplane]:
-    yield from _backplane(redis_url)
-
-
-@pytest.fixture
-def target(redis_url: str) -> Iterator[redgov.Backplane]:
-    """An empty prefix to restore into."""
-    yield from _backplane(redis_url)
+# -- fixtures: test_export's (a SQLite file or a PostgreSQL schema per test; a fresh prefix, an empty one)
 
 
 # -- helpers -------------------------------------------------------------------------------
